@@ -1,0 +1,179 @@
+package bus
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+)
+
+// NATS headers of a proxied call (see docs/architecture.md, "Wire format").
+// Every header whose name starts with "Mesh-" belongs to the mesh: an app can
+// neither set nor read them through the codec.
+const (
+	HeaderMethod   = "Mesh-Method"   // request: HTTP method
+	HeaderPath     = "Mesh-Path"     // request: raw request URI, path and query
+	HeaderHost     = "Mesh-Host"     // request: original Host
+	HeaderCaller   = "Mesh-Caller"   // request: calling service
+	HeaderTimeout  = "Mesh-Timeout"  // request: milliseconds left for the call
+	HeaderStatus   = "Mesh-Status"   // response: HTTP status code
+	HeaderInstance = "Mesh-Instance" // response: instance that served it
+	HeaderError    = "Mesh-Error"    // response: mesh failure code
+
+	// escapePrefix carries an HTTP header whose name NATS gives meaning to
+	// (Status, Description, Nats-*) so that nats.go never mistakes an HTTP
+	// response for a NATS status message, nor the server a payload header for
+	// one of its own.
+	escapePrefix = "Mesh-Esc-"
+)
+
+// Trace-context headers travel with lower-case keys, as W3C trace context
+// specifies for carriers that are case-sensitive.
+var traceKeys = map[string]string{
+	"Traceparent": "traceparent",
+	"Tracestate":  "tracestate",
+	"Baggage":     "baggage",
+}
+
+// hopByHop are the headers that describe one connection, not the message, and
+// are never forwarded (RFC 9110 section 7.6.1, as net/http/httputil removes them).
+func hopByHop(k string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
+}
+
+// connectionTokens returns the header names listed in Connection, canonical.
+func connectionTokens(h http.Header) []string {
+	var names []string
+	for _, v := range h["Connection"] {
+		for _, f := range strings.Split(v, ",") {
+			if f = strings.TrimSpace(f); f != "" {
+				names = append(names, http.CanonicalHeaderKey(f))
+			}
+		}
+	}
+	return names
+}
+
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
+}
+
+// reservedByNATS reports whether NATS or nats.go attach meaning to a header name.
+func reservedByNATS(k string) bool {
+	return strings.EqualFold(k, "Status") || strings.EqualFold(k, "Description") || hasPrefixFold(k, "Nats-")
+}
+
+// PutHTTPHeader copies the end-to-end headers of src into dst: hop-by-hop
+// headers and those named in Connection are removed, Mesh-* headers are
+// dropped (only the mesh sets them), names NATS reserves are escaped and
+// trace-context keys are lower-cased. The values of each name keep their
+// order; value slices are shared with src, not copied.
+func PutHTTPHeader(dst nats.Header, src http.Header) {
+	var conn []string
+	if len(src["Connection"]) > 0 {
+		conn = connectionTokens(src)
+	}
+next:
+	for k, vv := range src {
+		ck := http.CanonicalHeaderKey(k)
+		if hopByHop(ck) || hasPrefixFold(ck, "Mesh-") {
+			continue
+		}
+		for _, c := range conn {
+			if c == ck {
+				continue next
+			}
+		}
+		switch {
+		case reservedByNATS(ck):
+			ck = escapePrefix + ck
+		default:
+			if tk, ok := traceKeys[ck]; ok {
+				ck = tk
+			}
+		}
+		if prev, ok := dst[ck]; ok { // two spellings of one name in src
+			dst[ck] = append(prev[:len(prev):len(prev)], vv...)
+			continue
+		}
+		dst[ck] = vv
+	}
+}
+
+// CopyToHTTP adds the HTTP headers carried in src to dst: escaped names are
+// restored, mesh control headers and NATS's own headers are left out. Value
+// slices are shared with src.
+func CopyToHTTP(dst http.Header, src nats.Header) {
+	for k, vv := range src {
+		switch {
+		case len(k) > len(escapePrefix) && hasPrefixFold(k, escapePrefix):
+			k = http.CanonicalHeaderKey(k[len(escapePrefix):])
+		case hasPrefixFold(k, "Mesh-") || reservedByNATS(k):
+			continue
+		default:
+			k = http.CanonicalHeaderKey(k)
+		}
+		if prev, ok := dst[k]; ok {
+			dst[k] = append(prev[:len(prev):len(prev)], vv...)
+			continue
+		}
+		dst[k] = vv
+	}
+}
+
+// EncodeRequest puts an HTTP request's method, raw URI, Host and end-to-end
+// headers into h.
+func EncodeRequest(h nats.Header, method, uri, host string, hdr http.Header) {
+	PutHTTPHeader(h, hdr)
+	h[HeaderMethod] = []string{method}
+	h[HeaderPath] = []string{uri}
+	if host != "" {
+		h[HeaderHost] = []string{host}
+	}
+}
+
+// EncodeResponse puts an HTTP response's status, serving instance and
+// end-to-end headers into h.
+func EncodeResponse(h nats.Header, status int, instance string, hdr http.Header) {
+	PutHTTPHeader(h, hdr)
+	h[HeaderStatus] = []string{StatusText(status)}
+	if instance != "" {
+		h[HeaderInstance] = []string{instance}
+	}
+}
+
+// First returns the first value of a NATS header, without canonicalizing.
+func First(h nats.Header, k string) string {
+	if v := h[k]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// IsNoResponders reports whether msg is the server's "no responders" status
+// for a request nobody was subscribed to receive.
+func IsNoResponders(msg *nats.Msg) bool {
+	return len(msg.Data) == 0 && First(msg.Header, "Status") == "503"
+}
+
+var statusStrings [600]string
+
+func init() {
+	for i := 100; i < len(statusStrings); i++ {
+		statusStrings[i] = strconv.Itoa(i)
+	}
+}
+
+// StatusText is strconv.Itoa for status codes, without allocating.
+func StatusText(code int) string {
+	if code >= 0 && code < len(statusStrings) && statusStrings[code] != "" {
+		return statusStrings[code]
+	}
+	return strconv.Itoa(code)
+}

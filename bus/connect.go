@@ -1,0 +1,111 @@
+package bus
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// DefaultURL is used when neither --nats nor $NATSMESH_URL is set.
+const DefaultURL = "nats://127.0.0.1:4222"
+
+// URLFromEnv returns $NATSMESH_URL, else DefaultURL.
+func URLFromEnv() string {
+	if u := os.Getenv("NATSMESH_URL"); u != "" {
+		return u
+	}
+	return DefaultURL
+}
+
+// ConnectConfig says how to reach NATS. Zero values are the defaults.
+type ConnectConfig struct {
+	// URL is one server URL or a comma-separated list; defaults to DefaultURL.
+	URL string
+	// Name is the client name shown in the server's monitoring.
+	Name string
+
+	User, Password string // user/password authentication
+	Token          string // token authentication
+	CredsFile      string // JWT + nkey credentials file
+	NKeySeedFile   string // nkey seed file
+	TLSCA          string // CA certificate(s) to verify the server
+	TLSCert        string // client certificate (with TLSKey)
+	TLSKey         string
+
+	// WaitForServer keeps trying when no server is reachable at start instead
+	// of failing, so a sidecar can start before its NATS server.
+	WaitForServer bool
+}
+
+// Reconnection policy: never give up, and come back quickly. A proxy answers
+// mesh-unavailable while disconnected rather than queueing requests, so the
+// client-side reconnect buffer is disabled.
+const (
+	reconnectWait   = 150 * time.Millisecond
+	reconnectJitter = 100 * time.Millisecond // so the wait is at most 250 ms
+)
+
+// Options turns the config into nats.go options.
+func (c ConnectConfig) Options() ([]nats.Option, error) {
+	opts := []nats.Option{
+		nats.Name(c.Name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(reconnectWait),
+		nats.ReconnectJitter(reconnectJitter, reconnectJitter),
+		nats.ReconnectBufSize(-1),
+		nats.PingInterval(20 * time.Second),
+	}
+	if c.WaitForServer {
+		opts = append(opts, nats.RetryOnFailedConnect(true))
+	}
+	if c.User != "" || c.Password != "" {
+		opts = append(opts, nats.UserInfo(c.User, c.Password))
+	}
+	if c.Token != "" {
+		opts = append(opts, nats.Token(c.Token))
+	}
+	if c.CredsFile != "" {
+		if _, err := os.Stat(c.CredsFile); err != nil {
+			return nil, fmt.Errorf("bus: credentials file: %w", err)
+		}
+		opts = append(opts, nats.UserCredentials(c.CredsFile))
+	}
+	if c.NKeySeedFile != "" {
+		o, err := nats.NkeyOptionFromSeed(c.NKeySeedFile)
+		if err != nil {
+			return nil, fmt.Errorf("bus: nkey seed file %s: %w", c.NKeySeedFile, err)
+		}
+		opts = append(opts, o)
+	}
+	if c.TLSCA != "" {
+		opts = append(opts, nats.RootCAs(c.TLSCA))
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return nil, errors.New("bus: --tls-cert and --tls-key must be given together")
+	}
+	if c.TLSCert != "" {
+		opts = append(opts, nats.ClientCert(c.TLSCert, c.TLSKey))
+	}
+	return opts, nil
+}
+
+// Connect dials NATS with the mesh's connection policy. Extra options are
+// applied after the config's, so they win.
+func Connect(c ConnectConfig, extra ...nats.Option) (*nats.Conn, error) {
+	opts, err := c.Options()
+	if err != nil {
+		return nil, err
+	}
+	url := c.URL
+	if url == "" {
+		url = DefaultURL
+	}
+	nc, err := nats.Connect(url, append(opts, extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("bus: cannot connect to NATS at %s (start one with `natsmesh server`, or point --nats / NATSMESH_URL at yours): %w", url, err)
+	}
+	return nc, nil
+}

@@ -1,0 +1,91 @@
+package bus
+
+import (
+	"errors"
+	"fmt"
+)
+
+// MaxNameLen is the longest service, subset or instance name.
+const MaxNameLen = 63
+
+// DefaultPrefix is the first token of every mesh subject.
+const DefaultPrefix = "mesh"
+
+// ErrInvalidName is wrapped by every name validation error.
+var ErrInvalidName = errors.New("bus: invalid name")
+
+// ValidateName reports whether s can be used as a service, subset or instance
+// name: 1–63 characters, each a lowercase ASCII letter, a digit, '-' or '_'.
+// Such a name is exactly one subject token, so it can never contain a wildcard
+// or a separator that would widen a subscription.
+func ValidateName(kind, s string) error {
+	if s == "" {
+		return fmt.Errorf("%w: %s name is empty; use 1-%d lowercase letters, digits, '-' or '_'", ErrInvalidName, kind, MaxNameLen)
+	}
+	if len(s) > MaxNameLen {
+		return fmt.Errorf("%w: %s name %.20q... is %d characters long; the limit is %d", ErrInvalidName, kind, s, len(s), MaxNameLen)
+	}
+	for i := 0; i < len(s); i++ {
+		if !nameByte(s[i]) {
+			return fmt.Errorf("%w: %s name %q has %q at position %d; use only lowercase letters, digits, '-' or '_'", ErrInvalidName, kind, s, s[i], i+1)
+		}
+	}
+	return nil
+}
+
+func nameByte(c byte) bool {
+	return 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_'
+}
+
+// ValidatePrefix checks a subject prefix: one or more name tokens joined by
+// dots, such as "mesh" or "prod.mesh".
+func ValidatePrefix(p string) error {
+	if p == "" {
+		return fmt.Errorf("%w: subject prefix is empty; use tokens of lowercase letters, digits, '-' or '_' joined by '.'", ErrInvalidName)
+	}
+	start := 0
+	for i := 0; i <= len(p); i++ {
+		if i == len(p) || p[i] == '.' {
+			if err := ValidateName("prefix token", p[start:i]); err != nil {
+				return fmt.Errorf("subject prefix %q: %w", p, err)
+			}
+			start = i + 1
+		}
+	}
+	return nil
+}
+
+// Subjects builds the subjects of one mesh namespace. The zero value uses
+// DefaultPrefix. Methods take names that the caller has validated with
+// ValidateName; they never validate again, to keep the request path cheap.
+type Subjects struct {
+	Prefix string
+}
+
+// NewSubjects returns the namespace for prefix ("" means DefaultPrefix).
+func NewSubjects(prefix string) (Subjects, error) {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	if err := ValidatePrefix(prefix); err != nil {
+		return Subjects{}, err
+	}
+	return Subjects{Prefix: prefix}, nil
+}
+
+func (s Subjects) prefix() string {
+	if s.Prefix == "" {
+		return DefaultPrefix
+	}
+	return s.Prefix
+}
+
+// RPC is the subject every instance of service subscribes to, in queue group
+// QueueGroup(service).
+func (s Subjects) RPC(service string) string { return s.prefix() + ".rpc." + service }
+
+// QueueGroup is the queue group of service's instances.
+func (s Subjects) QueueGroup(service string) string { return service }
+
+// Inst is the subject only instance subscribes to.
+func (s Subjects) Inst(instance string) string { return s.prefix() + ".inst." + instance }

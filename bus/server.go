@@ -1,0 +1,142 @@
+package bus
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// DefaultListen is where natsmesh server listens for NATS clients.
+const DefaultListen = "127.0.0.1:4222"
+
+// ServerConfig configures the embedded nats-server. The zero value listens on
+// DefaultListen and stores JetStream data under DefaultDataDir().
+type ServerConfig struct {
+	// Host and Port to listen on. Port -1 picks a free random port (tests);
+	// Port 0 means 4222.
+	Host string
+	Port int
+	// DataDir holds JetStream's storage.
+	DataDir string
+	// Name is the server name shown to clients; defaults to "natsmesh".
+	Name string
+	// Logger, when set, receives the server's log lines.
+	Logger server.Logger
+	// Debug and Trace turn on the server's verbose logs (with Logger).
+	Debug, Trace bool
+	// ReadyTimeout bounds the wait for the listener; defaults to 10 s.
+	ReadyTimeout time.Duration
+}
+
+// Server is a running embedded nats-server with JetStream enabled.
+type Server struct {
+	ns *server.Server
+}
+
+// ParseListen splits "host:port" for ServerConfig; an empty host means 127.0.0.1.
+func ParseListen(addr string) (host string, port int, err error) {
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("bus: listen address %q is not host:port (for example %s): %w", addr, DefaultListen, err)
+	}
+	port, err = strconv.Atoi(p)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("bus: listen address %q has an invalid port; use 0-65535", addr)
+	}
+	if h == "" {
+		h = "127.0.0.1"
+	}
+	if port == 0 {
+		port = -1 // nats-server: 0 means the default port, -1 a random one
+	}
+	return h, port, nil
+}
+
+// DefaultDataDir is $XDG_STATE_HOME/natsmesh, else ~/.local/state/natsmesh.
+func DefaultDataDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "natsmesh")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "natsmesh")
+	}
+	return filepath.Join(os.TempDir(), "natsmesh")
+}
+
+// StartServer starts an embedded nats-server and waits until it accepts clients.
+func StartServer(cfg ServerConfig) (*Server, error) {
+	if cfg.Host == "" {
+		cfg.Host = "127.0.0.1"
+	}
+	if cfg.Port == 0 {
+		cfg.Port = server.DEFAULT_PORT
+	}
+	if cfg.DataDir == "" {
+		cfg.DataDir = DefaultDataDir()
+	}
+	if cfg.Name == "" {
+		cfg.Name = "natsmesh"
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 10 * time.Second
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("bus: cannot create data directory %s (choose another with --data): %w", cfg.DataDir, err)
+	}
+	opts := &server.Options{
+		ServerName: cfg.Name,
+		Host:       cfg.Host,
+		Port:       cfg.Port,
+		JetStream:  true,
+		StoreDir:   cfg.DataDir,
+		NoSigs:     true,
+		NoLog:      cfg.Logger == nil,
+		Debug:      cfg.Debug,
+		Trace:      cfg.Trace,
+		// No HTTP monitoring port by default: natsmesh exposes what matters itself.
+		HTTPPort: 0,
+	}
+	if cfg.Port > 0 {
+		// Fail with a clear message instead of nats-server's own log line.
+		l, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
+		if err != nil {
+			return nil, fmt.Errorf("bus: cannot listen on %s:%d (is another server running? choose another address with --listen): %w", cfg.Host, cfg.Port, err)
+		}
+		l.Close()
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("bus: configure embedded NATS server: %w", err)
+	}
+	if cfg.Logger != nil {
+		ns.SetLoggerV2(cfg.Logger, cfg.Debug, cfg.Trace, false)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(cfg.ReadyTimeout) {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		return nil, errors.New("bus: embedded NATS server did not become ready; check that the data directory is writable and the port is free")
+	}
+	return &Server{ns: ns}, nil
+}
+
+// ClientURL is the nats:// URL clients use to reach the server.
+func (s *Server) ClientURL() string { return s.ns.ClientURL() }
+
+// Addr is the listening TCP address.
+func (s *Server) Addr() net.Addr { return s.ns.Addr() }
+
+// NATS exposes the underlying nats-server, for monitoring.
+func (s *Server) NATS() *server.Server { return s.ns }
+
+// Shutdown stops the server and waits until it is down. Safe to call twice.
+func (s *Server) Shutdown() {
+	s.ns.Shutdown()
+	s.ns.WaitForShutdown()
+}

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/natsmesh/natsmesh/bus"
+)
+
+// usageError is a mistake on the command line (exit status 2).
+type usageError struct{ error }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// exitError ends the command with a status, its message already printed.
+type exitError int
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+// newFlagSet makes a FlagSet whose --help prints synopsis, description and flags.
+func newFlagSet(name, synopsis, description string, out io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.Usage = func() {
+		fmt.Fprintf(out, "Usage: natsmesh %s\n\n%s\n\nFlags:\n", synopsis, strings.TrimSpace(description))
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parse parses flags that may come before, between or after positional
+// arguments, and returns the positional ones.
+func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if err == flag.ErrHelp {
+				return nil, err
+			}
+			return nil, usageError{err}
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		if args[0] == "--" {
+			return append(pos, args[1:]...), nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+// natsFlags are the connection flags every command takes.
+type natsFlags struct {
+	cfg bus.ConnectConfig
+}
+
+func (n *natsFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&n.cfg.URL, "nats", bus.URLFromEnv(), "NATS server URL, or a comma-separated list for a cluster (env NATSMESH_URL)")
+	fs.StringVar(&n.cfg.User, "user", "", "NATS user name")
+	fs.StringVar(&n.cfg.Password, "password", "", "NATS password")
+	fs.StringVar(&n.cfg.Token, "token", "", "NATS authentication token")
+	fs.StringVar(&n.cfg.CredsFile, "creds", "", "NATS credentials file (JWT and nkey)")
+	fs.StringVar(&n.cfg.NKeySeedFile, "nkey", "", "NATS nkey seed file")
+	fs.StringVar(&n.cfg.TLSCA, "tls-ca", "", "CA certificate file to verify the NATS server")
+	fs.StringVar(&n.cfg.TLSCert, "tls-cert", "", "client certificate file for NATS (with --tls-key)")
+	fs.StringVar(&n.cfg.TLSKey, "tls-key", "", "client key file for NATS (with --tls-cert)")
+}
+
+// logFlags choose the log level.
+type logFlags struct{ level string }
+
+func (l *logFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&l.level, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(l.level)); err != nil {
+		return nil, usagef("--log-level %q: use debug, info, warn or error", l.level)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lvl})), nil
+}

@@ -1,0 +1,71 @@
+// Command natsmesh runs the mesh: the embedded NATS server, sidecars, and the
+// tools to call and inspect services. main only wires packages together.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `natsmesh is an HTTP service mesh on NATS.
+
+Usage:
+  natsmesh <command> [flags]
+
+Commands:
+  server    run the embedded NATS server (JetStream on) the mesh uses
+  sidecar   put an HTTP app on the mesh and give it an outbound proxy
+  call      call a mesh service once and print the response body
+
+Run "natsmesh <command> --help" for a command's flags.
+`
+
+// command is one subcommand: it parses args and runs until done or ctx ends.
+type command func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+
+var commands = map[string]command{
+	"server":  runServer,
+	"sidecar": runSidecar,
+	"call":    runCall,
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stdout, usage)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	cmd, ok := commands[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "natsmesh: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := cmd(ctx, args[1:], stdout, stderr)
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, new(usageError)):
+		fmt.Fprintf(stderr, "natsmesh %s: %v\n", args[0], err)
+		return 2
+	case errors.As(err, new(exitError)):
+		return int(err.(exitError))
+	}
+	fmt.Fprintf(stderr, "natsmesh %s: %v\n", args[0], err)
+	return 1
+}

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/proxy"
+)
+
+func runSidecar(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("sidecar", "sidecar --service NAME --upstream http://127.0.0.1:PORT [flags]", `
+Puts one instance of an HTTP app on the mesh. Inbound, the instance joins the
+service's NATS queue group and forwards each request to --upstream. Outbound,
+it listens on --listen for the app's own calls: set HTTP_PROXY=http://<listen>
+in the app and call http://<service>/..., or send requests to <listen> with
+"Host: <service>". Other hosts are forwarded to the outside world unless
+--egress=deny. SIGINT or SIGTERM drains: no new requests, in-flight ones
+finish, then exit 0.`, stderr)
+	var nf natsFlags
+	nf.register(fs)
+	var lf logFlags
+	lf.register(fs)
+	var cfg proxy.SidecarConfig
+	fs.StringVar(&cfg.Service, "service", "", "service name (required): lowercase letters, digits, '-' or '_'")
+	fs.StringVar(&cfg.Instance, "instance", "", "instance id (default <service>-<random>)")
+	fs.StringVar(&cfg.Upstream, "upstream", "", "URL of the app, for example http://127.0.0.1:8080 (required)")
+	fs.StringVar(&cfg.Listen, "listen", proxy.DefaultOutboundListen, "address of the outbound proxy the app calls through")
+	fs.StringVar(&cfg.Prefix, "prefix", bus.DefaultPrefix, "subject prefix of the mesh")
+	fs.IntVar(&cfg.MaxInflight, "max-inflight", proxy.DefaultMaxInflight, "inbound requests handled at once; more are answered 503 overloaded")
+	fs.DurationVar(&cfg.Timeout, "timeout", proxy.DefaultTimeout, "default deadline of outbound calls")
+	egress := fs.String("egress", "allow", "calls to hosts outside the mesh: allow or deny")
+	drain := fs.Duration("drain-timeout", 30*time.Second, "longest wait for in-flight requests on shutdown")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("unexpected argument %q", pos[0])
+	}
+	switch *egress {
+	case "allow":
+	case "deny":
+		cfg.DenyEgress = true
+	default:
+		return usagef("--egress %q: use allow or deny", *egress)
+	}
+	if cfg.Service == "" || cfg.Upstream == "" {
+		fs.Usage()
+		return usagef("--service and --upstream are required")
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	cfg.Logger = log
+	if cfg.Instance == "" && bus.ValidateName("service", cfg.Service) == nil {
+		cfg.Instance = proxy.NewInstanceID(cfg.Service)
+	}
+	nf.cfg.Name = "natsmesh-sidecar-" + cfg.Instance
+	nf.cfg.WaitForServer = true
+	nc, err := bus.Connect(nf.cfg)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	sc, err := proxy.StartSidecar(nc, cfg)
+	if err != nil {
+		return err
+	}
+	log.Info("sidecar ready", "service", cfg.Service, "instance", sc.Instance(),
+		"upstream", cfg.Upstream, "outbound", sc.OutboundAddr().String(), "nats", nf.cfg.URL)
+	fmt.Fprintf(stdout, "sidecar %s: serving %s, outbound proxy on http://%s\n", sc.Instance(), cfg.Upstream, sc.OutboundAddr())
+	<-ctx.Done()
+	log.Info("draining")
+	dctx, cancel := context.WithTimeout(context.Background(), *drain)
+	defer cancel()
+	err = sc.Shutdown(dctx)
+	if derr := nc.Drain(); derr == nil {
+		for !nc.IsClosed() && dctx.Err() == nil {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}

@@ -1,0 +1,183 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/natsmesh/natsmesh/bus"
+)
+
+// viaToken marks requests this proxy forwarded, so a request that comes back
+// to it (an app calling the sidecar's own address, say) is refused instead of
+// looping.
+const viaToken = "natsmesh"
+
+// Egress forwards requests for hosts outside the mesh as an ordinary forward
+// proxy: plain HTTP through a reverse proxy that keeps the request as it was,
+// and CONNECT as a TCP tunnel.
+type Egress struct {
+	rp     *httputil.ReverseProxy
+	dialer *net.Dialer
+	log    *slog.Logger
+
+	mu      sync.Mutex
+	tunnels map[net.Conn]struct{}
+	closed  bool
+	wg      sync.WaitGroup
+}
+
+// NewEgress makes an egress forwarder.
+func NewEgress(log *slog.Logger) *Egress {
+	if log == nil {
+		log = slog.Default()
+	}
+	e := &Egress{
+		dialer:  &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second},
+		log:     log,
+		tunnels: make(map[net.Conn]struct{}),
+	}
+	t := &http.Transport{
+		Proxy:               nil, // never back through HTTP_PROXY, which is us
+		DialContext:         e.dialer.DialContext,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+		TLSHandshakeTimeout: 10 * time.Second,
+		DisableCompression:  true,
+		ForceAttemptHTTP2:   true,
+	}
+	e.rp = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			if !pr.In.URL.IsAbs() { // Host-form: the target is the Host header
+				pr.Out.URL.Scheme = "http"
+				pr.Out.URL.Host = pr.In.Host
+			}
+			pr.Out.Host = pr.In.Host
+			pr.Out.Header.Add("Via", "1.1 "+viaToken)
+		},
+		Transport:     t,
+		FlushInterval: -1, // stream responses as they come
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			writeError(w, r, bus.Errorf(bus.UpstreamUnreachable, "cannot reach %s outside the mesh: %v", r.Host, unwrapNetError(err)))
+		},
+	}
+	return e
+}
+
+func looped(r *http.Request) bool {
+	for _, v := range r.Header["Via"] {
+		if strings.Contains(v, viaToken) {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *Egress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if looped(r) {
+		writeError(w, r, bus.Errorf(bus.BadRequest, "the request for %s came back to the proxy that forwarded it; call a mesh service by name (http://<service>/...) instead of the proxy's own address", r.Host))
+		return
+	}
+	if r.Method == http.MethodConnect {
+		e.tunnel(w, r)
+		return
+	}
+	e.rp.ServeHTTP(w, r)
+}
+
+// tunnel serves CONNECT: dial the target, answer 200, then copy both ways
+// until either side closes.
+func (e *Egress) tunnel(w http.ResponseWriter, r *http.Request) {
+	target := r.Host
+	if _, _, err := net.SplitHostPort(target); err != nil {
+		writeError(w, r, bus.Errorf(bus.BadRequest, "CONNECT needs host:port, got %q", target))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	upstream, err := e.dialer.DialContext(ctx, "tcp", target)
+	cancel()
+	if err != nil {
+		writeError(w, r, bus.Errorf(bus.UpstreamUnreachable, "cannot reach %s outside the mesh: %v", target, unwrapNetError(err)))
+		return
+	}
+	rc := http.NewResponseController(w)
+	client, brw, err := rc.Hijack()
+	if err != nil {
+		upstream.Close()
+		writeError(w, r, bus.Errorf(bus.BadRequest, "CONNECT is not possible on this connection: %v", err))
+		return
+	}
+	if !e.track(client, upstream) {
+		client.Close()
+		upstream.Close()
+		return
+	}
+	defer e.untrack(client, upstream)
+	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+		return
+	}
+	// Bytes the client sent after the CONNECT request are already buffered.
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		if _, err := upstream.Write(b); err != nil {
+			return
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = io.Copy(upstream, client)
+		closeWrite(upstream)
+	}()
+	_, _ = io.Copy(client, upstream)
+	closeWrite(client)
+	<-done
+}
+
+func closeWrite(c net.Conn) {
+	if tc, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = tc.CloseWrite()
+		return
+	}
+	_ = c.Close()
+}
+
+func (e *Egress) track(conns ...net.Conn) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return false
+	}
+	for _, c := range conns {
+		e.tunnels[c] = struct{}{}
+	}
+	e.wg.Add(1)
+	return true
+}
+
+func (e *Egress) untrack(conns ...net.Conn) {
+	e.mu.Lock()
+	for _, c := range conns {
+		delete(e.tunnels, c)
+		c.Close()
+	}
+	e.mu.Unlock()
+	e.wg.Done()
+}
+
+// Close ends open tunnels and waits for them. Safe to call twice.
+func (e *Egress) Close() {
+	e.mu.Lock()
+	e.closed = true
+	for c := range e.tunnels {
+		c.Close()
+	}
+	e.mu.Unlock()
+	e.wg.Wait()
+}

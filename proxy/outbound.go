@@ -1,0 +1,127 @@
+package proxy
+
+import (
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natsmesh/natsmesh/bus"
+)
+
+// DefaultOutboundListen is where a sidecar takes its app's outgoing calls.
+const DefaultOutboundListen = "127.0.0.1:15001"
+
+// Outbound is the http.Handler an app sends its outgoing calls to, either as
+// its HTTP proxy (HTTP_PROXY, absolute-form requests and CONNECT) or directly
+// with a Host header naming the service. Requests for mesh services go over
+// NATS through a Transport; any other host is egress.
+type Outbound struct {
+	t      *Transport
+	egress *Egress // nil: egress is denied
+	log    *slog.Logger
+}
+
+var _ http.Handler = (*Outbound)(nil)
+
+// NewOutbound makes the handler. egress nil refuses non-mesh hosts with 403.
+func NewOutbound(t *Transport, egress *Egress, log *slog.Logger) *Outbound {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Outbound{t: t, egress: egress, log: log}
+}
+
+func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	service, isMesh, herr := ServiceFromHost(r.Host)
+	if herr != nil {
+		writeError(w, r, herr)
+		return
+	}
+	if !isMesh || r.Method == http.MethodConnect {
+		if o.egress == nil {
+			writeError(w, r, bus.Errorf(bus.Forbidden, "calls to %s outside the mesh are denied by this sidecar (--egress=deny)", r.Host))
+			return
+		}
+		o.egress.ServeHTTP(w, r)
+		return
+	}
+
+	buf := getBuf()
+	defer putBuf(buf)
+	if berr := readBody(r, buf, o.t.nc.MaxPayload()); berr != nil {
+		if berr.Code == bus.TooLarge {
+			w.Header().Set("Connection", "close") // the rest of the body is not read
+		}
+		writeError(w, r, berr)
+		return
+	}
+	m, merr, err := o.t.call(r.Context(), service, r.Method, requestURI(r), r.Host, r.Header, buf.Bytes())
+	if err != nil {
+		return // the client went away; there is nobody to answer
+	}
+	if merr != nil {
+		writeError(w, r, merr)
+		return
+	}
+	writeMessage(w, r, m)
+}
+
+// requestURI is the raw path and query of r, as the client sent them.
+func requestURI(r *http.Request) string {
+	uri := r.RequestURI
+	if r.URL.IsAbs() {
+		// Proxy form: drop "scheme://authority" and keep the rest verbatim.
+		if i := strings.Index(uri, "://"); i >= 0 {
+			rest := uri[i+3:]
+			if j := strings.IndexAny(rest, "/?"); j >= 0 {
+				uri = rest[j:]
+			} else {
+				uri = "/"
+			}
+		}
+		if strings.HasPrefix(uri, "?") {
+			uri = "/" + uri
+		}
+	}
+	if uri == "" {
+		uri = "/"
+	}
+	return uri
+}
+
+// writeMessage writes a reply message as the HTTP response.
+func writeMessage(w http.ResponseWriter, r *http.Request, m *nats.Msg) {
+	code, err := strconv.Atoi(bus.First(m.Header, bus.HeaderStatus))
+	if err != nil || code < 100 || code > 999 {
+		writeError(w, r, bus.Errorf(bus.UpstreamLost, "the reply from the service had no valid %s", bus.HeaderStatus))
+		return
+	}
+	h := w.Header()
+	bus.CopyToHTTP(h, m.Header)
+	if v := m.Header[bus.HeaderInstance]; len(v) > 0 {
+		h[bus.HeaderInstance] = v[:1]
+	}
+	if v := m.Header[bus.HeaderError]; len(v) > 0 {
+		h[bus.HeaderError] = v[:1]
+	}
+	if r.Method == http.MethodHead || !bodyAllowed(code) {
+		w.WriteHeader(code) // keeps the app's Content-Length, if any
+		return
+	}
+	h["Content-Length"] = []string{strconv.Itoa(len(m.Data))}
+	w.WriteHeader(code)
+	_, _ = w.Write(m.Data)
+}
+
+func bodyAllowed(code int) bool {
+	return code >= 200 && code != http.StatusNoContent && code != http.StatusNotModified
+}
+
+// writeError answers with a mesh failure.
+func writeError(w http.ResponseWriter, r *http.Request, e *bus.Error) {
+	hdr, body := bus.ErrorResponse(e, "")
+	writeMessage(w, r, &nats.Msg{Header: hdr, Data: body})
+}

@@ -1,0 +1,288 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natsmesh/natsmesh/bus"
+)
+
+// DefaultMaxInflight is the default concurrency limit of one instance.
+const DefaultMaxInflight = 1024
+
+// ServeConfig configures Serve.
+type ServeConfig struct {
+	// Service is the service this instance belongs to. Required.
+	Service string
+	// Instance identifies this instance; defaults to "<service>-<random>".
+	Instance string
+	// Prefix is the subject prefix; defaults to bus.DefaultPrefix.
+	Prefix string
+	// MaxInflight limits requests handled at once; beyond it requests are
+	// answered `overloaded` at once. Defaults to DefaultMaxInflight.
+	MaxInflight int
+	// Logger receives operational messages; defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Server answers one service instance's NATS requests with an http.Handler.
+type Server struct {
+	nc       *nats.Conn
+	h        http.Handler
+	service  string
+	instance string
+	inst     []string // Mesh-Instance value, shared by every response
+	max      int64
+	log      *slog.Logger
+
+	subs     []*nats.Subscription
+	inflight atomic.Int64
+	wg       sync.WaitGroup
+	stopOnce sync.Once
+	stopErr  error
+
+	served, rejected, malformed atomic.Uint64
+}
+
+// Serve subscribes the instance to the service's queue group
+// (<prefix>.rpc.<service>, group <service>) and to its own subject
+// (<prefix>.inst.<instance>), and answers each request with h. The connection
+// is the caller's; Drain or Stop the Server before closing it.
+func Serve(nc *nats.Conn, h http.Handler, cfg ServeConfig) (*Server, error) {
+	if err := bus.ValidateName("service", cfg.Service); err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	if cfg.Instance == "" {
+		cfg.Instance = NewInstanceID(cfg.Service)
+	}
+	if err := bus.ValidateName("instance", cfg.Instance); err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	subj, err := bus.NewSubjects(cfg.Prefix)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.MaxInflight <= 0 {
+		cfg.MaxInflight = DefaultMaxInflight
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Server{
+		nc: nc, h: h, service: cfg.Service, instance: cfg.Instance,
+		inst: []string{cfg.Instance}, max: int64(cfg.MaxInflight), log: cfg.Logger,
+	}
+	q, err := nc.QueueSubscribe(subj.RPC(cfg.Service), subj.QueueGroup(cfg.Service), s.onMsg)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: subscribe to %s: %w", subj.RPC(cfg.Service), err)
+	}
+	s.subs = append(s.subs, q)
+	d, err := nc.Subscribe(subj.Inst(cfg.Instance), s.onMsg)
+	if err != nil {
+		_ = q.Unsubscribe()
+		return nil, fmt.Errorf("proxy: subscribe to %s: %w", subj.Inst(cfg.Instance), err)
+	}
+	s.subs = append(s.subs, d)
+	for _, sub := range s.subs {
+		// The callback only hands off, so little queues; a flood beyond this
+		// is dropped by nats.go and reported as a slow consumer.
+		if err := sub.SetPendingLimits(64*1024, 256<<20); err != nil {
+			s.Stop()
+			return nil, err
+		}
+	}
+	// Make sure the server has the subscriptions before callers are told
+	// the instance exists.
+	if nc.Status() == nats.CONNECTED {
+		if err := nc.FlushTimeout(5 * time.Second); err != nil {
+			s.Stop()
+			return nil, fmt.Errorf("proxy: subscribe: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Instance is this instance's id.
+func (s *Server) Instance() string { return s.instance }
+
+// Inflight is the number of requests being handled now.
+func (s *Server) Inflight() int { return int(s.inflight.Load()) }
+
+// Stats are counters of a Server since it started.
+type Stats struct {
+	Served    uint64 // requests handed to the handler
+	Rejected  uint64 // answered overloaded
+	Malformed uint64 // dropped or answered bad-request: no reply subject, missing method or path
+}
+
+// Stats returns the counters.
+func (s *Server) Stats() Stats {
+	return Stats{Served: s.served.Load(), Rejected: s.rejected.Load(), Malformed: s.malformed.Load()}
+}
+
+// onMsg runs on the subscription's delivery goroutine: it only admits the
+// request and hands it to a goroutine of its own, bounded by MaxInflight.
+func (s *Server) onMsg(m *nats.Msg) {
+	if m.Reply == "" {
+		s.malformed.Add(1) // nobody to answer
+		return
+	}
+	if s.inflight.Add(1) > s.max {
+		s.inflight.Add(-1)
+		s.rejected.Add(1)
+		s.respondError(m, bus.Errorf(bus.Overloaded, "instance %s of %s is handling its limit of %d requests; retry shortly", s.instance, s.service, s.max))
+		return
+	}
+	s.wg.Add(1)
+	go s.serve(m)
+}
+
+func (s *Server) respondError(m *nats.Msg, e *bus.Error) {
+	h, body := bus.ErrorResponse(e, s.instance)
+	_ = m.RespondMsg(&nats.Msg{Header: h, Data: body})
+}
+
+func (s *Server) serve(m *nats.Msg) {
+	defer s.wg.Done()
+	defer s.inflight.Add(-1)
+	s.served.Add(1)
+
+	method := bus.First(m.Header, bus.HeaderMethod)
+	uri := bus.First(m.Header, bus.HeaderPath)
+	if method == "" || uri == "" {
+		s.malformed.Add(1)
+		s.respondError(m, bus.Errorf(bus.BadRequest, "the request message lacks %s or %s; send requests through a natsmesh proxy or proxy.Transport", bus.HeaderMethod, bus.HeaderPath))
+		return
+	}
+	ctx := context.Background()
+	if ms, err := strconv.ParseInt(bus.First(m.Header, bus.HeaderTimeout), 10, 64); err == nil && ms > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
+		defer cancel()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "/", nil)
+	if err != nil {
+		s.malformed.Add(1)
+		s.respondError(m, bus.Errorf(bus.BadRequest, "invalid method %q", method))
+		return
+	}
+	u, err := url.ParseRequestURI(uri)
+	if err != nil {
+		s.malformed.Add(1)
+		s.respondError(m, bus.Errorf(bus.BadRequest, "invalid request URI %q: %v", uri, err))
+		return
+	}
+	req.URL = u
+	req.RequestURI = uri
+	req.Host = bus.First(m.Header, bus.HeaderHost)
+	req.Header = make(http.Header, len(m.Header))
+	bus.CopyToHTTP(req.Header, m.Header)
+	if c := m.Header[bus.HeaderCaller]; len(c) > 0 {
+		req.Header[bus.HeaderCaller] = c[:1]
+	}
+	req.ContentLength = int64(len(m.Data))
+	if len(m.Data) > 0 {
+		req.Body = io.NopCloser(bytes.NewReader(m.Data))
+	} else {
+		req.Body = http.NoBody
+	}
+	req.RemoteAddr = "nats"
+
+	w := responseWriter{header: make(http.Header, 8), buf: getBuf(), limit: s.nc.MaxPayload()}
+	defer putBuf(w.buf)
+	if perr := s.handle(&w, req); perr != nil {
+		s.respondError(m, perr)
+		return
+	}
+	if w.err != nil {
+		s.respondError(m, w.err)
+		return
+	}
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	h := make(nats.Header, len(w.header)+3)
+	bus.EncodeResponse(h, w.status, "", w.header)
+	h[bus.HeaderInstance] = s.inst
+	if err := m.RespondMsg(&nats.Msg{Header: h, Data: w.buf.Bytes()}); err != nil {
+		if errors.Is(err, nats.ErrMaxPayload) {
+			s.respondError(m, tooLargeResponse(s.nc.MaxPayload()))
+			return
+		}
+		s.log.Debug("reply not sent", "service", s.service, "error", err)
+	}
+}
+
+// handle runs the handler, turning a panic into a 502 for the caller.
+func (s *Server) handle(w *responseWriter, req *http.Request) (perr *bus.Error) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler {
+				perr = bus.Errorf(bus.UpstreamLost, "the handler of %s aborted the response", s.service)
+				return
+			}
+			s.log.Error("handler panicked", "service", s.service, "panic", v)
+			perr = bus.Errorf(bus.UpstreamLost, "the handler of %s failed while serving the request", s.service)
+		}
+	}()
+	s.h.ServeHTTP(w, req)
+	return nil
+}
+
+func tooLargeResponse(maxPayload int64) *bus.Error {
+	e := bus.Errorf(bus.TooLarge, "the response's headers and body exceed the NATS message limit of %d bytes", maxPayload)
+	e.Status = http.StatusBadGateway
+	return e
+}
+
+// Drain stops taking requests (the instance leaves its queue group, so new
+// requests go to other instances), lets the requests already received finish,
+// and returns when they have, or when ctx ends.
+func (s *Server) Drain(ctx context.Context) error {
+	var closed []<-chan nats.SubStatus
+	for _, sub := range s.subs {
+		closed = append(closed, sub.StatusChanged(nats.SubscriptionClosed))
+		if err := sub.Drain(); err != nil && !errors.Is(err, nats.ErrBadSubscription) {
+			s.log.Warn("drain subscription", "subject", sub.Subject, "error", err)
+		}
+	}
+	for i, ch := range closed {
+		if !s.subs[i].IsValid() {
+			continue
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("proxy: drain of %s did not finish: %w", s.instance, ctx.Err())
+		}
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("proxy: %d requests still in flight when the drain of %s ended: %w", s.Inflight(), s.instance, ctx.Err())
+	}
+}
+
+// Stop unsubscribes at once, without waiting for requests in flight.
+func (s *Server) Stop() {
+	s.stopOnce.Do(func() {
+		for _, sub := range s.subs {
+			_ = sub.Unsubscribe()
+		}
+	})
+}

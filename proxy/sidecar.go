@@ -1,0 +1,135 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natsmesh/natsmesh/bus"
+)
+
+// SidecarConfig configures one service instance's sidecar. Zero values are
+// the documented defaults.
+type SidecarConfig struct {
+	Service  string // required
+	Instance string // default "<service>-<random>"
+	Upstream string // the app, http://127.0.0.1:PORT; required
+	// Listen is the outbound listener; default DefaultOutboundListen.
+	Listen string
+	Prefix string
+	// MaxInflight limits inbound requests handled at once (default 1024).
+	MaxInflight int
+	// Timeout is the default deadline of outbound calls (default 15 s).
+	Timeout time.Duration
+	// DenyEgress refuses outbound calls to hosts outside the mesh.
+	DenyEgress bool
+	Logger     *slog.Logger
+}
+
+// Sidecar is a running sidecar: the inbound side serving the app to the mesh
+// and the outbound listener taking the app's calls.
+type Sidecar struct {
+	cfg      SidecarConfig
+	log      *slog.Logger
+	upstream *Upstream
+	inbound  *Server
+	tr       *Transport
+	egress   *Egress
+	ln       net.Listener
+	http     *http.Server
+	served   chan error
+	once     sync.Once
+	err      error
+}
+
+// StartSidecar starts a sidecar on a caller-owned connection.
+func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
+	if err := bus.ValidateName("service", cfg.Service); err != nil {
+		return nil, fmt.Errorf("proxy: --service: %w", err)
+	}
+	if cfg.Upstream == "" {
+		return nil, errors.New("proxy: --upstream is required: the URL of the app this sidecar serves, for example http://127.0.0.1:8080")
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = DefaultOutboundListen
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.MaxInflight <= 0 {
+		cfg.MaxInflight = DefaultMaxInflight
+	}
+	s := &Sidecar{cfg: cfg, log: cfg.Logger, served: make(chan error, 1)}
+	var err error
+	if s.upstream, err = NewUpstream(cfg.Upstream, cfg.MaxInflight); err != nil {
+		return nil, err
+	}
+	if !cfg.DenyEgress {
+		s.egress = NewEgress(cfg.Logger)
+	}
+	if s.tr, err = NewTransport(nc, TransportConfig{Caller: cfg.Service, Prefix: cfg.Prefix, Timeout: cfg.Timeout}); err != nil {
+		return nil, err
+	}
+	if s.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+		s.tr.Close()
+		return nil, fmt.Errorf("proxy: cannot listen on %s for outbound calls (choose another address with --listen): %w", cfg.Listen, err)
+	}
+	if s.inbound, err = Serve(nc, s.upstream, ServeConfig{
+		Service: cfg.Service, Instance: cfg.Instance, Prefix: cfg.Prefix,
+		MaxInflight: cfg.MaxInflight, Logger: cfg.Logger,
+	}); err != nil {
+		s.ln.Close()
+		s.tr.Close()
+		return nil, err
+	}
+	s.http = &http.Server{
+		Handler:           NewOutbound(s.tr, s.egress, cfg.Logger),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
+	}
+	go func() { s.served <- s.http.Serve(s.ln) }()
+	return s, nil
+}
+
+// Instance is the instance id.
+func (s *Sidecar) Instance() string { return s.inbound.Instance() }
+
+// OutboundAddr is the address apps send their calls to.
+func (s *Sidecar) OutboundAddr() net.Addr { return s.ln.Addr() }
+
+// Inbound is the inbound server, for its counters.
+func (s *Sidecar) Inbound() *Server { return s.inbound }
+
+// Shutdown drains the sidecar: the instance leaves its queue group and
+// finishes the requests it holds, while the outbound listener stops accepting
+// and finishes the app's calls in flight. It returns when both are done or
+// ctx ends. Safe to call twice.
+func (s *Sidecar) Shutdown(ctx context.Context) error {
+	s.once.Do(func() {
+		var wg sync.WaitGroup
+		var inErr, outErr error
+		wg.Add(2)
+		go func() { defer wg.Done(); inErr = s.inbound.Drain(ctx) }()
+		go func() { defer wg.Done(); outErr = s.http.Shutdown(ctx) }()
+		wg.Wait()
+		s.inbound.Stop()
+		if s.egress != nil {
+			s.egress.Close()
+		}
+		s.tr.Close()
+		s.upstream.Close()
+		if err := <-s.served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			outErr = errors.Join(outErr, err)
+		}
+		s.err = errors.Join(inErr, outErr)
+	})
+	return s.err
+}
