@@ -106,18 +106,27 @@ next:
 	}
 }
 
+// HTTPName maps the key of a NATS header to the HTTP header it carries:
+// escaped names are restored and keys are canonicalized. ok is false for mesh
+// control headers and NATS's own headers, which are not HTTP headers.
+func HTTPName(k string) (name string, ok bool) {
+	switch {
+	case len(k) > len(escapePrefix) && hasPrefixFold(k, escapePrefix):
+		return http.CanonicalHeaderKey(k[len(escapePrefix):]), true
+	case hasPrefixFold(k, "Mesh-") || reservedByNATS(k):
+		return "", false
+	}
+	return http.CanonicalHeaderKey(k), true
+}
+
 // CopyToHTTP adds the HTTP headers carried in src to dst: escaped names are
 // restored, mesh control headers and NATS's own headers are left out. Value
 // slices are shared with src.
 func CopyToHTTP(dst http.Header, src nats.Header) {
 	for k, vv := range src {
-		switch {
-		case len(k) > len(escapePrefix) && hasPrefixFold(k, escapePrefix):
-			k = http.CanonicalHeaderKey(k[len(escapePrefix):])
-		case hasPrefixFold(k, "Mesh-") || reservedByNATS(k):
+		k, ok := HTTPName(k)
+		if !ok {
 			continue
-		default:
-			k = http.CanonicalHeaderKey(k)
 		}
 		if prev, ok := dst[k]; ok {
 			dst[k] = append(prev[:len(prev):len(prev)], vv...)

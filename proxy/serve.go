@@ -51,7 +51,6 @@ type Server struct {
 	inflight atomic.Int64
 	wg       sync.WaitGroup
 	stopOnce sync.Once
-	stopErr  error
 
 	served, rejected, malformed atomic.Uint64
 }
@@ -172,38 +171,16 @@ func (s *Server) serve(m *nats.Msg) {
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
 		defer cancel()
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "/", nil)
-	if err != nil {
-		s.malformed.Add(1)
-		s.respondError(m, bus.Errorf(bus.BadRequest, "invalid method %q", method))
-		return
-	}
-	u, err := url.ParseRequestURI(uri)
-	if err != nil {
-		s.malformed.Add(1)
-		s.respondError(m, bus.Errorf(bus.BadRequest, "invalid request URI %q: %v", uri, err))
-		return
-	}
-	req.URL = u
-	req.RequestURI = uri
-	req.Host = bus.First(m.Header, bus.HeaderHost)
-	req.Header = make(http.Header, len(m.Header))
-	bus.CopyToHTTP(req.Header, m.Header)
-	if c := m.Header[bus.HeaderCaller]; len(c) > 0 {
-		req.Header[bus.HeaderCaller] = c[:1]
-	}
-	req.ContentLength = int64(len(m.Data))
-	if len(m.Data) > 0 {
-		req.Body = io.NopCloser(bytes.NewReader(m.Data))
-	} else {
-		req.Body = http.NoBody
-	}
-	req.RemoteAddr = "nats"
-
-	w := responseWriter{header: make(http.Header, 8), buf: getBuf(), limit: s.nc.MaxPayload()}
+	w := responseWriter{buf: getBuf(), limit: s.nc.MaxPayload()}
 	defer putBuf(w.buf)
-	if perr := s.handle(&w, req); perr != nil {
-		s.respondError(m, perr)
+	if u, ok := s.h.(*Upstream); ok {
+		// The sidecar's path: straight from the message to the app, with no
+		// http.Request in between.
+		if e := u.forward(ctx, method, uri, bus.First(m.Header, bus.HeaderHost), m.Header, m.Data, &w); e != nil {
+			w.err = e
+		}
+	} else if e := s.handleMsg(ctx, &w, m, method, uri); e != nil {
+		s.respondError(m, e)
 		return
 	}
 	if w.err != nil {
@@ -212,6 +189,14 @@ func (s *Server) serve(m *nats.Msg) {
 	}
 	if w.status == 0 {
 		w.status = http.StatusOK
+	}
+	if method == http.MethodHead && w.buf.Len() > 0 {
+		// As net/http does for HEAD: the body a handler wrote is not sent,
+		// but its length is, when the handler did not set one.
+		if w.header.Get("Content-Length") == "" && bodyAllowed(w.status) {
+			w.header.Set("Content-Length", strconv.Itoa(w.buf.Len()))
+		}
+		w.buf.Reset()
 	}
 	h := make(nats.Header, len(w.header)+3)
 	bus.EncodeResponse(h, w.status, "", w.header)
@@ -223,6 +208,40 @@ func (s *Server) serve(m *nats.Msg) {
 		}
 		s.log.Debug("reply not sent", "service", s.service, "error", err)
 	}
+}
+
+// handleMsg builds the http.Request for a library handler and runs it.
+func (s *Server) handleMsg(ctx context.Context, w *responseWriter, m *nats.Msg, method, uri string) *bus.Error {
+	if !validHeaderName(method) {
+		s.malformed.Add(1)
+		return bus.Errorf(bus.BadRequest, "invalid method %q", method)
+	}
+	u, err := url.ParseRequestURI(uri)
+	if err != nil {
+		s.malformed.Add(1)
+		return bus.Errorf(bus.BadRequest, "invalid request URI %q: %v", uri, err)
+	}
+	req := &http.Request{
+		Method:     method,
+		URL:        u,
+		Proto:      "HTTP/1.1",
+		ProtoMajor: 1,
+		ProtoMinor: 1,
+		Header:     make(http.Header, len(m.Header)),
+		Host:       bus.First(m.Header, bus.HeaderHost),
+		RequestURI: uri,
+		RemoteAddr: "nats",
+		Body:       http.NoBody,
+	}
+	bus.CopyToHTTP(req.Header, m.Header)
+	if c := m.Header[bus.HeaderCaller]; len(c) > 0 {
+		req.Header[bus.HeaderCaller] = c[:1]
+	}
+	if len(m.Data) > 0 {
+		req.ContentLength = int64(len(m.Data))
+		req.Body = io.NopCloser(bytes.NewReader(m.Data))
+	}
+	return s.handle(w, req.WithContext(ctx))
 }
 
 // handle runs the handler, turning a panic into a 502 for the caller.

@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -10,7 +12,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strings"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/natsmesh/natsmesh/bus"
@@ -27,15 +30,40 @@ func NewInstanceID(service string) string {
 	return service + "-" + id
 }
 
-// Upstream is an http.Handler that forwards each request to a local HTTP app
-// over a pool of keep-alive connections. It passes the request URI through
-// byte for byte, never follows redirects and never decompresses.
+// Upstream forwards requests to one local HTTP app over a pool of keep-alive
+// HTTP/1.1 connections. The request URI goes out byte for byte, redirects are
+// never followed and bodies are never decompressed.
+//
+// It writes requests and reads responses on the calling goroutine (responses
+// are parsed by net/http's ReadResponse), rather than through net/http's
+// Transport, whose per-connection reader and writer goroutines cost two
+// goroutine hand-offs on every request of a sidecar's hottest path.
 type Upstream struct {
-	base      *url.URL
-	transport *http.Transport
+	host    string // host:port of the app
+	tls     *tls.Config
+	dialer  net.Dialer
+	maxIdle int
+
+	mu   sync.Mutex
+	idle []*upstreamConn // most recently used last
 }
 
 var _ http.Handler = (*Upstream)(nil)
+
+type upstreamConn struct {
+	c        net.Conn
+	br       *bufio.Reader
+	bw       *bufio.Writer
+	lastUsed time.Time
+}
+
+const (
+	upstreamIdleTimeout = 90 * time.Second
+	// A connection idle for longer than this is checked for a close by the
+	// app before it is reused (apps commonly close idle connections after a
+	// few seconds).
+	upstreamCheckAfter = time.Second
+)
 
 // NewUpstream makes an Upstream for an app at rawURL (http://127.0.0.1:PORT),
 // keeping up to maxIdle idle connections to it.
@@ -50,91 +78,354 @@ func NewUpstream(rawURL string, maxIdle int) (*Upstream, error) {
 	if maxIdle <= 0 {
 		maxIdle = DefaultMaxInflight
 	}
-	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
-	t := &http.Transport{
-		Proxy:               nil, // the app is local; never through HTTP_PROXY
-		DialContext:         d.DialContext,
-		MaxIdleConns:        maxIdle,
-		MaxIdleConnsPerHost: maxIdle,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true, // bodies pass through byte for byte
-		ForceAttemptHTTP2:   false,
-		WriteBufferSize:     16 << 10,
-		ReadBufferSize:      16 << 10,
+	up := &Upstream{host: u.Host, maxIdle: maxIdle}
+	if u.Port() == "" {
+		port := "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+		up.host = net.JoinHostPort(u.Hostname(), port)
 	}
-	return &Upstream{base: &url.URL{Scheme: u.Scheme, Host: u.Host}, transport: t}, nil
+	if u.Scheme == "https" {
+		up.tls = &tls.Config{ServerName: u.Hostname(), MinVersion: tls.VersionTLS12}
+	}
+	up.dialer = net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	return up, nil
 }
 
-// Close closes idle connections to the app.
-func (u *Upstream) Close() { u.transport.CloseIdleConnections() }
+// Close closes the idle connections to the app.
+func (u *Upstream) Close() {
+	u.mu.Lock()
+	idle := u.idle
+	u.idle = nil
+	u.mu.Unlock()
+	for _, pc := range idle {
+		pc.c.Close()
+	}
+}
 
-// ServeHTTP forwards r to the app.
+// ServeHTTP forwards r to the app (library mode; the sidecar calls forward
+// directly with the parts of the NATS message).
 func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	out := r.WithContext(r.Context()) // a shallow copy: headers are not modified
-	out.URL = u.outURL(r)
-	out.RequestURI = ""
-	resp, err := u.transport.RoundTrip(out)
-	if err != nil {
-		u.fail(w, r, err)
+	buf := getBuf()
+	defer putBuf(buf)
+	if r.Body != nil {
+		if _, err := buf.ReadFrom(r.Body); err != nil {
+			writeError(w, r, bus.Errorf(bus.BadRequest, "cannot read the request body: %v", err))
+			return
+		}
+	}
+	uri := r.RequestURI
+	if uri == "" {
+		uri = r.URL.RequestURI()
+	}
+	rw, ok := w.(*responseWriter)
+	if !ok {
+		rw = &responseWriter{header: make(http.Header), buf: getBuf(), limit: 1 << 62}
+		defer putBuf(rw.buf)
+	}
+	if e := u.forward(r.Context(), r.Method, uri, r.Host, r.Header, buf.Bytes(), rw); e != nil {
+		if ok {
+			rw.setMeshError(e)
+			return
+		}
+		writeError(w, r, e)
 		return
 	}
-	defer resp.Body.Close()
-	if rw, ok := w.(*responseWriter); ok {
-		rw.header = resp.Header // the response is ours alone: no need to copy
-	} else {
-		for k, vv := range resp.Header {
+	if !ok {
+		for k, vv := range rw.header {
 			w.Header()[k] = vv
 		}
+		w.WriteHeader(rw.status)
+		_, _ = w.Write(rw.buf.Bytes())
 	}
-	w.WriteHeader(resp.StatusCode)
-	if _, err := io.Copy(w, resp.Body); err != nil {
-		if rw, ok := w.(*responseWriter); ok && rw.err != nil {
-			return // too large, already recorded
+}
+
+// forward sends one request to the app and reads its response into w. hdr
+// may be an http.Header or a message's nats.Header: names are mapped with
+// bus.HTTPName, and Mesh-Caller is passed on so the app knows its caller.
+func (u *Upstream) forward(ctx context.Context, method, uri, host string, hdr map[string][]string, body []byte, w *responseWriter) *bus.Error {
+	if e := validRequestLine(method, uri, host); e != nil {
+		return e
+	}
+	for attempt := 0; ; attempt++ {
+		pc, reused, err := u.get(ctx)
+		if err != nil {
+			return u.failure(ctx, err)
 		}
-		u.fail(w, r, err)
+		wrote, read, err := u.exchange(ctx, pc, method, uri, host, hdr, body, w)
+		if err == nil {
+			return nil
+		}
+		pc.c.Close()
+		if w.err != nil {
+			return w.err
+		}
+		if he, ok := err.(*bus.Error); ok {
+			return he
+		}
+		// The app may have closed a kept-alive connection just as it was
+		// reused. Send again on a new one when that cannot run the request
+		// twice: nothing was written, or the method is idempotent and no
+		// response had begun.
+		if attempt == 0 && reused && !read && (!wrote || idempotent(method)) && ctx.Err() == nil && !isTimeout(err) {
+			w.reset()
+			continue
+		}
+		return u.failure(ctx, err)
 	}
 }
 
-// outURL points the request at the app, keeping the raw URI exactly: the
-// path goes out as URL.Opaque, which net/http writes verbatim.
-func (u *Upstream) outURL(r *http.Request) *url.URL {
-	raw := r.RequestURI
-	if raw == "" {
-		raw = r.URL.RequestURI()
+// exchange writes the request on pc and reads the response. It reports
+// whether the request was written in full and whether any response byte was
+// read; pc goes back to the pool only on success.
+func (u *Upstream) exchange(ctx context.Context, pc *upstreamConn, method, uri, host string, hdr map[string][]string, body []byte, w *responseWriter) (wrote, read bool, err error) {
+	if d, ok := ctx.Deadline(); ok {
+		_ = pc.c.SetDeadline(d)
+	} else {
+		_ = pc.c.SetDeadline(time.Time{})
 	}
-	path, query, hasQuery := strings.Cut(raw, "?")
-	out := &url.URL{Scheme: u.base.Scheme, Host: u.base.Host, Opaque: path, RawQuery: query, ForceQuery: hasQuery && query == ""}
-	if strings.HasPrefix(path, "//") || !strings.HasPrefix(path, "/") {
-		// "//x" would be read as scheme-relative and "*" (OPTIONS *) has no
-		// leading slash: send the absolute form.
-		out.Opaque = "//" + u.base.Host + ensureSlash(path)
+	if ctx.Done() != nil {
+		stop := context.AfterFunc(ctx, func() { _ = pc.c.SetDeadline(aLongTimeAgo) })
+		defer stop()
 	}
-	return out
+	if err := writeRequest(pc.bw, method, uri, host, u.host, hdr, body); err != nil {
+		return false, false, err
+	}
+	wrote = true
+	if _, err := pc.br.Peek(1); err != nil {
+		return wrote, false, err
+	}
+	read = true
+	resp, err := http.ReadResponse(pc.br, requestFor(method))
+	for err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 {
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			return wrote, read, bus.Errorf(bus.BadRequest, "the app switched protocols (%s), which the mesh does not carry yet", resp.Header.Get("Upgrade"))
+		}
+		resp, err = http.ReadResponse(pc.br, requestFor(method)) // skip 1xx
+	}
+	if err != nil {
+		return wrote, read, err
+	}
+	w.header = resp.Header
+	w.WriteHeader(resp.StatusCode)
+	if _, err := w.ReadFrom(resp.Body); err != nil {
+		return wrote, read, err
+	}
+	if resp.Close {
+		pc.c.Close()
+		return wrote, read, nil
+	}
+	u.put(pc)
+	return wrote, read, nil
 }
 
-func ensureSlash(p string) string {
-	if strings.HasPrefix(p, "/") {
-		return p
+var aLongTimeAgo = time.Unix(1, 0)
+
+// Static requests for http.ReadResponse, which only looks at the method to
+// know whether a body follows.
+var (
+	headRequest    = &http.Request{Method: http.MethodHead}
+	connectRequest = &http.Request{Method: http.MethodConnect}
+	otherRequest   = &http.Request{Method: http.MethodGet}
+)
+
+func requestFor(method string) *http.Request {
+	switch method {
+	case http.MethodHead:
+		return headRequest
+	case http.MethodConnect:
+		return connectRequest
 	}
-	return "/" + p
+	return otherRequest
 }
 
-func (u *Upstream) fail(w http.ResponseWriter, r *http.Request, err error) {
-	var e *bus.Error
+func idempotent(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return false
+}
+
+func (u *Upstream) failure(ctx context.Context, err error) *bus.Error {
 	switch {
-	case errors.Is(err, context.DeadlineExceeded) || errors.Is(r.Context().Err(), context.DeadlineExceeded):
-		e = bus.Errorf(bus.Timeout, "the app at %s did not answer before the call's deadline", u.base.Host)
-	case errors.Is(err, context.Canceled):
-		e = bus.Errorf(bus.UpstreamLost, "the call was cancelled before the app at %s answered", u.base.Host)
-	default:
-		e = bus.Errorf(bus.UpstreamUnreachable, "the app at %s cannot be reached: %v", u.base.Host, unwrapNetError(err))
+	case errors.Is(ctx.Err(), context.DeadlineExceeded), errors.Is(err, context.DeadlineExceeded), errors.Is(err, io.ErrNoProgress):
+		return bus.Errorf(bus.Timeout, "the app at %s did not answer before the call's deadline", u.host)
+	case ctx.Err() != nil:
+		return bus.Errorf(bus.UpstreamLost, "the call was cancelled before the app at %s answered", u.host)
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return bus.Errorf(bus.UpstreamUnreachable, "the app at %s closed the connection without a complete response", u.host)
 	}
-	if mw, ok := w.(meshErrorWriter); ok {
-		mw.setMeshError(e)
+	if isTimeout(err) {
+		return bus.Errorf(bus.Timeout, "the app at %s did not answer before the call's deadline", u.host)
+	}
+	var pe *net.OpError
+	if errors.As(err, &pe) {
+		return bus.Errorf(bus.UpstreamUnreachable, "the app at %s cannot be reached: %v", u.host, pe)
+	}
+	return bus.Errorf(bus.UpstreamUnreachable, "the app at %s sent no valid HTTP response: %v", u.host, err)
+}
+
+// get takes an idle connection (reused) or dials a new one.
+func (u *Upstream) get(ctx context.Context) (*upstreamConn, bool, error) {
+	now := time.Now()
+	for {
+		u.mu.Lock()
+		n := len(u.idle)
+		if n == 0 {
+			u.mu.Unlock()
+			break
+		}
+		pc := u.idle[n-1]
+		u.idle[n-1] = nil
+		u.idle = u.idle[:n-1]
+		u.mu.Unlock()
+		idle := now.Sub(pc.lastUsed)
+		if idle > upstreamIdleTimeout || (idle > upstreamCheckAfter && !connAlive(pc.c)) || pc.br.Buffered() > 0 {
+			pc.c.Close()
+			continue
+		}
+		return pc, true, nil
+	}
+	c, err := u.dialer.DialContext(ctx, "tcp", u.host)
+	if err != nil {
+		return nil, false, err
+	}
+	if u.tls != nil {
+		tc := tls.Client(c, u.tls)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			c.Close()
+			return nil, false, err
+		}
+		c = tc
+	}
+	return &upstreamConn{c: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 16<<10)}, false, nil
+}
+
+func (u *Upstream) put(pc *upstreamConn) {
+	pc.lastUsed = time.Now()
+	u.mu.Lock()
+	if len(u.idle) < u.maxIdle {
+		u.idle = append(u.idle, pc)
+		u.mu.Unlock()
 		return
 	}
-	w.Header().Set(bus.HeaderError, string(e.Code))
-	http.Error(w, e.Message, e.Status)
+	u.mu.Unlock()
+	pc.c.Close()
+}
+
+// writeRequest writes an HTTP/1.1 request. Hop-by-hop headers were removed
+// when the request entered the mesh; Host and Content-Length are written here.
+func writeRequest(bw *bufio.Writer, method, uri, host, defaultHost string, hdr map[string][]string, body []byte) error {
+	if host == "" {
+		host = defaultHost
+	}
+	bw.WriteString(method)
+	bw.WriteByte(' ')
+	bw.WriteString(uri)
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(host)
+	bw.WriteString("\r\n")
+	for k, vv := range hdr {
+		name, ok := bus.HTTPName(k)
+		if !ok {
+			if k != bus.HeaderCaller {
+				continue
+			}
+			name = k
+		}
+		switch name {
+		case "Host", "Content-Length", "Transfer-Encoding", "Connection":
+			continue
+		}
+		if !validHeaderName(name) {
+			return bus.Errorf(bus.BadRequest, "header name %q is not valid HTTP", name)
+		}
+		for _, v := range vv {
+			if !validHeaderValue(v) {
+				return bus.Errorf(bus.BadRequest, "the value of header %s has a control character", name)
+			}
+			bw.WriteString(name)
+			bw.WriteString(": ")
+			bw.WriteString(v)
+			bw.WriteString("\r\n")
+		}
+	}
+	if len(body) > 0 || method == http.MethodPost || method == http.MethodPut || method == http.MethodPatch {
+		var num [20]byte
+		bw.WriteString("Content-Length: ")
+		bw.Write(strconv.AppendInt(num[:0], int64(len(body)), 10))
+		bw.WriteString("\r\n")
+	}
+	bw.WriteString("\r\n")
+	bw.Write(body)
+	return bw.Flush()
+}
+
+// validRequestLine guards against a message that would smuggle a second
+// request into the app's connection.
+func validRequestLine(method, uri, host string) *bus.Error {
+	if !validHeaderName(method) {
+		return bus.Errorf(bus.BadRequest, "method %q is not a valid HTTP method", method)
+	}
+	if uri == "" || (uri[0] != '/' && uri != "*") {
+		return bus.Errorf(bus.BadRequest, "request URI %q must start with /", uri)
+	}
+	for i := 0; i < len(uri); i++ {
+		if c := uri[i]; c <= ' ' || c == 0x7f {
+			return bus.Errorf(bus.BadRequest, "request URI %q has a space or control character", uri)
+		}
+	}
+	for i := 0; i < len(host); i++ {
+		if c := host[i]; c <= ' ' || c == 0x7f || c == '/' {
+			return bus.Errorf(bus.BadRequest, "Host %q is not a valid host", host)
+		}
+	}
+	return nil
+}
+
+// validHeaderName reports whether s is an HTTP token (RFC 9110 section 5.6.2).
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 0x80 || !tokenChar[c] {
+			return false
+		}
+	}
+	return true
+}
+
+var tokenChar = func() (t [128]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+		t[c-'a'+'A'] = true
+	}
+	for _, c := range "!#$%&'*+-.^_`|~" {
+		t[c] = true
+	}
+	return t
+}()
+
+// validHeaderValue rejects CR, LF, NUL and other controls except tab.
+func validHeaderValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; (c < ' ' && c != '\t') || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // unwrapNetError keeps the part of a transport error a person can act on.

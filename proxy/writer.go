@@ -24,7 +24,12 @@ var (
 	_ io.ReaderFrom       = (*responseWriter)(nil)
 )
 
-func (w *responseWriter) Header() http.Header { return w.header }
+func (w *responseWriter) Header() http.Header {
+	if w.header == nil {
+		w.header = make(http.Header, 8)
+	}
+	return w.header
+}
 
 func (w *responseWriter) WriteHeader(code int) {
 	if w.status == 0 && code >= 200 { // 1xx informational responses are not forwarded
@@ -63,9 +68,14 @@ func (w *responseWriter) ReadFrom(r io.Reader) (int64, error) {
 	return n, err
 }
 
+// reset forgets a partial response, before the request is sent again.
+func (w *responseWriter) reset() {
+	w.header = nil
+	w.status = 0
+	w.buf.Reset()
+	w.err = nil
+}
+
 // setMeshError makes the reply a mesh failure instead of the handler's
 // response (the Upstream handler uses it for connection failures).
 func (w *responseWriter) setMeshError(e *bus.Error) { w.err = e }
-
-// meshErrorWriter is implemented by the writer Serve passes to handlers.
-type meshErrorWriter interface{ setMeshError(*bus.Error) }

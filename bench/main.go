@@ -1,0 +1,349 @@
+// Command bench measures what the mesh costs: it runs the same small HTTP app
+// called directly and through natsmesh (server + caller sidecar + callee
+// sidecar, each its own process) at several concurrency levels, one after the
+// other in one run, and prints requests/s, p50 and p99 latency, the ratios
+// between the two, and the sidecars' memory.
+//
+//	go run ./bench [-duration 5s] [-conns 1,50]
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const appEnv = "NATSMESH_BENCH_APP" // set: this process is the app
+
+func main() {
+	if addr := os.Getenv(appEnv); addr != "" {
+		runApp(addr)
+		return
+	}
+	duration := flag.Duration("duration", 5*time.Second, "how long each measurement runs")
+	warmup := flag.Duration("warmup", time.Second, "unmeasured load before each measurement")
+	connsFlag := flag.String("conns", "1,50", "comma-separated concurrent connections to measure at")
+	size := flag.Int("size", 64, "response body size in bytes")
+	flag.Parse()
+	var conns []int
+	for _, c := range strings.Split(*connsFlag, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(c))
+		if err != nil || n < 1 {
+			fatalf("-conns: %q is not a positive number", c)
+		}
+		conns = append(conns, n)
+	}
+	if err := run(conns, *duration, *warmup, *size); err != nil {
+		fatalf("%v", err)
+	}
+}
+
+func fatalf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+	os.Exit(1)
+}
+
+// runApp is the app under test: a plain net/http server.
+func runApp(addr string) {
+	size, _ := strconv.Atoi(os.Getenv("NATSMESH_BENCH_SIZE"))
+	body := []byte(strings.Repeat("x", size))
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write(body)
+	})
+	if err := http.ListenAndServe(addr, mux); err != nil {
+		fatalf("app: %v", err)
+	}
+}
+
+type procs struct {
+	mu   sync.Mutex
+	list []*exec.Cmd
+}
+
+func (p *procs) start(name string, env []string, args ...string) (*exec.Cmd, error) {
+	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout = io.Discard
+	stderr, err := os.CreateTemp("", "natsmesh-bench-*.log")
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	p.list = append(p.list, cmd)
+	p.mu.Unlock()
+	return cmd, nil
+}
+
+func (p *procs) stopAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i := len(p.list) - 1; i >= 0; i-- {
+		c := p.list[i]
+		_ = c.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { _ = c.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = c.Process.Kill()
+			<-done
+		}
+		if f, ok := c.Stderr.(*os.File); ok {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+func waitHTTP(c *http.Client, u string, host string) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		req, _ := http.NewRequest(http.MethodGet, u, nil)
+		if host != "" {
+			req.Host = host
+		}
+		resp, err := c.Do(req)
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("status %d", resp.StatusCode)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready: %w", u, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func run(conns []int, duration, warmup time.Duration, size int) error {
+	dir, err := os.MkdirTemp("", "natsmesh-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "natsmesh")
+	build := exec.Command("go", "build", "-o", bin, "github.com/natsmesh/natsmesh/cmd/natsmesh")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("build natsmesh: %w", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	var p procs
+	defer p.stopAll()
+
+	appAddr, _ := freeAddr()
+	natsAddr, _ := freeAddr()
+	callerAddr, _ := freeAddr()
+	calleeAddr, _ := freeAddr()
+	natsURL := "nats://" + natsAddr
+	if _, err := p.start(self, []string{appEnv + "=" + appAddr, "NATSMESH_BENCH_SIZE=" + strconv.Itoa(size)}); err != nil {
+		return err
+	}
+	if _, err := p.start(bin, nil, "server", "--listen", natsAddr, "--data", filepath.Join(dir, "data"), "--log-level", "warn"); err != nil {
+		return err
+	}
+	callee, err := p.start(bin, nil, "sidecar", "--nats", natsURL, "--service", "app", "--upstream", "http://"+appAddr, "--listen", calleeAddr, "--log-level", "warn")
+	if err != nil {
+		return err
+	}
+	caller, err := p.start(bin, nil, "sidecar", "--nats", natsURL, "--service", "client", "--upstream", "http://"+appAddr, "--listen", callerAddr, "--log-level", "warn")
+	if err != nil {
+		return err
+	}
+	proxyURL, _ := url.Parse("http://" + callerAddr)
+	direct := newClient(nil, 64)
+	mesh := newClient(proxyURL, 64)
+	if err := waitHTTP(direct, "http://"+appAddr+"/", ""); err != nil {
+		return err
+	}
+	if err := waitHTTP(mesh, "http://app/", ""); err != nil {
+		return err
+	}
+
+	fmt.Printf("natsmesh benchmark: %d-byte responses, %s per measurement, GOMAXPROCS of this machine: %d cores\n\n", size, duration, numCPU())
+	fmt.Printf("%-6s %-7s %12s %10s %10s\n", "conns", "path", "req/s", "p50", "p99")
+	var peakCaller, peakCallee int64
+	type pair struct{ direct, mesh result }
+	var rows []pair
+	for _, n := range conns {
+		d := load(newClient(nil, n), "http://"+appAddr+"/", n, warmup, duration, nil)
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { // sample the sidecars' resident memory during the mesh run
+			defer wg.Done()
+			t := time.NewTicker(100 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+					peakCaller = max(peakCaller, rss(caller.Process.Pid))
+					peakCallee = max(peakCallee, rss(callee.Process.Pid))
+				}
+			}
+		}()
+		m := load(newClient(proxyURL, n), "http://app/", n, warmup, duration, nil)
+		close(stop)
+		wg.Wait()
+		if d.errors > 0 || m.errors > 0 {
+			fmt.Printf("warning: %d direct and %d mesh requests failed at %d conns\n", d.errors, m.errors, n)
+		}
+		fmt.Printf("%-6d %-7s %12.0f %10s %10s\n", n, "direct", d.rps(), fmtDur(d.p(50)), fmtDur(d.p(99)))
+		fmt.Printf("%-6d %-7s %12.0f %10s %10s\n", n, "mesh", m.rps(), fmtDur(m.p(50)), fmtDur(m.p(99)))
+		rows = append(rows, pair{d, m})
+	}
+	fmt.Printf("\nratios (mesh / direct):\n")
+	for i, n := range conns {
+		d, m := rows[i].direct, rows[i].mesh
+		fmt.Printf("  %3d conns: throughput %.2fx, p50 %.1fx, p99 %.1fx\n", n, m.rps()/d.rps(), ratio(m.p(50), d.p(50)), ratio(m.p(99), d.p(99)))
+	}
+	fmt.Printf("\nsidecar peak RSS under load: caller %.1f MB, callee %.1f MB\n", float64(peakCaller)/1e6, float64(peakCallee)/1e6)
+	return nil
+}
+
+func ratio(a, b time.Duration) float64 {
+	if b == 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
+}
+
+func fmtDur(d time.Duration) string {
+	return fmt.Sprintf("%.0fµs", float64(d)/float64(time.Microsecond))
+}
+
+func newClient(proxy *url.URL, conns int) *http.Client {
+	t := &http.Transport{
+		MaxIdleConns:        conns,
+		MaxIdleConnsPerHost: conns,
+		DisableCompression:  true,
+		IdleConnTimeout:     time.Minute,
+	}
+	if proxy != nil {
+		t.Proxy = http.ProxyURL(proxy)
+	}
+	return &http.Client{Transport: t, Timeout: 10 * time.Second}
+}
+
+type result struct {
+	n       int64
+	errors  int64
+	elapsed time.Duration
+	lat     []time.Duration // sorted
+}
+
+func (r result) rps() float64 { return float64(r.n) / r.elapsed.Seconds() }
+
+func (r result) p(q float64) time.Duration {
+	if len(r.lat) == 0 {
+		return 0
+	}
+	i := int(float64(len(r.lat)-1) * q / 100)
+	return r.lat[i]
+}
+
+// load runs n closed-loop workers against u: warmup unmeasured, then duration measured.
+func load(c *http.Client, u string, n int, warmup, duration time.Duration, _ any) result {
+	var measuring atomic.Bool
+	var count, errs atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	lats := make([][]time.Duration, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			buf := make([]time.Duration, 0, 1<<16)
+			for ctx.Err() == nil {
+				start := time.Now()
+				resp, err := c.Get(u)
+				if err == nil {
+					_, err = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if err == nil && resp.StatusCode != http.StatusOK {
+						err = errors.New(resp.Status)
+					}
+				}
+				el := time.Since(start)
+				if !measuring.Load() || ctx.Err() != nil {
+					continue
+				}
+				if err != nil {
+					errs.Add(1)
+					continue
+				}
+				count.Add(1)
+				buf = append(buf, el)
+			}
+			lats[i] = buf
+		}(i)
+	}
+	time.Sleep(warmup)
+	measuring.Store(true)
+	start := time.Now()
+	time.Sleep(duration)
+	cancel()
+	elapsed := time.Since(start)
+	wg.Wait()
+	var all []time.Duration
+	for _, l := range lats {
+		all = append(all, l...)
+	}
+	slices.Sort(all)
+	return result{n: count.Load(), errors: errs.Load(), elapsed: elapsed, lat: all}
+}
+
+// rss is a process's resident set size in bytes, from /proc (Linux).
+func rss(pid int) int64 {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if v, ok := strings.CutPrefix(s.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}

@@ -1,0 +1,54 @@
+package proxy_test
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"testing"
+
+	"github.com/natsmesh/natsmesh/internal/meshtest"
+	"github.com/natsmesh/natsmesh/proxy"
+)
+
+// BenchmarkSidecarToSidecar measures one call app → caller sidecar → NATS →
+// callee sidecar → app, all in this process, through real sockets.
+func BenchmarkSidecarToSidecar(b *testing.B) {
+	s := meshtest.RunServer(b)
+	body := make([]byte, 64)
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write(body)
+	}))
+	b.Cleanup(app.Close)
+	start := func(service string) *proxy.Sidecar {
+		sc, err := proxy.StartSidecar(meshtest.Connect(b, s), proxy.SidecarConfig{Service: service, Upstream: app.URL, Listen: "127.0.0.1:0"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = sc.Shutdown(b.Context()) })
+		return sc
+	}
+	start("app")
+	caller := start("client")
+	pu, _ := url.Parse("http://" + caller.OutboundAddr().String())
+	c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu), MaxIdleConnsPerHost: 256}}
+	b.ReportAllocs()
+	b.SetParallelism(25) // 50 clients on 2 cores, as the benchmark
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			resp, err := c.Get("http://app/")
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				b.Errorf("status %d", resp.StatusCode)
+				return
+			}
+		}
+	})
+}
