@@ -36,13 +36,12 @@ Example: natsmesh call ratings /ratings/0 --method POST --data '{"stars":5}'`, s
 	include := fs.Bool("include", false, "print the status line and response headers before the body")
 	var headers headerFlags
 	fs.Var(&headers, "header", `request header "Name: value" (repeatable)`)
-	pos, err := parse(fs, args)
+	pos, err := parse(fs, args, stdout)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 2 {
-		fs.Usage()
-		return usagef("want NAME and PATH, got %d arguments", len(pos))
+		return usagef("want NAME and PATH, got %d arguments (see natsmesh call --help)", len(pos))
 	}
 	service, path := pos[0], pos[1]
 	if err := bus.ValidateName("service", service); err != nil {

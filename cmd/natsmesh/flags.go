@@ -20,27 +20,48 @@ type exitError int
 
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
-// newFlagSet makes a FlagSet whose --help prints synopsis, description and flags.
-func newFlagSet(name, synopsis, description string, out io.Writer) *flag.FlagSet {
+// newFlagSet makes a FlagSet for a command. parse prints its help (synopsis,
+// description and flags, written as --name) to stdout on --help, and the
+// error with the help to stderr on a mistake.
+func newFlagSet(name, synopsis, description string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(out)
+	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(out, "Usage: natsmesh %s\n\n%s\n\nFlags:\n", synopsis, strings.TrimSpace(description))
-		fs.PrintDefaults()
+		w := fs.Output()
+		fmt.Fprintf(w, "Usage: natsmesh %s\n\n%s\n\nFlags:\n", synopsis, strings.TrimSpace(description))
+		fs.VisitAll(func(f *flag.Flag) {
+			typ, usage := flag.UnquoteUsage(f)
+			fmt.Fprintf(w, "  --%s", f.Name)
+			if typ != "" {
+				fmt.Fprintf(w, " %s", typ)
+			}
+			fmt.Fprintf(w, "\n      %s", usage)
+			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
+				fmt.Fprintf(w, " (default %q)", f.DefValue)
+			}
+			fmt.Fprintln(w)
+		})
 	}
 	return fs
 }
 
 // parse parses flags that may come before, between or after positional
 // arguments, and returns the positional ones.
-func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+func parse(fs *flag.FlagSet, args []string, stdout io.Writer) ([]string, error) {
 	var pos []string
 	for {
-		if err := fs.Parse(args); err != nil {
-			if err == flag.ErrHelp {
-				return nil, err
-			}
-			return nil, usageError{err}
+		out := fs.Output()
+		fs.SetOutput(io.Discard) // errors are reported once, by run
+		err := fs.Parse(args)
+		fs.SetOutput(out)
+		if err == flag.ErrHelp {
+			fs.SetOutput(stdout)
+			fs.Usage()
+			fs.SetOutput(out)
+			return nil, err
+		}
+		if err != nil {
+			return nil, usageError{fmt.Errorf("%w (see natsmesh %s --help)", err, fs.Name())}
 		}
 		args = fs.Args()
 		if len(args) == 0 {

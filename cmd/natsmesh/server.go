@@ -17,7 +17,7 @@ with Ctrl-C or SIGTERM.`, stderr)
 	data := fs.String("data", bus.DefaultDataDir(), "directory for JetStream data")
 	var lf logFlags
 	lf.register(fs)
-	pos, err := parse(fs, args)
+	pos, err := parse(fs, args, stdout)
 	if err != nil {
 		return err
 	}

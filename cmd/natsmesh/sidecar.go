@@ -35,7 +35,7 @@ finish, then exit 0.`, stderr)
 	fs.DurationVar(&cfg.Timeout, "timeout", proxy.DefaultTimeout, "default deadline of outbound calls")
 	egress := fs.String("egress", "allow", "calls to hosts outside the mesh: allow or deny")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "longest wait for in-flight requests on shutdown")
-	pos, err := parse(fs, args)
+	pos, err := parse(fs, args, stdout)
 	if err != nil {
 		return err
 	}
@@ -50,8 +50,15 @@ finish, then exit 0.`, stderr)
 		return usagef("--egress %q: use allow or deny", *egress)
 	}
 	if cfg.Service == "" || cfg.Upstream == "" {
-		fs.Usage()
-		return usagef("--service and --upstream are required")
+		return usagef("--service and --upstream are required (see natsmesh sidecar --help)")
+	}
+	if err := bus.ValidateName("service", cfg.Service); err != nil {
+		return usagef("--service: %v", err)
+	}
+	if cfg.Instance != "" {
+		if err := bus.ValidateName("instance", cfg.Instance); err != nil {
+			return usagef("--instance: %v", err)
+		}
 	}
 	log, err := lf.logger(stderr)
 	if err != nil {
@@ -63,7 +70,7 @@ finish, then exit 0.`, stderr)
 		// collecting less often buys throughput for a few MB of memory.
 		debug.SetGCPercent(400)
 	}
-	if cfg.Instance == "" && bus.ValidateName("service", cfg.Service) == nil {
+	if cfg.Instance == "" {
 		cfg.Instance = proxy.NewInstanceID(cfg.Service)
 	}
 	nf.cfg.Name = "natsmesh-sidecar-" + cfg.Instance
