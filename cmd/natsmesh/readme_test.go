@@ -1,0 +1,143 @@
+//go:build unix
+
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/natsmesh/natsmesh/internal/meshtest"
+)
+
+// readmeBlock returns the shell lines of the ```sh block that follows marker
+// in README.md, without comments.
+func readmeBlock(t *testing.T, readme, marker string) []string {
+	t.Helper()
+	i := strings.Index(readme, marker)
+	if i < 0 {
+		t.Fatalf("README.md has no %q block", marker)
+	}
+	rest := readme[i:]
+	start := strings.Index(rest, "```sh\n")
+	end := strings.Index(rest[start+6:], "```")
+	if start < 0 || end < 0 {
+		t.Fatalf("README.md: no ```sh block after %q", marker)
+	}
+	var lines []string
+	for _, l := range strings.Split(rest[start+6:start+6+end], "\n") {
+		if l = strings.TrimSpace(stripComment(l)); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	return lines
+}
+
+// stripComment drops a trailing "  # ..." shell comment outside quotes.
+func stripComment(l string) string {
+	if i := strings.Index(l, " #"); i >= 0 && strings.Count(l[:i], "'")%2 == 0 {
+		return l[:i]
+	}
+	return l
+}
+
+// TestReadmeTour runs README.md's commands as a user would, from the
+// repository's root: the first set-up command (the server), the block that
+// puts two apps on the mesh, and each command of the block that calls them.
+// They use the README's fixed ports, so the test needs them free.
+func TestReadmeTour(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs README commands, which build binaries; skipped with -short")
+	}
+	for _, p := range []string{"4222", "8080", "8081", "15001", "15002"} {
+		l, err := net.Listen("tcp", "127.0.0.1:"+p)
+		if err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("port %s, which README.md's commands use, is taken: %v", p, err)
+			}
+			t.Skipf("port %s, which README.md's commands use, is taken here", p)
+		}
+		l.Close()
+	}
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(raw)
+	setup := readmeBlock(t, readme, "# natsmesh")
+	if len(setup) != 2 || !strings.HasPrefix(setup[0], "go run ./cmd/natsmesh server") || !strings.HasPrefix(setup[1], "go test") {
+		t.Fatalf("README.md should open with the two set-up commands (run the server, run the tests), got %q", setup)
+	}
+	startBlock := readmeBlock(t, readme, "<!-- readme-test: start -->")
+	tryBlock := readmeBlock(t, readme, "<!-- readme-test: try -->")
+
+	goCmd, err := goTool()
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := append(childEnv(), "XDG_STATE_HOME="+t.TempDir(), "PATH="+filepath.Dir(goCmd)+":"+os.Getenv("PATH"))
+
+	// Background commands run in one process group, removed when the test ends.
+	script := "set -e\n" + setup[0] + " &\n" +
+		"for i in $(seq 300); do (echo > /dev/tcp/127.0.0.1/4222) 2>/dev/null && break; sleep 0.1; done\n" +
+		strings.Join(startBlock, "\n") + "\nwait\n"
+	var out bytes.Buffer
+	cmd := exec.Command("bash", "-c", script)
+	cmd.Dir = root
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("README commands' output:\n%s", out.String())
+		}
+	})
+
+	want := []*regexp.Regexp{
+		regexp.MustCompile(`web asked greeter and got 200 OK from instance greeter-[0-9a-f]+: hello from greeter \(called by web\)`),
+		regexp.MustCompile(`hello from greeter \(called by web\)`),
+		regexp.MustCompile(`hello from greeter \(called by a client outside the mesh\)`),
+	}
+	if len(tryBlock) != len(want) {
+		t.Fatalf("README.md's try block has %d commands; this test knows %d", len(tryBlock), len(want))
+	}
+	for i, line := range tryBlock {
+		meshtest.CheckFor(t, 90*time.Second, 200*time.Millisecond, func() error {
+			c := exec.Command("bash", "-c", line)
+			c.Dir = root
+			c.Env = env
+			got, err := c.CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("%s: %v: %s", line, err, got)
+			}
+			if !want[i].Match(got) {
+				return fmt.Errorf("%s printed %q, want it to match %s", line, got, want[i])
+			}
+			return nil
+		})
+	}
+}
