@@ -112,7 +112,13 @@ next:
 func HTTPName(k string) (name string, ok bool) {
 	switch {
 	case len(k) > len(escapePrefix) && hasPrefixFold(k, escapePrefix):
-		return http.CanonicalHeaderKey(k[len(escapePrefix):]), true
+		// Only names that are ever escaped come back, so an escaped
+		// Mesh-Caller, say, published straight to NATS stays out.
+		name := k[len(escapePrefix):]
+		if !reservedByNATS(name) {
+			return "", false
+		}
+		return http.CanonicalHeaderKey(name), true
 	case hasPrefixFold(k, "Mesh-") || reservedByNATS(k):
 		return "", false
 	}
