@@ -194,7 +194,7 @@ func (s *Server) serve(m *nats.Msg) {
 		// As net/http does for HEAD: the body a handler wrote is not sent,
 		// but its length is, when the handler did not set one.
 		if w.header.Get("Content-Length") == "" && bodyAllowed(w.status) {
-			w.header.Set("Content-Length", strconv.Itoa(w.buf.Len()))
+			w.Header().Set("Content-Length", strconv.Itoa(w.buf.Len()))
 		}
 		w.buf.Reset()
 	}
@@ -271,6 +271,12 @@ func tooLargeResponse(maxPayload int64) *bus.Error {
 // and returns when they have, or when ctx ends.
 func (s *Server) Drain(ctx context.Context) error {
 	var closed []<-chan nats.SubStatus
+	if s.nc.Status() != nats.CONNECTED {
+		// No request can arrive without a connection, and a drain would
+		// wait for a server that is not there: leave at once, then wait
+		// for the requests already received.
+		s.Stop()
+	}
 	for _, sub := range s.subs {
 		closed = append(closed, sub.StatusChanged(nats.SubscriptionClosed))
 		if err := sub.Drain(); err != nil && !errors.Is(err, nats.ErrBadSubscription) {
