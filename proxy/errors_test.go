@@ -351,11 +351,10 @@ func TestInFlightWhenNATSDies(t *testing.T) {
 	clients := allForms(t, s, caller, proxy.TransportConfig{Timeout: timeout})
 
 	type result struct {
-		form    string
-		status  int
-		code    string
-		elapsed time.Duration
-		err     error
+		form   string
+		status int
+		code   string
+		err    error
 	}
 	results := make(chan result, len(clients))
 	for _, c := range clients {

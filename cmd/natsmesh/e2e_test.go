@@ -24,7 +24,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
-	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -134,12 +133,10 @@ func natsmeshBin(t *testing.T) string {
 	return build.path
 }
 
-// goTool finds the go command that matches the toolchain running the tests.
+// goTool finds the go command: $GOROOT/bin/go when go test set GOROOT for
+// this toolchain, else the one on PATH.
 func goTool() (string, error) {
-	for _, root := range []string{os.Getenv("GOROOT"), runtime.GOROOT()} {
-		if root == "" {
-			continue
-		}
+	if root := os.Getenv("GOROOT"); root != "" {
 		p := filepath.Join(root, "bin", "go")
 		if _, err := os.Stat(p); err == nil {
 			return p, nil
