@@ -172,10 +172,12 @@ func run(conns []int, duration, warmup time.Duration, size int) error {
 	callerAddr, _ := freeAddr()
 	calleeAddr, _ := freeAddr()
 	natsURL := "nats://" + natsAddr
-	if _, err := p.start(self, []string{appEnv + "=" + appAddr, "NATSMESH_BENCH_SIZE=" + strconv.Itoa(size)}); err != nil {
+	app, err := p.start(self, []string{appEnv + "=" + appAddr, "NATSMESH_BENCH_SIZE=" + strconv.Itoa(size)})
+	if err != nil {
 		return err
 	}
-	if _, err := p.start(bin, nil, "server", "--listen", natsAddr, "--data", filepath.Join(dir, "data"), "--log-level", "warn"); err != nil {
+	srv, err := p.start(bin, nil, "server", "--listen", natsAddr, "--data", filepath.Join(dir, "data"), "--log-level", "warn")
+	if err != nil {
 		return err
 	}
 	callee, err := p.start(bin, nil, "sidecar", "--nats", natsURL, "--service", "app", "--upstream", "http://"+appAddr, "--listen", calleeAddr, "--log-level", "warn")
@@ -199,6 +201,7 @@ func run(conns []int, duration, warmup time.Duration, size int) error {
 	fmt.Printf("natsmesh benchmark: %d-byte responses, %s per measurement, GOMAXPROCS of this machine: %d cores\n\n", size, duration, numCPU())
 	fmt.Printf("%-6s %-7s %12s %10s %10s\n", "conns", "path", "req/s", "p50", "p99")
 	var peakCaller, peakCallee int64
+	var cpuNotes []string
 	type pair struct{ direct, mesh result }
 	var rows []pair
 	for _, n := range conns {
@@ -220,9 +223,22 @@ func run(conns []int, duration, warmup time.Duration, size int) error {
 				}
 			}
 		}()
-		m := load(newClient(proxyURL, n), "http://app/", n, warmup, duration, nil)
+		pids := []int{os.Getpid(), app.Process.Pid, caller.Process.Pid, srv.Process.Pid, callee.Process.Pid}
+		var before []time.Duration
+		var m result
+		m = load(newClient(proxyURL, n), "http://app/", n, warmup, duration, func() {
+			before = cpuTimes(pids)
+		})
+		after := cpuTimes(pids)
 		close(stop)
 		wg.Wait()
+		if m.n > 0 {
+			cpu := make([]string, len(pids))
+			for i, name := range []string{"client", "app", "caller sidecar", "server", "callee sidecar"} {
+				cpu[i] = fmt.Sprintf("%s %.0fµs", name, float64(after[i]-before[i])/float64(time.Microsecond)/float64(m.n))
+			}
+			cpuNotes = append(cpuNotes, fmt.Sprintf("  %3d conns: %s", n, strings.Join(cpu, ", ")))
+		}
 		if d.errors > 0 || m.errors > 0 {
 			fmt.Printf("warning: %d direct and %d mesh requests failed at %d conns\n", d.errors, m.errors, n)
 		}
@@ -235,6 +251,7 @@ func run(conns []int, duration, warmup time.Duration, size int) error {
 		d, m := rows[i].direct, rows[i].mesh
 		fmt.Printf("  %3d conns: throughput %.2fx, p50 %.1fx, p99 %.1fx\n", n, m.rps()/d.rps(), ratio(m.p(50), d.p(50)), ratio(m.p(99), d.p(99)))
 	}
+	fmt.Printf("\nCPU time per mesh request, by process (the client's includes its measuring):\n%s\n", strings.Join(cpuNotes, "\n"))
 	fmt.Printf("\nsidecar peak RSS under load: caller %.1f MB, callee %.1f MB\n", float64(peakCaller)/1e6, float64(peakCallee)/1e6)
 	return nil
 }
@@ -281,7 +298,7 @@ func (r result) p(q float64) time.Duration {
 }
 
 // load runs n closed-loop workers against u: warmup unmeasured, then duration measured.
-func load(c *http.Client, u string, n int, warmup, duration time.Duration, _ any) result {
+func load(c *http.Client, u string, n int, warmup, duration time.Duration, onStart func()) result {
 	var measuring atomic.Bool
 	var count, errs atomic.Int64
 	ctx, cancel := context.WithCancel(context.Background())
@@ -317,6 +334,9 @@ func load(c *http.Client, u string, n int, warmup, duration time.Duration, _ any
 		}(i)
 	}
 	time.Sleep(warmup)
+	if onStart != nil {
+		onStart()
+	}
 	measuring.Store(true)
 	start := time.Now()
 	time.Sleep(duration)
@@ -347,3 +367,26 @@ func rss(pid int) int64 {
 	}
 	return 0
 }
+
+// cpuTimes returns each process's user+system CPU time so far, from /proc.
+func cpuTimes(pids []int) []time.Duration {
+	out := make([]time.Duration, len(pids))
+	for i, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the command name, which is in parentheses.
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		out[i] = time.Duration(ut+st) * time.Second / clockTicks
+	}
+	return out
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat times; 100 on Linux.
+const clockTicks = 100

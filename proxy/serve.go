@@ -165,21 +165,19 @@ func (s *Server) serve(m *nats.Msg) {
 		s.respondError(m, bus.Errorf(bus.BadRequest, "the request message lacks %s or %s; send requests through a natsmesh proxy or proxy.Transport", bus.HeaderMethod, bus.HeaderPath))
 		return
 	}
-	ctx := context.Background()
+	var deadline time.Time
 	if ms, err := strconv.ParseInt(bus.First(m.Header, bus.HeaderTimeout), 10, 64); err == nil && ms > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
-		defer cancel()
+		deadline = time.Now().Add(time.Duration(ms) * time.Millisecond)
 	}
 	w := responseWriter{buf: getBuf(), limit: s.nc.MaxPayload()}
 	defer putBuf(w.buf)
 	if u, ok := s.h.(*Upstream); ok {
 		// The sidecar's path: straight from the message to the app, with no
-		// http.Request in between.
-		if e := u.forward(ctx, method, uri, bus.First(m.Header, bus.HeaderHost), m.Header, m.Data, &w); e != nil {
+		// http.Request or context in between.
+		if e := u.forward(context.Background(), deadline, method, uri, bus.First(m.Header, bus.HeaderHost), m.Header, m.Data, &w); e != nil {
 			w.err = e
 		}
-	} else if e := s.handleMsg(ctx, &w, m, method, uri); e != nil {
+	} else if e := s.handleMsg(deadline, &w, m, method, uri); e != nil {
 		s.respondError(m, e)
 		return
 	}
@@ -211,7 +209,7 @@ func (s *Server) serve(m *nats.Msg) {
 }
 
 // handleMsg builds the http.Request for a library handler and runs it.
-func (s *Server) handleMsg(ctx context.Context, w *responseWriter, m *nats.Msg, method, uri string) *bus.Error {
+func (s *Server) handleMsg(deadline time.Time, w *responseWriter, m *nats.Msg, method, uri string) *bus.Error {
 	if !validHeaderName(method) {
 		s.malformed.Add(1)
 		return bus.Errorf(bus.BadRequest, "invalid method %q", method)
@@ -240,6 +238,12 @@ func (s *Server) handleMsg(ctx context.Context, w *responseWriter, m *nats.Msg, 
 	if len(m.Data) > 0 {
 		req.ContentLength = int64(len(m.Data))
 		req.Body = io.NopCloser(bytes.NewReader(m.Data))
+	}
+	ctx := context.Background()
+	if !deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
 	}
 	return s.handle(w, req.WithContext(ctx))
 }

@@ -124,7 +124,8 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rw = &responseWriter{header: make(http.Header), buf: getBuf(), limit: 1 << 62}
 		defer putBuf(rw.buf)
 	}
-	if e := u.forward(r.Context(), r.Method, uri, r.Host, r.Header, buf.Bytes(), rw); e != nil {
+	deadline, _ := r.Context().Deadline()
+	if e := u.forward(r.Context(), deadline, r.Method, uri, r.Host, r.Header, buf.Bytes(), rw); e != nil {
 		if ok {
 			rw.setMeshError(e)
 			return
@@ -144,16 +145,19 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // forward sends one request to the app and reads its response into w. hdr
 // may be an http.Header or a message's nats.Header: names are mapped with
 // bus.HTTPName, and Mesh-Caller is passed on so the app knows its caller.
-func (u *Upstream) forward(ctx context.Context, method, uri, host string, hdr map[string][]string, body []byte, w *responseWriter) *bus.Error {
+// The deadline (zero: none) bounds the whole exchange through the
+// connection's own deadline, which costs no timer or context per request;
+// ctx is watched only when it can be cancelled.
+func (u *Upstream) forward(ctx context.Context, deadline time.Time, method, uri, host string, hdr map[string][]string, body []byte, w *responseWriter) *bus.Error {
 	if e := validRequestLine(method, uri, host); e != nil {
 		return e
 	}
 	for attempt := 0; ; attempt++ {
-		pc, reused, err := u.get(ctx)
+		pc, reused, err := u.get(ctx, deadline)
 		if err != nil {
-			return u.failure(ctx, err)
+			return u.failure(ctx, deadline, err)
 		}
-		wrote, read, err := u.exchange(ctx, pc, method, uri, host, hdr, body, w)
+		wrote, read, err := u.exchange(ctx, deadline, pc, method, uri, host, hdr, body, w)
 		if err == nil {
 			return nil
 		}
@@ -172,19 +176,15 @@ func (u *Upstream) forward(ctx context.Context, method, uri, host string, hdr ma
 			w.reset()
 			continue
 		}
-		return u.failure(ctx, err)
+		return u.failure(ctx, deadline, err)
 	}
 }
 
 // exchange writes the request on pc and reads the response. It reports
 // whether the request was written in full and whether any response byte was
 // read; pc goes back to the pool only on success.
-func (u *Upstream) exchange(ctx context.Context, pc *upstreamConn, method, uri, host string, hdr map[string][]string, body []byte, w *responseWriter) (wrote, read bool, err error) {
-	if d, ok := ctx.Deadline(); ok {
-		_ = pc.c.SetDeadline(d)
-	} else {
-		_ = pc.c.SetDeadline(time.Time{})
-	}
+func (u *Upstream) exchange(ctx context.Context, deadline time.Time, pc *upstreamConn, method, uri, host string, hdr map[string][]string, body []byte, w *responseWriter) (wrote, read bool, err error) {
+	_ = pc.c.SetDeadline(deadline)
 	if ctx.Done() != nil {
 		stop := context.AfterFunc(ctx, func() { _ = pc.c.SetDeadline(aLongTimeAgo) })
 		defer stop()
@@ -248,9 +248,10 @@ func idempotent(method string) bool {
 	return false
 }
 
-func (u *Upstream) failure(ctx context.Context, err error) *bus.Error {
+func (u *Upstream) failure(ctx context.Context, deadline time.Time, err error) *bus.Error {
 	switch {
-	case errors.Is(ctx.Err(), context.DeadlineExceeded), errors.Is(err, context.DeadlineExceeded), errors.Is(err, io.ErrNoProgress):
+	case !deadline.IsZero() && !time.Now().Before(deadline),
+		errors.Is(ctx.Err(), context.DeadlineExceeded), errors.Is(err, context.DeadlineExceeded), errors.Is(err, io.ErrNoProgress):
 		return bus.Errorf(bus.Timeout, "the app at %s did not answer before the call's deadline", u.host)
 	case ctx.Err() != nil:
 		return bus.Errorf(bus.UpstreamLost, "the call was cancelled before the app at %s answered", u.host)
@@ -268,7 +269,7 @@ func (u *Upstream) failure(ctx context.Context, err error) *bus.Error {
 }
 
 // get takes an idle connection (reused) or dials a new one.
-func (u *Upstream) get(ctx context.Context) (*upstreamConn, bool, error) {
+func (u *Upstream) get(ctx context.Context, deadline time.Time) (*upstreamConn, bool, error) {
 	now := time.Now()
 	for {
 		u.mu.Lock()
@@ -288,12 +289,17 @@ func (u *Upstream) get(ctx context.Context) (*upstreamConn, bool, error) {
 		}
 		return pc, true, nil
 	}
-	c, err := u.dialer.DialContext(ctx, "tcp", u.host)
+	d := u.dialer
+	if !deadline.IsZero() {
+		d.Deadline = deadline
+	}
+	c, err := d.DialContext(ctx, "tcp", u.host)
 	if err != nil {
 		return nil, false, err
 	}
 	if u.tls != nil {
 		tc := tls.Client(c, u.tls)
+		_ = tc.SetDeadline(deadline)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			c.Close()
 			return nil, false, err

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"runtime/debug"
 	"time"
 
 	"github.com/natsmesh/natsmesh/bus"
@@ -65,11 +63,7 @@ finish, then exit 0.`, stderr)
 		return err
 	}
 	cfg.Logger = log
-	if os.Getenv("GOGC") == "" {
-		// A sidecar's live heap is small and its garbage is per request:
-		// collecting less often buys throughput for a few MB of memory.
-		debug.SetGCPercent(400)
-	}
+
 	if cfg.Instance == "" {
 		cfg.Instance = proxy.NewInstanceID(cfg.Service)
 	}
