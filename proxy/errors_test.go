@@ -418,3 +418,43 @@ func TestReconnectAfterServerRestart(t *testing.T) {
 		meshtest.CheckFor(t, 10*time.Second, 20*time.Millisecond, callOK(c, "svc"))
 	}
 }
+
+// A sidecar may start before its NATS server: until the server is there,
+// calls (with a body, too) get mesh-unavailable, never queued or mistaken for
+// too-large; once it is up, the sidecar serves and calls without a restart.
+func TestSidecarStartsBeforeNATS(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+
+	nc, err := bus.Connect(bus.ConnectConfig{URL: fmt.Sprintf("nats://127.0.0.1:%d", port), WaitForServer: true})
+	if err != nil {
+		t.Fatalf("connect while no server runs: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	app := startApp(t, okApp)
+	sc, err := proxy.StartSidecar(nc, proxy.SidecarConfig{Service: "early", Upstream: app.URL, Listen: "127.0.0.1:0", Logger: testLogger()})
+	if err != nil {
+		t.Fatalf("start sidecar before NATS: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = sc.Shutdown(ctx)
+	})
+	c := sidecarClient(t, formHost, sc, "early")
+	req := c.newRequest(t, http.MethodPost, "early", "/", strings.NewReader("a body"))
+	resp, body := c.do(t, req)
+	wantMeshError(t, resp, body, http.StatusServiceUnavailable, bus.MeshUnavailable)
+
+	s, err := bus.StartServer(bus.ServerConfig{Port: port, DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("start the server on port %d: %v", port, err)
+	}
+	t.Cleanup(s.Shutdown)
+	meshtest.CheckFor(t, 10*time.Second, 20*time.Millisecond, callOK(c, "early"))
+}

@@ -49,6 +49,10 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	if e := o.t.unavailable(); e != nil {
+		writeError(w, r, e)
+		return
+	}
 	buf := getBuf()
 	defer putBuf(buf)
 	if berr := readBody(r, buf, o.t.nc.MaxPayload()); berr != nil {

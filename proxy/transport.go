@@ -114,8 +114,8 @@ func (t *Transport) Close() error {
 // call is one request to a service, as raw parts, returning the reply message
 // or the mesh failure. ctx ending returns ctx's error as a Go error.
 func (t *Transport) call(ctx context.Context, service, method, uri, host string, hdr http.Header, body []byte) (*nats.Msg, *bus.Error, error) {
-	if t.nc.Status() != nats.CONNECTED {
-		return nil, bus.Errorf(bus.MeshUnavailable, "the proxy is not connected to NATS right now; it reconnects by itself, so retry shortly"), nil
+	if e := t.unavailable(); e != nil {
+		return nil, e, nil
 	}
 	now := time.Now()
 	deadline := now.Add(t.timeout)
@@ -160,6 +160,15 @@ func (t *Transport) call(ctx context.Context, service, method, uri, host string,
 		}
 		return nil, nil, ctx.Err()
 	}
+}
+
+// unavailable answers mesh-unavailable while the connection is down: the
+// request is refused at once, before its body is read, never queued.
+func (t *Transport) unavailable() *bus.Error {
+	if t.nc.Status() == nats.CONNECTED {
+		return nil
+	}
+	return bus.Errorf(bus.MeshUnavailable, "the proxy is not connected to NATS right now; it reconnects by itself, so retry shortly")
 }
 
 func publishError(err error, service string, maxPayload int64) *bus.Error {
@@ -228,6 +237,10 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if herr != nil {
 		closeBody(req)
 		return errorResponse(req, herr, ""), nil
+	}
+	if e := t.unavailable(); e != nil {
+		closeBody(req)
+		return errorResponse(req, e, ""), nil
 	}
 	buf := getBuf()
 	defer putBuf(buf)
