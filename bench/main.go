@@ -4,7 +4,7 @@
 // other in one run, and prints requests/s, p50 and p99 latency, the ratios
 // between the two, and the sidecars' memory.
 //
-//	go run ./bench [-duration 5s] [-conns 1,50]
+//	go run ./bench [-duration 5s] [-conns 1,50] [-rounds 3]
 package main
 
 import (
@@ -39,6 +39,7 @@ func main() {
 	warmup := flag.Duration("warmup", time.Second, "unmeasured load before each measurement")
 	connsFlag := flag.String("conns", "1,50", "comma-separated concurrent connections to measure at")
 	size := flag.Int("size", 64, "response body size in bytes")
+	rounds := flag.Int("rounds", 3, "direct and mesh measured one after the other this many times per concurrency")
 	flag.Parse()
 	var conns []int
 	for _, c := range strings.Split(*connsFlag, ",") {
@@ -48,7 +49,10 @@ func main() {
 		}
 		conns = append(conns, n)
 	}
-	if err := run(conns, *duration, *warmup, *size); err != nil {
+	if *rounds < 1 {
+		fatalf("-rounds must be at least 1")
+	}
+	if err := run(conns, *duration, *warmup, *size, *rounds); err != nil {
 		fatalf("%v", err)
 	}
 }
@@ -148,7 +152,7 @@ func waitHTTP(c *http.Client, u string, host string) error {
 	}
 }
 
-func run(conns []int, duration, warmup time.Duration, size int) error {
+func run(conns []int, duration, warmup time.Duration, size, rounds int) error {
 	dir, err := os.MkdirTemp("", "natsmesh-bench")
 	if err != nil {
 		return err
@@ -199,61 +203,75 @@ func run(conns []int, duration, warmup time.Duration, size int) error {
 	}
 
 	fmt.Printf("natsmesh benchmark: %d-byte responses, %s per measurement, GOMAXPROCS of this machine: %d cores\n\n", size, duration, numCPU())
-	fmt.Printf("%-6s %-7s %12s %10s %10s\n", "conns", "path", "req/s", "p50", "p99")
+	fmt.Printf("%-6s %-6s %-7s %12s %10s %10s\n", "conns", "round", "path", "req/s", "p50", "p99")
 	var peakCaller, peakCallee int64
 	var cpuNotes []string
-	type pair struct{ direct, mesh result }
-	var rows []pair
+	var rows [][]pair
 	for _, n := range conns {
-		d := load(newClient(nil, n), "http://"+appAddr+"/", n, warmup, duration, nil)
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() { // sample the sidecars' resident memory during the mesh run
-			defer wg.Done()
-			t := time.NewTicker(100 * time.Millisecond)
-			defer t.Stop()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-t.C:
-					peakCaller = max(peakCaller, rss(caller.Process.Pid))
-					peakCallee = max(peakCallee, rss(callee.Process.Pid))
+		var pairs []pair
+		for r := 0; r < rounds; r++ {
+			d := load(newClient(nil, n), "http://"+appAddr+"/", n, warmup, duration, nil)
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			wg.Add(1)
+			go func() { // sample the sidecars' resident memory during the mesh run
+				defer wg.Done()
+				t := time.NewTicker(100 * time.Millisecond)
+				defer t.Stop()
+				for {
+					select {
+					case <-stop:
+						return
+					case <-t.C:
+						peakCaller = max(peakCaller, rss(caller.Process.Pid))
+						peakCallee = max(peakCallee, rss(callee.Process.Pid))
+					}
 				}
+			}()
+			pids := []int{os.Getpid(), app.Process.Pid, caller.Process.Pid, srv.Process.Pid, callee.Process.Pid}
+			var before []time.Duration
+			m := load(newClient(proxyURL, n), "http://app/", n, warmup, duration, func() { before = cpuTimes(pids) })
+			after := cpuTimes(pids)
+			close(stop)
+			wg.Wait()
+			if r == 0 && m.n > 0 {
+				cpu := make([]string, len(pids))
+				for i, name := range []string{"client", "app", "caller sidecar", "server", "callee sidecar"} {
+					cpu[i] = fmt.Sprintf("%s %.0fµs", name, float64(after[i]-before[i])/float64(time.Microsecond)/float64(m.n))
+				}
+				cpuNotes = append(cpuNotes, fmt.Sprintf("  %3d conns: %s", n, strings.Join(cpu, ", ")))
 			}
-		}()
-		pids := []int{os.Getpid(), app.Process.Pid, caller.Process.Pid, srv.Process.Pid, callee.Process.Pid}
-		var before []time.Duration
-		var m result
-		m = load(newClient(proxyURL, n), "http://app/", n, warmup, duration, func() {
-			before = cpuTimes(pids)
-		})
-		after := cpuTimes(pids)
-		close(stop)
-		wg.Wait()
-		if m.n > 0 {
-			cpu := make([]string, len(pids))
-			for i, name := range []string{"client", "app", "caller sidecar", "server", "callee sidecar"} {
-				cpu[i] = fmt.Sprintf("%s %.0fµs", name, float64(after[i]-before[i])/float64(time.Microsecond)/float64(m.n))
+			if d.errors > 0 || m.errors > 0 {
+				fmt.Printf("warning: %d direct and %d mesh requests failed at %d conns\n", d.errors, m.errors, n)
 			}
-			cpuNotes = append(cpuNotes, fmt.Sprintf("  %3d conns: %s", n, strings.Join(cpu, ", ")))
+			fmt.Printf("%-6d %-6d %-7s %12.0f %10s %10s\n", n, r+1, "direct", d.rps(), fmtDur(d.p(50)), fmtDur(d.p(99)))
+			fmt.Printf("%-6d %-6d %-7s %12.0f %10s %10s\n", n, r+1, "mesh", m.rps(), fmtDur(m.p(50)), fmtDur(m.p(99)))
+			pairs = append(pairs, pair{d, m})
 		}
-		if d.errors > 0 || m.errors > 0 {
-			fmt.Printf("warning: %d direct and %d mesh requests failed at %d conns\n", d.errors, m.errors, n)
-		}
-		fmt.Printf("%-6d %-7s %12.0f %10s %10s\n", n, "direct", d.rps(), fmtDur(d.p(50)), fmtDur(d.p(99)))
-		fmt.Printf("%-6d %-7s %12.0f %10s %10s\n", n, "mesh", m.rps(), fmtDur(m.p(50)), fmtDur(m.p(99)))
-		rows = append(rows, pair{d, m})
+		rows = append(rows, pairs)
 	}
-	fmt.Printf("\nratios (mesh / direct):\n")
+	fmt.Printf("\nratios (mesh / direct), median of %d rounds [lowest, highest]:\n", rounds)
 	for i, n := range conns {
-		d, m := rows[i].direct, rows[i].mesh
-		fmt.Printf("  %3d conns: throughput %.2fx, p50 %.1fx, p99 %.1fx\n", n, m.rps()/d.rps(), ratio(m.p(50), d.p(50)), ratio(m.p(99), d.p(99)))
+		tp := roundRatios(rows[i], func(p pair) float64 { return p.mesh.rps() / p.direct.rps() })
+		p50 := roundRatios(rows[i], func(p pair) float64 { return ratio(p.mesh.p(50), p.direct.p(50)) })
+		p99 := roundRatios(rows[i], func(p pair) float64 { return ratio(p.mesh.p(99), p.direct.p(99)) })
+		fmt.Printf("  %3d conns: throughput %s, p50 %s, p99 %s\n", n, tp, p50, p99)
 	}
 	fmt.Printf("\nCPU time per mesh request, by process (the client's includes its measuring):\n%s\n", strings.Join(cpuNotes, "\n"))
 	fmt.Printf("\nsidecar peak RSS under load: caller %.1f MB, callee %.1f MB\n", float64(peakCaller)/1e6, float64(peakCallee)/1e6)
 	return nil
+}
+
+type pair struct{ direct, mesh result }
+
+// roundRatios formats the median, lowest and highest of f over the rounds.
+func roundRatios(ps []pair, f func(pair) float64) string {
+	v := make([]float64, len(ps))
+	for i, p := range ps {
+		v[i] = f(p)
+	}
+	slices.Sort(v)
+	return fmt.Sprintf("%.2fx [%.2f, %.2f]", v[len(v)/2], v[0], v[len(v)-1])
 }
 
 func ratio(a, b time.Duration) float64 {
