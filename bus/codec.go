@@ -47,17 +47,23 @@ func hopByHop(k string) bool {
 	return false
 }
 
-// connectionTokens returns the header names listed in Connection, canonical.
-func connectionTokens(h http.Header) []string {
-	var names []string
-	for _, v := range h["Connection"] {
-		for _, f := range strings.Split(v, ",") {
-			if f = strings.TrimSpace(f); f != "" {
-				names = append(names, http.CanonicalHeaderKey(f))
+// inConnection reports whether name is listed in the Connection header
+// values conn, without allocating.
+func inConnection(conn []string, name string) bool {
+	for _, v := range conn {
+		for v != "" {
+			var tok string
+			if i := strings.IndexByte(v, ','); i >= 0 {
+				tok, v = v[:i], v[i+1:]
+			} else {
+				tok, v = v, ""
+			}
+			if strings.EqualFold(strings.TrimSpace(tok), name) {
+				return true
 			}
 		}
 	}
-	return names
+	return false
 }
 
 func hasPrefixFold(s, prefix string) bool {
@@ -75,20 +81,11 @@ func reservedByNATS(k string) bool {
 // trace-context keys are lower-cased. The values of each name keep their
 // order; value slices are shared with src, not copied.
 func PutHTTPHeader(dst nats.Header, src http.Header) {
-	var conn []string
-	if len(src["Connection"]) > 0 {
-		conn = connectionTokens(src)
-	}
-next:
+	conn := src["Connection"]
 	for k, vv := range src {
 		ck := http.CanonicalHeaderKey(k)
-		if hopByHop(ck) || hasPrefixFold(ck, "Mesh-") {
+		if hopByHop(ck) || hasPrefixFold(ck, "Mesh-") || (conn != nil && inConnection(conn, ck)) {
 			continue
-		}
-		for _, c := range conn {
-			if c == ck {
-				continue next
-			}
 		}
 		switch {
 		case reservedByNATS(ck):
@@ -142,11 +139,26 @@ func CopyToHTTP(dst http.Header, src nats.Header) {
 	}
 }
 
+// methodValues are shared header values for the common methods; encoded
+// headers are only ever read, so sharing them saves an allocation per call.
+var methodValues = map[string][]string{}
+
+func init() {
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut,
+		http.MethodPatch, http.MethodDelete, http.MethodOptions} {
+		methodValues[m] = []string{m}
+	}
+}
+
 // EncodeRequest puts an HTTP request's method, raw URI, Host and end-to-end
 // headers into h.
 func EncodeRequest(h nats.Header, method, uri, host string, hdr http.Header) {
 	PutHTTPHeader(h, hdr)
-	h[HeaderMethod] = []string{method}
+	if v, ok := methodValues[method]; ok {
+		h[HeaderMethod] = v
+	} else {
+		h[HeaderMethod] = []string{method}
+	}
 	h[HeaderPath] = []string{uri}
 	if host != "" {
 		h[HeaderHost] = []string{host}
