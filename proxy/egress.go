@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -14,16 +15,13 @@ import (
 	"github.com/natsmesh/natsmesh/bus"
 )
 
-// viaToken marks requests this proxy forwarded, so a request that comes back
-// to it (an app calling the sidecar's own address, say) is refused instead of
-// looping.
-const viaToken = "natsmesh"
-
 // Egress forwards requests for hosts outside the mesh as an ordinary forward
 // proxy: plain HTTP through a reverse proxy that keeps the request as it was,
 // and CONNECT as a TCP tunnel.
 type Egress struct {
 	rp     *httputil.ReverseProxy
+	tr     *http.Transport
+	via    string // this proxy's Via pseudonym
 	dialer *net.Dialer
 	log    *slog.Logger
 
@@ -33,17 +31,21 @@ type Egress struct {
 	wg      sync.WaitGroup
 }
 
-// NewEgress makes an egress forwarder.
-func NewEgress(log *slog.Logger) *Egress {
+// NewEgress makes an egress forwarder. name identifies this proxy in the Via
+// header it adds ("natsmesh-<name>"), so that a request that comes back to
+// it — an app calling the sidecar's own address, say — is refused instead of
+// looping, while a chain through several proxies still works.
+func NewEgress(name string, log *slog.Logger) *Egress {
 	if log == nil {
 		log = slog.Default()
 	}
 	e := &Egress{
+		via:     "natsmesh-" + name,
 		dialer:  &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second},
 		log:     log,
 		tunnels: make(map[net.Conn]struct{}),
 	}
-	t := &http.Transport{
+	e.tr = &http.Transport{
 		Proxy:               nil, // never back through HTTP_PROXY, which is us
 		DialContext:         e.dialer.DialContext,
 		MaxIdleConnsPerHost: 64,
@@ -59,9 +61,9 @@ func NewEgress(log *slog.Logger) *Egress {
 				pr.Out.URL.Host = pr.In.Host
 			}
 			pr.Out.Host = pr.In.Host
-			pr.Out.Header.Add("Via", "1.1 "+viaToken)
+			pr.Out.Header.Add("Via", "1.1 "+e.via)
 		},
-		Transport:     t,
+		Transport:     e.tr,
 		FlushInterval: -1, // stream responses as they come
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			writeError(w, r, bus.Errorf(bus.UpstreamUnreachable, "cannot reach %s outside the mesh: %v", r.Host, unwrapNetError(err)))
@@ -70,17 +72,21 @@ func NewEgress(log *slog.Logger) *Egress {
 	return e
 }
 
-func looped(r *http.Request) bool {
+// looped reports whether r already passed through this proxy.
+func (e *Egress) looped(r *http.Request) bool {
 	for _, v := range r.Header["Via"] {
-		if strings.Contains(v, viaToken) {
-			return true
+		for _, hop := range strings.Split(v, ",") {
+			// A hop is "protocol pseudonym [comment]".
+			if f := strings.Fields(hop); len(f) >= 2 && f[1] == e.via {
+				return true
+			}
 		}
 	}
 	return false
 }
 
 func (e *Egress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if looped(r) {
+	if e.looped(r) {
 		writeError(w, r, bus.Errorf(bus.BadRequest, "the request for %s came back to the proxy that forwarded it; call a mesh service by name (http://<service>/...) instead of the proxy's own address", r.Host))
 		return
 	}
@@ -171,8 +177,10 @@ func (e *Egress) untrack(conns ...net.Conn) {
 	e.wg.Done()
 }
 
-// Close ends open tunnels and waits for them. Safe to call twice.
+// Close ends open tunnels, waits for them and closes idle connections.
+// Safe to call twice.
 func (e *Egress) Close() {
+	defer e.tr.CloseIdleConnections()
 	e.mu.Lock()
 	e.closed = true
 	for c := range e.tunnels {
@@ -180,4 +188,13 @@ func (e *Egress) Close() {
 	}
 	e.mu.Unlock()
 	e.wg.Wait()
+}
+
+// unwrapNetError keeps the part of a transport error a person can act on.
+func unwrapNetError(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) {
+		return op
+	}
+	return err
 }

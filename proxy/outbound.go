@@ -40,7 +40,11 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, herr)
 		return
 	}
-	if !isMesh || r.Method == http.MethodConnect {
+	if isMesh && r.Method == http.MethodConnect {
+		writeError(w, r, bus.Errorf(bus.BadRequest, "mesh services are called over plain HTTP: use http://%s/ (the mesh carries the call), not https:// or CONNECT", service))
+		return
+	}
+	if !isMesh {
 		if o.egress == nil {
 			writeError(w, r, bus.Errorf(bus.Forbidden, "calls to %s outside the mesh are denied by this sidecar (--egress=deny)", r.Host))
 			return
@@ -100,7 +104,7 @@ func requestURI(r *http.Request) string {
 func writeMessage(w http.ResponseWriter, r *http.Request, m *nats.Msg) {
 	code, err := strconv.Atoi(bus.First(m.Header, bus.HeaderStatus))
 	if err != nil || code < 100 || code > 999 {
-		writeError(w, r, bus.Errorf(bus.UpstreamLost, "the reply from the service had no valid %s", bus.HeaderStatus))
+		writeError(w, r, badStatus())
 		return
 	}
 	h := w.Header()

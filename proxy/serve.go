@@ -22,6 +22,9 @@ import (
 // DefaultMaxInflight is the default concurrency limit of one instance.
 const DefaultMaxInflight = 1024
 
+// DefaultMaxTimeout is the longest deadline a request may ask for.
+const DefaultMaxTimeout = 5 * time.Minute
+
 // ServeConfig configures Serve.
 type ServeConfig struct {
 	// Service is the service this instance belongs to. Required.
@@ -33,6 +36,12 @@ type ServeConfig struct {
 	// MaxInflight limits requests handled at once; beyond it requests are
 	// answered `overloaded` at once. Defaults to DefaultMaxInflight.
 	MaxInflight int
+	// Timeout is the deadline of a request that carries no Mesh-Timeout (one
+	// sent by a plain NATS client); defaults to DefaultTimeout.
+	Timeout time.Duration
+	// MaxTimeout caps the deadline a caller may ask for with Mesh-Timeout;
+	// defaults to DefaultMaxTimeout.
+	MaxTimeout time.Duration
 	// Logger receives operational messages; defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -47,9 +56,13 @@ type Server struct {
 	max      int64
 	log      *slog.Logger
 
+	timeout, maxTimeout time.Duration
+
 	subs     []*nats.Subscription
 	inflight atomic.Int64
-	wg       sync.WaitGroup
+	wg       sync.WaitGroup // requests being served
+	admit    sync.Mutex     // orders wg.Add before the final wg.Wait
+	closed   bool
 	stopOnce sync.Once
 
 	served, rejected, malformed atomic.Uint64
@@ -76,10 +89,18 @@ func Serve(nc *nats.Conn, h http.Handler, cfg ServeConfig) (*Server, error) {
 	if cfg.MaxInflight <= 0 {
 		cfg.MaxInflight = DefaultMaxInflight
 	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.MaxTimeout <= 0 {
+		cfg.MaxTimeout = DefaultMaxTimeout
+	}
+	cfg.Timeout = min(cfg.Timeout, cfg.MaxTimeout)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	s := &Server{
+		timeout: cfg.Timeout, maxTimeout: cfg.MaxTimeout,
 		nc: nc, h: h, service: cfg.Service, instance: cfg.Instance,
 		inst: []string{cfg.Instance}, max: int64(cfg.MaxInflight), log: cfg.Logger,
 	}
@@ -144,7 +165,14 @@ func (s *Server) onMsg(m *nats.Msg) {
 		s.respondError(m, bus.Errorf(bus.Overloaded, "instance %s of %s is handling its limit of %d requests; retry shortly", s.instance, s.service, s.max))
 		return
 	}
+	s.admit.Lock()
+	if s.closed {
+		s.admit.Unlock()
+		s.inflight.Add(-1)
+		return // the instance has stopped; the caller's deadline answers
+	}
 	s.wg.Add(1)
+	s.admit.Unlock()
 	go s.serve(m)
 }
 
@@ -165,10 +193,7 @@ func (s *Server) serve(m *nats.Msg) {
 		s.respondError(m, bus.Errorf(bus.BadRequest, "the request message lacks %s or %s; send requests through a natsmesh proxy or proxy.Transport", bus.HeaderMethod, bus.HeaderPath))
 		return
 	}
-	var deadline time.Time
-	if ms, err := strconv.ParseInt(bus.First(m.Header, bus.HeaderTimeout), 10, 64); err == nil && ms > 0 {
-		deadline = time.Now().Add(time.Duration(ms) * time.Millisecond)
-	}
+	deadline := time.Now().Add(s.requestTimeout(bus.First(m.Header, bus.HeaderTimeout)))
 	w := responseWriter{buf: getBuf(), limit: s.nc.MaxPayload()}
 	defer putBuf(w.buf)
 	if u, ok := s.h.(*Upstream); ok {
@@ -195,6 +220,8 @@ func (s *Server) serve(m *nats.Msg) {
 			w.Header().Set("Content-Length", strconv.Itoa(w.buf.Len()))
 		}
 		w.buf.Reset()
+	} else if !bodyAllowed(w.status) {
+		w.buf.Reset() // 204 and 304 have no body, whatever a handler wrote
 	}
 	h := make(nats.Header, len(w.header)+3)
 	bus.EncodeResponse(h, w.status, "", w.header)
@@ -206,6 +233,19 @@ func (s *Server) serve(m *nats.Msg) {
 		}
 		s.log.Debug("reply not sent", "service", s.service, "error", err)
 	}
+}
+
+// requestTimeout is the time a request may take: what its Mesh-Timeout asks
+// for, capped, or the default when it asks for nothing valid.
+func (s *Server) requestTimeout(meshTimeout string) time.Duration {
+	ms, err := strconv.ParseInt(meshTimeout, 10, 64)
+	if err != nil || ms <= 0 {
+		return s.timeout
+	}
+	if ms >= int64(s.maxTimeout/time.Millisecond) {
+		return s.maxTimeout
+	}
+	return time.Duration(ms) * time.Millisecond
 }
 
 // handleMsg builds the http.Request for a library handler and runs it.
@@ -239,12 +279,8 @@ func (s *Server) handleMsg(deadline time.Time, w *responseWriter, m *nats.Msg, m
 		req.ContentLength = int64(len(m.Data))
 		req.Body = io.NopCloser(bytes.NewReader(m.Data))
 	}
-	ctx := context.Background()
-	if !deadline.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, deadline)
-		defer cancel()
-	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
 	return s.handle(w, req.WithContext(ctx))
 }
 
@@ -253,11 +289,11 @@ func (s *Server) handle(w *responseWriter, req *http.Request) (perr *bus.Error) 
 	defer func() {
 		if v := recover(); v != nil {
 			if v == http.ErrAbortHandler {
-				perr = bus.Errorf(bus.UpstreamLost, "the handler of %s aborted the response", s.service)
+				perr = bus.Errorf(bus.UpstreamUnreachable, "the handler of %s aborted the response", s.service)
 				return
 			}
 			s.log.Error("handler panicked", "service", s.service, "panic", v)
-			perr = bus.Errorf(bus.UpstreamLost, "the handler of %s failed while serving the request", s.service)
+			perr = bus.Errorf(bus.UpstreamUnreachable, "the handler of %s failed while serving the request", s.service)
 		}
 	}()
 	s.h.ServeHTTP(w, req)
@@ -297,6 +333,11 @@ func (s *Server) Drain(ctx context.Context) error {
 			return fmt.Errorf("proxy: drain of %s did not finish: %w", s.instance, ctx.Err())
 		}
 	}
+	// A callback that was already running when the subscriptions were
+	// stopped may still try to admit a request; from here on it is refused.
+	s.admit.Lock()
+	s.closed = true
+	s.admit.Unlock()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {

@@ -26,7 +26,8 @@ type SidecarConfig struct {
 	Prefix string
 	// MaxInflight limits inbound requests handled at once (default 1024).
 	MaxInflight int
-	// Timeout is the default deadline of outbound calls (default 15 s).
+	// Timeout is the default deadline of calls (default 15 s): of the app's
+	// outbound calls, and of inbound requests that carry no Mesh-Timeout.
 	Timeout time.Duration
 	// DenyEgress refuses outbound calls to hosts outside the mesh.
 	DenyEgress bool
@@ -68,11 +69,17 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 	}
 	s := &Sidecar{cfg: cfg, log: cfg.Logger, served: make(chan error, 1)}
 	var err error
-	if s.upstream, err = NewUpstream(cfg.Upstream, cfg.MaxInflight); err != nil {
+	if s.upstream, err = NewUpstream(cfg.Upstream, 0); err != nil {
 		return nil, err
 	}
+	if cfg.Instance == "" {
+		cfg.Instance = NewInstanceID(cfg.Service)
+	}
+	if err := bus.ValidateName("instance", cfg.Instance); err != nil {
+		return nil, fmt.Errorf("proxy: --instance: %w", err)
+	}
 	if !cfg.DenyEgress {
-		s.egress = NewEgress(cfg.Logger)
+		s.egress = NewEgress(cfg.Instance, cfg.Logger)
 	}
 	if s.tr, err = NewTransport(nc, TransportConfig{Caller: cfg.Service, Prefix: cfg.Prefix, Timeout: cfg.Timeout}); err != nil {
 		return nil, err
@@ -83,7 +90,7 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 	}
 	if s.inbound, err = Serve(nc, s.upstream, ServeConfig{
 		Service: cfg.Service, Instance: cfg.Instance, Prefix: cfg.Prefix,
-		MaxInflight: cfg.MaxInflight, Logger: cfg.Logger,
+		MaxInflight: cfg.MaxInflight, Timeout: cfg.Timeout, Logger: cfg.Logger,
 	}); err != nil {
 		s.ln.Close()
 		s.tr.Close()
@@ -109,17 +116,17 @@ func (s *Sidecar) OutboundAddr() net.Addr { return s.ln.Addr() }
 func (s *Sidecar) Inbound() *Server { return s.inbound }
 
 // Shutdown drains the sidecar: the instance leaves its queue group and
-// finishes the requests it holds, while the outbound listener stops accepting
-// and finishes the app's calls in flight. It returns when both are done or
-// ctx ends. Safe to call twice.
+// finishes the requests it holds, with the outbound proxy still serving the
+// app's calls; then the outbound listener stops accepting and finishes the
+// calls in flight. It returns when both are done or ctx ends. Safe to call
+// twice.
 func (s *Sidecar) Shutdown(ctx context.Context) error {
 	s.once.Do(func() {
-		var wg sync.WaitGroup
-		var inErr, outErr error
-		wg.Add(2)
-		go func() { defer wg.Done(); inErr = s.inbound.Drain(ctx) }()
-		go func() { defer wg.Done(); outErr = s.http.Shutdown(ctx) }()
-		wg.Wait()
+		// Inbound first: the requests the instance holds may need the
+		// outbound proxy to finish (an app that calls other services while
+		// serving), so it keeps serving until they are done.
+		inErr := s.inbound.Drain(ctx)
+		outErr := s.http.Shutdown(ctx)
 		s.inbound.Stop()
 		if s.egress != nil {
 			s.egress.Close()

@@ -16,6 +16,9 @@ import (
 	"github.com/natsmesh/natsmesh/bus"
 )
 
+// ErrTransportClosed is returned for calls made after Close.
+var ErrTransportClosed = errors.New("proxy: the transport is closed")
+
 // DefaultTimeout bounds a call when neither the config nor the request's
 // context set a shorter deadline.
 const DefaultTimeout = 15 * time.Second
@@ -38,8 +41,9 @@ type TransportConfig struct {
 //
 // Failures made by the mesh (no instance, timeout, ...) come back as responses
 // with a Mesh-Error header and the status in the error table, exactly as the
-// sidecar answers them; RoundTrip returns an error only when the request's own
-// context ends or the request cannot be read.
+// sidecar answers them; a deadline of the request's context is such a
+// timeout. RoundTrip returns an error when the request's context is
+// cancelled, after Close, and for egress requests whose Egress fails.
 type Transport struct {
 	nc      *nats.Conn
 	subj    bus.Subjects
@@ -84,6 +88,15 @@ func NewTransport(nc *nats.Conn, cfg TransportConfig) (*Transport, error) {
 	return t, nil
 }
 
+func (t *Transport) isClosed() bool {
+	select {
+	case <-t.done:
+		return true
+	default:
+		return false
+	}
+}
+
 func (t *Transport) watchStatus() {
 	defer t.wg.Done()
 	for {
@@ -117,6 +130,11 @@ func (t *Transport) call(ctx context.Context, service, method, uri, host string,
 	if e := t.unavailable(); e != nil {
 		return nil, e, nil
 	}
+	select {
+	case <-t.done:
+		return nil, nil, ErrTransportClosed
+	default:
+	}
 	now := time.Now()
 	deadline := now.Add(t.timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -146,6 +164,8 @@ func (t *Transport) call(ctx context.Context, service, method, uri, host string,
 	select {
 	case m := <-ch:
 		switch {
+		case m == nil && t.isClosed():
+			return nil, nil, ErrTransportClosed
 		case m == nil:
 			return nil, bus.Errorf(bus.UpstreamLost, "the NATS connection dropped while waiting for %s to answer; the request may or may not have been processed", service), nil
 		case bus.IsNoResponders(m):
@@ -271,9 +291,9 @@ func closeBody(req *http.Request) {
 
 // messageResponse turns a reply message into an *http.Response.
 func messageResponse(req *http.Request, m *nats.Msg) *http.Response {
-	code, _ := strconv.Atoi(bus.First(m.Header, bus.HeaderStatus))
-	if code < 100 || code > 999 {
-		code = http.StatusBadGateway
+	code, err := strconv.Atoi(bus.First(m.Header, bus.HeaderStatus))
+	if err != nil || code < 100 || code > 999 {
+		return errorResponse(req, badStatus(), "")
 	}
 	h := make(http.Header, len(m.Header))
 	bus.CopyToHTTP(h, m.Header)
@@ -295,10 +315,18 @@ func messageResponse(req *http.Request, m *nats.Msg) *http.Response {
 		Request:       req,
 	}
 	if req.Method == http.MethodHead {
-		resp.ContentLength, _ = strconv.ParseInt(h.Get("Content-Length"), 10, 64)
+		resp.ContentLength = -1
+		if n, err := strconv.ParseInt(h.Get("Content-Length"), 10, 64); err == nil {
+			resp.ContentLength = n
+		}
 		resp.Body = http.NoBody
 	}
 	return resp
+}
+
+// badStatus is the failure for a reply without a valid Mesh-Status.
+func badStatus() *bus.Error {
+	return bus.Errorf(bus.UpstreamLost, "the reply from the service had no valid %s", bus.HeaderStatus)
 }
 
 func errorResponse(req *http.Request, e *bus.Error, instance string) *http.Response {

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/natsmesh/natsmesh/bus"
 )
 
@@ -52,9 +54,23 @@ var _ http.Handler = (*Upstream)(nil)
 
 type upstreamConn struct {
 	c        net.Conn
+	cw       *countingWriter
 	br       *bufio.Reader
 	bw       *bufio.Writer
 	lastUsed time.Time
+}
+
+// countingWriter counts the bytes that reached the connection, so that a
+// request is only sent again when none of it did.
+type countingWriter struct {
+	c net.Conn
+	n int64
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	n, err := w.c.Write(p)
+	w.n += int64(n)
+	return n, err
 }
 
 const (
@@ -65,8 +81,11 @@ const (
 	upstreamCheckAfter = time.Second
 )
 
+// DefaultMaxIdle is how many idle connections to the app an Upstream keeps.
+const DefaultMaxIdle = 64
+
 // NewUpstream makes an Upstream for an app at rawURL (http://127.0.0.1:PORT),
-// keeping up to maxIdle idle connections to it.
+// keeping up to maxIdle idle connections to it (0 means DefaultMaxIdle).
 func NewUpstream(rawURL string, maxIdle int) (*Upstream, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
@@ -76,7 +95,7 @@ func NewUpstream(rawURL string, maxIdle int) (*Upstream, error) {
 		return nil, fmt.Errorf("proxy: upstream %q has a path; give only scheme, host and port", rawURL)
 	}
 	if maxIdle <= 0 {
-		maxIdle = DefaultMaxInflight
+		maxIdle = DefaultMaxIdle
 	}
 	up := &Upstream{host: u.Host, maxIdle: maxIdle}
 	if u.Port() == "" {
@@ -104,8 +123,9 @@ func (u *Upstream) Close() {
 	}
 }
 
-// ServeHTTP forwards r to the app (library mode; the sidecar calls forward
-// directly with the parts of the NATS message).
+// ServeHTTP forwards r to the app, in library mode (the sidecar calls
+// forward directly with the parts of the NATS message). Headers pass through
+// the same codec as a proxied call: hop-by-hop headers are dropped both ways.
 func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	buf := getBuf()
 	defer putBuf(buf)
@@ -119,36 +139,42 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if uri == "" {
 		uri = r.URL.RequestURI()
 	}
-	rw, ok := w.(*responseWriter)
-	if !ok {
-		rw = &responseWriter{header: make(http.Header), buf: getBuf(), limit: 1 << 62}
+	hdr := make(nats.Header, len(r.Header)+1)
+	bus.PutHTTPHeader(hdr, r.Header)
+	if c := r.Header.Values(bus.HeaderCaller); len(c) > 0 {
+		hdr[bus.HeaderCaller] = c[:1]
+	}
+	rw, ours := w.(*responseWriter)
+	if !ours {
+		rw = &responseWriter{buf: getBuf(), limit: 1 << 62}
 		defer putBuf(rw.buf)
 	}
 	deadline, _ := r.Context().Deadline()
-	if e := u.forward(r.Context(), deadline, r.Method, uri, r.Host, r.Header, buf.Bytes(), rw); e != nil {
-		if ok {
+	if e := u.forward(r.Context(), deadline, r.Method, uri, r.Host, hdr, buf.Bytes(), rw); e != nil {
+		if ours {
 			rw.setMeshError(e)
 			return
 		}
 		writeError(w, r, e)
 		return
 	}
-	if !ok {
-		for k, vv := range rw.header {
-			w.Header()[k] = vv
-		}
+	if !ours {
+		end := make(nats.Header, len(rw.header))
+		bus.PutHTTPHeader(end, rw.header)
+		bus.CopyToHTTP(w.Header(), end)
 		w.WriteHeader(rw.status)
 		_, _ = w.Write(rw.buf.Bytes())
 	}
 }
 
 // forward sends one request to the app and reads its response into w. hdr
-// may be an http.Header or a message's nats.Header: names are mapped with
-// bus.HTTPName, and Mesh-Caller is passed on so the app knows its caller.
+// holds the request's headers as the codec puts them in a message: names are
+// mapped back with bus.HTTPName, and Mesh-Caller is passed on so the app
+// knows its caller.
 // The deadline (zero: none) bounds the whole exchange through the
 // connection's own deadline, which costs no timer or context per request;
 // ctx is watched only when it can be cancelled.
-func (u *Upstream) forward(ctx context.Context, deadline time.Time, method, uri, host string, hdr map[string][]string, body []byte, w *responseWriter) *bus.Error {
+func (u *Upstream) forward(ctx context.Context, deadline time.Time, method, uri, host string, hdr nats.Header, body []byte, w *responseWriter) *bus.Error {
 	if e := validRequestLine(method, uri, host); e != nil {
 		return e
 	}
@@ -157,7 +183,7 @@ func (u *Upstream) forward(ctx context.Context, deadline time.Time, method, uri,
 		if err != nil {
 			return u.failure(ctx, deadline, err)
 		}
-		wrote, read, err := u.exchange(ctx, deadline, pc, method, uri, host, hdr, body, w)
+		sent, read, err := u.exchange(ctx, deadline, pc, method, uri, host, hdr, body, w)
 		if err == nil {
 			return nil
 		}
@@ -170,9 +196,9 @@ func (u *Upstream) forward(ctx context.Context, deadline time.Time, method, uri,
 		}
 		// The app may have closed a kept-alive connection just as it was
 		// reused. Send again on a new one when that cannot run the request
-		// twice: nothing was written, or the method is idempotent and no
-		// response had begun.
-		if attempt == 0 && reused && !read && (!wrote || idempotent(method)) && ctx.Err() == nil && !isTimeout(err) {
+		// twice: not one byte of it reached the connection, or the method is
+		// idempotent and no response had begun.
+		if attempt == 0 && reused && !read && (sent == 0 || idempotent(method)) && ctx.Err() == nil && !isTimeout(err) {
 			w.reset()
 			continue
 		}
@@ -180,44 +206,50 @@ func (u *Upstream) forward(ctx context.Context, deadline time.Time, method, uri,
 	}
 }
 
-// exchange writes the request on pc and reads the response. It reports
-// whether the request was written in full and whether any response byte was
-// read; pc goes back to the pool only on success.
-func (u *Upstream) exchange(ctx context.Context, deadline time.Time, pc *upstreamConn, method, uri, host string, hdr map[string][]string, body []byte, w *responseWriter) (wrote, read bool, err error) {
+// exchange writes the request on pc and reads the response. It reports how
+// many bytes of the request reached the connection and whether any response
+// byte was read; pc goes back to the pool only on success.
+func (u *Upstream) exchange(ctx context.Context, deadline time.Time, pc *upstreamConn, method, uri, host string, hdr nats.Header, body []byte, w *responseWriter) (sent int64, read bool, err error) {
 	_ = pc.c.SetDeadline(deadline)
+	stop := func() bool { return true }
 	if ctx.Done() != nil {
-		stop := context.AfterFunc(ctx, func() { _ = pc.c.SetDeadline(aLongTimeAgo) })
+		stop = context.AfterFunc(ctx, func() { _ = pc.c.SetDeadline(aLongTimeAgo) })
 		defer stop()
 	}
-	if err := writeRequest(pc.bw, method, uri, host, u.host, hdr, body); err != nil {
-		return false, false, err
+	pc.cw.n = 0
+	err = writeRequest(pc.bw, method, uri, host, u.host, hdr, body)
+	sent = pc.cw.n
+	if err != nil {
+		return sent, false, err
 	}
-	wrote = true
 	if _, err := pc.br.Peek(1); err != nil {
-		return wrote, false, err
+		return sent, false, err
 	}
 	read = true
 	resp, err := http.ReadResponse(pc.br, requestFor(method))
 	for err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 {
 		if resp.StatusCode == http.StatusSwitchingProtocols {
-			return wrote, read, bus.Errorf(bus.BadRequest, "the app switched protocols (%s), which the mesh does not carry yet", resp.Header.Get("Upgrade"))
+			return sent, read, bus.Errorf(bus.UpstreamUnreachable, "the app switched protocols (%s), which the mesh does not carry", resp.Header.Get("Upgrade"))
 		}
 		resp, err = http.ReadResponse(pc.br, requestFor(method)) // skip 1xx
 	}
 	if err != nil {
-		return wrote, read, err
+		return sent, read, err
 	}
 	w.header = resp.Header
 	w.WriteHeader(resp.StatusCode)
 	if _, err := w.ReadFrom(resp.Body); err != nil {
-		return wrote, read, err
+		return sent, read, err
 	}
-	if resp.Close {
+	// Back to the pool only if the cancellation hook can no longer fire on
+	// it, and with no deadline left on it.
+	if resp.Close || !stop() {
 		pc.c.Close()
-		return wrote, read, nil
+		return sent, read, nil
 	}
+	_ = pc.c.SetDeadline(time.Time{})
 	u.put(pc)
-	return wrote, read, nil
+	return sent, read, nil
 }
 
 var aLongTimeAgo = time.Unix(1, 0)
@@ -306,19 +338,34 @@ func (u *Upstream) get(ctx context.Context, deadline time.Time) (*upstreamConn, 
 		}
 		c = tc
 	}
-	return &upstreamConn{c: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 16<<10)}, false, nil
+	cw := &countingWriter{c: c}
+	return &upstreamConn{c: c, cw: cw, br: bufio.NewReaderSize(c, 8<<10), bw: bufio.NewWriterSize(cw, 8<<10)}, false, nil
 }
 
 func (u *Upstream) put(pc *upstreamConn) {
-	pc.lastUsed = time.Now()
+	now := time.Now()
+	pc.lastUsed = now
+	var stale *upstreamConn
 	u.mu.Lock()
+	// The oldest idle connection is at the bottom of the stack, where get
+	// never looks while traffic flows: retire it here once it is too old.
+	if len(u.idle) > 0 && now.Sub(u.idle[0].lastUsed) > upstreamIdleTimeout {
+		stale = u.idle[0]
+		copy(u.idle, u.idle[1:])
+		u.idle[len(u.idle)-1] = nil
+		u.idle = u.idle[:len(u.idle)-1]
+	}
 	if len(u.idle) < u.maxIdle {
 		u.idle = append(u.idle, pc)
-		u.mu.Unlock()
-		return
+		pc = nil
 	}
 	u.mu.Unlock()
-	pc.c.Close()
+	if stale != nil {
+		stale.c.Close()
+	}
+	if pc != nil {
+		pc.c.Close()
+	}
 }
 
 // writeRequest writes an HTTP/1.1 request. Hop-by-hop headers were removed
@@ -432,13 +479,4 @@ func validHeaderValue(v string) bool {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
-}
-
-// unwrapNetError keeps the part of a transport error a person can act on.
-func unwrapNetError(err error) error {
-	var op *net.OpError
-	if errors.As(err, &op) {
-		return op
-	}
-	return err
 }
