@@ -3,6 +3,7 @@ package bus
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
@@ -38,6 +39,11 @@ type ConnectConfig struct {
 	// WaitForServer keeps trying when no server is reachable at start instead
 	// of failing, so a sidecar can start before its NATS server.
 	WaitForServer bool
+
+	// Logger, when set, is told when the connection drops, comes back, and
+	// of errors NATS reports asynchronously (a slow consumer, a permission
+	// violation).
+	Logger *slog.Logger
 }
 
 // Reconnection policy: never give up, and come back quickly. A proxy answers
@@ -60,6 +66,33 @@ func (c ConnectConfig) Options() ([]nats.Option, error) {
 	}
 	if c.WaitForServer {
 		opts = append(opts, nats.RetryOnFailedConnect(true))
+	}
+	if l := c.Logger; l != nil {
+		opts = append(opts,
+			nats.ConnectHandler(func(nc *nats.Conn) {
+				l.Info("connected to NATS", "url", nc.ConnectedUrlRedacted())
+			}),
+			nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+				if err != nil {
+					l.Warn("disconnected from NATS; reconnecting", "error", err)
+				} else if !nc.IsClosed() {
+					l.Warn("disconnected from NATS; reconnecting")
+				}
+			}),
+			nats.ReconnectHandler(func(nc *nats.Conn) {
+				l.Info("reconnected to NATS", "url", nc.ConnectedUrlRedacted())
+			}),
+			nats.ReconnectErrHandler(func(nc *nats.Conn, err error) {
+				l.Debug("reconnect attempt failed", "error", err)
+			}),
+			nats.ErrorHandler(func(nc *nats.Conn, sub *nats.Subscription, err error) {
+				if sub != nil {
+					l.Error("NATS error", "subject", sub.Subject, "error", err)
+					return
+				}
+				l.Error("NATS error", "error", err)
+			}),
+		)
 	}
 	if c.User != "" || c.Password != "" {
 		opts = append(opts, nats.UserInfo(c.User, c.Password))

@@ -15,7 +15,6 @@ type Code string
 const (
 	NoResponders        Code = "no-responders"
 	Timeout             Code = "timeout"
-	CircuitOpen         Code = "circuit-open"
 	Overloaded          Code = "overloaded"
 	UpstreamUnreachable Code = "upstream-unreachable"
 	TooLarge            Code = "too-large"
@@ -29,7 +28,7 @@ const (
 // request body; a response that is too large is reported as 502 by the caller.
 func (c Code) Status() int {
 	switch c {
-	case NoResponders, CircuitOpen, Overloaded, MeshUnavailable:
+	case NoResponders, Overloaded, MeshUnavailable:
 		return http.StatusServiceUnavailable
 	case Timeout:
 		return http.StatusGatewayTimeout

@@ -11,8 +11,19 @@ const MaxNameLen = 63
 // DefaultPrefix is the first token of every mesh subject.
 const DefaultPrefix = "mesh"
 
-// ErrInvalidName is wrapped by every name validation error.
+// ErrInvalidName matches every name validation error (errors.Is).
 var ErrInvalidName = errors.New("bus: invalid name")
+
+// nameError is a name validation error: a sentence for the user, which
+// errors.Is matches to ErrInvalidName.
+type nameError struct{ msg string }
+
+func (e *nameError) Error() string        { return e.msg }
+func (e *nameError) Is(target error) bool { return target == ErrInvalidName }
+
+func invalidName(format string, args ...any) error {
+	return &nameError{msg: fmt.Sprintf(format, args...)}
+}
 
 // ValidateName reports whether s can be used as a service, subset or instance
 // name: 1–63 characters, each a lowercase ASCII letter, a digit, '-' or '_'.
@@ -20,14 +31,14 @@ var ErrInvalidName = errors.New("bus: invalid name")
 // or a separator that would widen a subscription.
 func ValidateName(kind, s string) error {
 	if s == "" {
-		return fmt.Errorf("%w: %s name is empty; use 1-%d lowercase letters, digits, '-' or '_'", ErrInvalidName, kind, MaxNameLen)
+		return invalidName("%s name is empty; use 1-%d lowercase letters, digits, '-' or '_'", kind, MaxNameLen)
 	}
 	if len(s) > MaxNameLen {
-		return fmt.Errorf("%w: %s name %.20q... is %d characters long; the limit is %d", ErrInvalidName, kind, s, len(s), MaxNameLen)
+		return invalidName("%s name %.20q... is %d characters long; the limit is %d", kind, s, len(s), MaxNameLen)
 	}
 	for i := 0; i < len(s); i++ {
 		if !nameByte(s[i]) {
-			return fmt.Errorf("%w: %s name %q has %q at position %d; use only lowercase letters, digits, '-' or '_'", ErrInvalidName, kind, s, s[i], i+1)
+			return invalidName("%s name %q has %q at position %d; use only lowercase letters, digits, '-' or '_'", kind, s, s[i], i+1)
 		}
 	}
 	return nil
@@ -41,13 +52,13 @@ func nameByte(c byte) bool {
 // dots, such as "mesh" or "prod.mesh".
 func ValidatePrefix(p string) error {
 	if p == "" {
-		return fmt.Errorf("%w: subject prefix is empty; use tokens of lowercase letters, digits, '-' or '_' joined by '.'", ErrInvalidName)
+		return invalidName("subject prefix is empty; use tokens of lowercase letters, digits, '-' or '_' joined by '.'")
 	}
 	start := 0
 	for i := 0; i <= len(p); i++ {
 		if i == len(p) || p[i] == '.' {
 			if err := ValidateName("prefix token", p[start:i]); err != nil {
-				return fmt.Errorf("subject prefix %q: %w", p, err)
+				return invalidName("subject prefix %q: %v", p, err)
 			}
 			start = i + 1
 		}

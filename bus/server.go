@@ -3,6 +3,7 @@ package bus
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -140,3 +141,15 @@ func (s *Server) Shutdown() {
 	s.ns.Shutdown()
 	s.ns.WaitForShutdown()
 }
+
+// SlogLogger adapts a slog.Logger to the embedded server's logger.
+func SlogLogger(l *slog.Logger) server.Logger { return slogLogger{l} }
+
+type slogLogger struct{ l *slog.Logger }
+
+func (s slogLogger) Noticef(f string, a ...any) { s.l.Info(fmt.Sprintf(f, a...)) }
+func (s slogLogger) Warnf(f string, a ...any)   { s.l.Warn(fmt.Sprintf(f, a...)) }
+func (s slogLogger) Fatalf(f string, a ...any)  { s.l.Error(fmt.Sprintf(f, a...)) }
+func (s slogLogger) Errorf(f string, a ...any)  { s.l.Error(fmt.Sprintf(f, a...)) }
+func (s slogLogger) Debugf(f string, a ...any)  { s.l.Debug(fmt.Sprintf(f, a...)) }
+func (s slogLogger) Tracef(f string, a ...any)  { s.l.Debug(fmt.Sprintf(f, a...)) }

@@ -23,8 +23,9 @@ func (h *headerFlags) Set(v string) error { *h = append(*h, v); return nil }
 func runCall(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("call", "call NAME PATH [flags]", `
 Calls service NAME once over the mesh, straight over NATS with no sidecar, and
-prints the response body. Exits 1 when the answer is an error (HTTP 4xx/5xx or
-a Mesh-Error, which is printed to stderr).
+prints the response body. Exits 1 when the answer is an error: an app's HTTP
+4xx/5xx (its body is printed), or a failure of the mesh, whose code and
+explanation are printed to stderr.
 
 Example: natsmesh call ratings /ratings/0 --method POST --data '{"stars":5}'`, stderr)
 	var nf natsFlags
@@ -32,7 +33,7 @@ Example: natsmesh call ratings /ratings/0 --method POST --data '{"stars":5}'`, s
 	method := fs.String("method", http.MethodGet, "HTTP method")
 	data := fs.String("data", "", "request body; @FILE reads a file, @- reads stdin")
 	timeout := fs.Duration("timeout", proxy.DefaultTimeout, "deadline of the call")
-	prefix := fs.String("prefix", bus.DefaultPrefix, "subject prefix of the mesh")
+	prefix := prefixFlag(fs)
 	include := fs.Bool("include", false, "print the status line and response headers before the body")
 	var headers headerFlags
 	fs.Var(&headers, "header", `request header "Name: value" (repeatable)`)
@@ -49,6 +50,9 @@ Example: natsmesh call ratings /ratings/0 --method POST --data '{"stars":5}'`, s
 	}
 	if !strings.HasPrefix(path, "/") {
 		return usagef("PATH %q must start with /", path)
+	}
+	if err := checkPrefix(*prefix); err != nil {
+		return err
 	}
 	body, err := readData(*data)
 	if err != nil {
@@ -87,6 +91,12 @@ Example: natsmesh call ratings /ratings/0 --method POST --data '{"stars":5}'`, s
 		return err
 	}
 	defer resp.Body.Close()
+	if code := resp.Header.Get(bus.HeaderError); code != "" {
+		why, _ := io.ReadAll(resp.Body)
+		fmt.Fprintf(stderr, "natsmesh call: %s: %s (HTTP %d after %s): %s\n", service, code, resp.StatusCode,
+			time.Since(start).Round(time.Millisecond), strings.TrimSpace(string(why)))
+		return exitError(1)
+	}
 	if *include {
 		fmt.Fprintf(stdout, "HTTP/1.1 %s\n", resp.Status)
 		_ = resp.Header.Write(stdout)
@@ -94,10 +104,6 @@ Example: natsmesh call ratings /ratings/0 --method POST --data '{"stars":5}'`, s
 	}
 	if _, err := io.Copy(stdout, resp.Body); err != nil {
 		return err
-	}
-	if code := resp.Header.Get(bus.HeaderError); code != "" {
-		fmt.Fprintf(stderr, "natsmesh call: %s %s (HTTP %d) after %s\n", service, code, resp.StatusCode, time.Since(start).Round(time.Millisecond))
-		return exitError(1)
 	}
 	if resp.StatusCode >= 400 {
 		fmt.Fprintf(stderr, "natsmesh call: %s answered HTTP %d (instance %s)\n", service, resp.StatusCode, resp.Header.Get(bus.HeaderInstance))

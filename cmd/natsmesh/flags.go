@@ -61,7 +61,10 @@ func parse(fs *flag.FlagSet, args []string, stdout io.Writer) ([]string, error) 
 			return nil, err
 		}
 		if err != nil {
-			return nil, usageError{fmt.Errorf("%w (see natsmesh %s --help)", err, fs.Name())}
+			// The flag package names flags with one dash; natsmesh's
+			// documentation uses two.
+			msg := strings.Replace(err.Error(), " -", " --", 1)
+			return nil, usagef("%s (see natsmesh %s --help)", msg, fs.Name())
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -90,6 +93,19 @@ func (n *natsFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&n.cfg.TLSCA, "tls-ca", "", "CA certificate file to verify the NATS server")
 	fs.StringVar(&n.cfg.TLSCert, "tls-cert", "", "client certificate file for NATS (with --tls-key)")
 	fs.StringVar(&n.cfg.TLSKey, "tls-key", "", "client key file for NATS (with --tls-cert)")
+}
+
+// prefixFlag is the subject prefix flag of the commands that address services.
+func prefixFlag(fs *flag.FlagSet) *string {
+	return fs.String("prefix", bus.DefaultPrefix, "subject prefix of the mesh: tokens of lowercase letters, digits, '-' or '_' joined by '.'")
+}
+
+// checkPrefix validates --prefix before anything connects.
+func checkPrefix(p string) error {
+	if err := bus.ValidatePrefix(p); err != nil {
+		return usagef("--prefix: %v", err)
+	}
+	return nil
 }
 
 // logFlags choose the log level.

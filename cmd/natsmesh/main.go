@@ -40,11 +40,12 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(stdout, usage)
-		if len(args) == 0 {
-			return 2
-		}
 		return 0
 	}
 	cmd, ok := commands[args[0]]
@@ -54,17 +55,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go func() {
+		// After the first signal, a second one ends the process at once
+		// instead of waiting for a drain to finish.
+		<-ctx.Done()
+		stop()
+	}()
 	err := cmd(ctx, args[1:], stdout, stderr)
+	var exit exitError
 	switch {
-	case err == nil:
-		return 0
-	case errors.Is(err, flag.ErrHelp):
+	case err == nil, errors.Is(err, flag.ErrHelp):
 		return 0
 	case errors.As(err, new(usageError)):
 		fmt.Fprintf(stderr, "natsmesh %s: %v\n", args[0], err)
 		return 2
-	case errors.As(err, new(exitError)):
-		return int(err.(exitError))
+	case errors.As(err, &exit):
+		return int(exit)
 	}
 	fmt.Fprintf(stderr, "natsmesh %s: %v\n", args[0], err)
 	return 1

@@ -32,7 +32,11 @@ with Ctrl-C or SIGTERM.`, stderr)
 	if err != nil {
 		return usageError{err}
 	}
-	srv, err := bus.StartServer(bus.ServerConfig{Host: host, Port: port, DataDir: *data})
+	srv, err := bus.StartServer(bus.ServerConfig{
+		Host: host, Port: port, DataDir: *data,
+		Logger: bus.SlogLogger(log.With("component", "nats-server")),
+		Debug:  lf.level == "debug",
+	})
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,8 @@ import (
 	"io"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/proxy"
 )
@@ -28,9 +30,9 @@ finish, then exit 0.`, stderr)
 	fs.StringVar(&cfg.Instance, "instance", "", "instance id (default <service>-<random>)")
 	fs.StringVar(&cfg.Upstream, "upstream", "", "URL of the app, for example http://127.0.0.1:8080 (required)")
 	fs.StringVar(&cfg.Listen, "listen", proxy.DefaultOutboundListen, "address of the outbound proxy the app calls through")
-	fs.StringVar(&cfg.Prefix, "prefix", bus.DefaultPrefix, "subject prefix of the mesh")
+	prefix := prefixFlag(fs)
 	fs.IntVar(&cfg.MaxInflight, "max-inflight", proxy.DefaultMaxInflight, "inbound requests handled at once; more are answered 503 overloaded")
-	fs.DurationVar(&cfg.Timeout, "timeout", proxy.DefaultTimeout, "default deadline of outbound calls")
+	fs.DurationVar(&cfg.Timeout, "timeout", proxy.DefaultTimeout, "default deadline of calls: the app's outbound calls, and inbound requests that carry none")
 	egress := fs.String("egress", "allow", "calls to hosts outside the mesh: allow or deny")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "longest wait for in-flight requests on shutdown")
 	pos, err := parse(fs, args, stdout)
@@ -58,6 +60,10 @@ finish, then exit 0.`, stderr)
 			return usagef("--instance: %v", err)
 		}
 	}
+	if err := checkPrefix(*prefix); err != nil {
+		return err
+	}
+	cfg.Prefix = *prefix
 	log, err := lf.logger(stderr)
 	if err != nil {
 		return err
@@ -69,11 +75,16 @@ finish, then exit 0.`, stderr)
 	}
 	nf.cfg.Name = "natsmesh-sidecar-" + cfg.Instance
 	nf.cfg.WaitForServer = true
-	nc, err := bus.Connect(nf.cfg)
+	nf.cfg.Logger = log
+	closed := make(chan struct{})
+	nc, err := bus.Connect(nf.cfg, nats.ClosedHandler(func(*nats.Conn) { close(closed) }))
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
+	if !nc.IsConnected() {
+		log.Warn("NATS is not reachable yet; calls get mesh-unavailable until it is", "nats", nf.cfg.URL)
+	}
 	sc, err := proxy.StartSidecar(nc, cfg)
 	if err != nil {
 		return err
@@ -87,8 +98,9 @@ finish, then exit 0.`, stderr)
 	defer cancel()
 	err = sc.Shutdown(dctx)
 	if derr := nc.Drain(); derr == nil {
-		for !nc.IsClosed() && dctx.Err() == nil {
-			time.Sleep(10 * time.Millisecond)
+		select {
+		case <-closed:
+		case <-dctx.Done():
 		}
 	}
 	if err != nil {
