@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -129,14 +130,10 @@ func freeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-func waitHTTP(c *http.Client, u string, host string) error {
+func waitHTTP(c *http.Client, u string) error {
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		req, _ := http.NewRequest(http.MethodGet, u, nil)
-		if host != "" {
-			req.Host = host
-		}
-		resp, err := c.Do(req)
+		resp, err := c.Get(u)
 		if err == nil {
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
@@ -195,14 +192,16 @@ func run(conns []int, duration, warmup time.Duration, size, rounds int) error {
 	proxyURL, _ := url.Parse("http://" + callerAddr)
 	direct := newClient(nil, 64)
 	mesh := newClient(proxyURL, 64)
-	if err := waitHTTP(direct, "http://"+appAddr+"/", ""); err != nil {
+	if err := waitHTTP(direct, "http://"+appAddr+"/"); err != nil {
 		return err
 	}
-	if err := waitHTTP(mesh, "http://app/", ""); err != nil {
+	if err := waitHTTP(mesh, "http://app/"); err != nil {
 		return err
 	}
+	direct.CloseIdleConnections()
+	mesh.CloseIdleConnections()
 
-	fmt.Printf("natsmesh benchmark: %d-byte responses, %s per measurement, GOMAXPROCS of this machine: %d cores\n\n", size, duration, numCPU())
+	fmt.Printf("natsmesh benchmark: %d-byte responses, %s per measurement, %d CPUs\n\n", size, duration, runtime.NumCPU())
 	fmt.Printf("%-6s %-6s %-7s %12s %10s %10s\n", "conns", "round", "path", "req/s", "p50", "p99")
 	var peakCaller, peakCallee int64
 	var cpuNotes []string
@@ -320,6 +319,7 @@ func load(c *http.Client, u string, n int, warmup, duration time.Duration, onSta
 	var measuring atomic.Bool
 	var count, errs atomic.Int64
 	ctx, cancel := context.WithCancel(context.Background())
+	defer c.CloseIdleConnections() // no connections linger into the next measurement
 	lats := make([][]time.Duration, n)
 	var wg sync.WaitGroup
 	for i := 0; i < n; i++ {
