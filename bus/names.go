@@ -3,6 +3,7 @@ package bus
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // MaxNameLen is the longest service, subset or instance name.
@@ -100,3 +101,48 @@ func (s Subjects) QueueGroup(service string) string { return service }
 
 // Inst is the subject only instance subscribes to.
 func (s Subjects) Inst(instance string) string { return s.prefix() + ".inst." + instance }
+
+// Heartbeat is the subject instance of service announces itself on.
+func (s Subjects) Heartbeat(service, instance string) string {
+	return s.prefix() + ".hb." + service + "." + instance
+}
+
+// Bye is the subject instance of service says goodbye on when it leaves.
+func (s Subjects) Bye(service, instance string) string {
+	return s.prefix() + ".bye." + service + "." + instance
+}
+
+// Heartbeats is the wildcard subscription to the heartbeats of service, or
+// of every service when service is "".
+func (s Subjects) Heartbeats(service string) string {
+	if service == "" {
+		return s.prefix() + ".hb.*.*"
+	}
+	return s.prefix() + ".hb." + service + ".*"
+}
+
+// Byes is the wildcard subscription to the goodbyes of service, or of every
+// service when service is "".
+func (s Subjects) Byes(service string) string {
+	if service == "" {
+		return s.prefix() + ".bye.*.*"
+	}
+	return s.prefix() + ".bye." + service + ".*"
+}
+
+// ParseInstanceSubject splits a heartbeat or bye subject of this namespace
+// into its kind ("hb" or "bye"), service and instance. ok is false for any
+// other subject, including one whose tokens are not valid names.
+func (s Subjects) ParseInstanceSubject(subject string) (kind, service, instance string, ok bool) {
+	p := s.prefix()
+	if len(subject) <= len(p)+1 || subject[:len(p)] != p || subject[len(p)] != '.' {
+		return "", "", "", false
+	}
+	rest := subject[len(p)+1:]
+	kind, rest, _ = strings.Cut(rest, ".")
+	service, instance, _ = strings.Cut(rest, ".")
+	if (kind != "hb" && kind != "bye") || ValidateName("service", service) != nil || ValidateName("instance", instance) != nil {
+		return "", "", "", false
+	}
+	return kind, service, instance, true
+}

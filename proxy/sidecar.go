@@ -8,11 +8,13 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/registry"
 )
 
 // SidecarConfig configures one service instance's sidecar. Zero values are
@@ -31,7 +33,9 @@ type SidecarConfig struct {
 	Timeout time.Duration
 	// DenyEgress refuses outbound calls to hosts outside the mesh.
 	DenyEgress bool
-	Logger     *slog.Logger
+	// Heartbeat is the interval of the instance's heartbeats (default 1 s).
+	Heartbeat time.Duration
+	Logger    *slog.Logger
 }
 
 // Sidecar is a running sidecar: the inbound side serving the app to the mesh
@@ -46,6 +50,8 @@ type Sidecar struct {
 	ln       net.Listener
 	http     *http.Server
 	served   chan error
+	announce *registry.Announcer
+	draining atomic.Bool
 	once     sync.Once
 	err      error
 }
@@ -96,6 +102,15 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 		s.tr.Close()
 		return nil, err
 	}
+	if s.announce, err = registry.NewAnnouncer(nc, registry.AnnouncerConfig{
+		Service: cfg.Service, Instance: s.inbound.Instance(), Prefix: cfg.Prefix,
+		Interval: cfg.Heartbeat, Logger: cfg.Logger, Status: s.status,
+	}); err != nil {
+		s.inbound.Stop()
+		s.ln.Close()
+		s.tr.Close()
+		return nil, err
+	}
 	s.http = &http.Server{
 		Handler:           NewOutbound(s.tr, s.egress, cfg.Logger),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -104,6 +119,15 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 	}
 	go func() { s.served <- s.http.Serve(s.ln) }()
 	return s, nil
+}
+
+// status is what the instance's heartbeats report.
+func (s *Sidecar) status() (registry.Health, int) {
+	h := registry.Passing
+	if s.draining.Load() {
+		h = registry.Draining
+	}
+	return h, s.inbound.Inflight()
 }
 
 // Instance is the instance id.
@@ -125,9 +149,12 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		// Inbound first: the requests the instance holds may need the
 		// outbound proxy to finish (an app that calls other services while
 		// serving), so it keeps serving until they are done.
+		s.draining.Store(true)
+		s.announce.Beat() // tell the mesh at once
 		inErr := s.inbound.Drain(ctx)
 		outErr := s.http.Shutdown(ctx)
 		s.inbound.Stop()
+		s.announce.Stop() // goodbye
 		if s.egress != nil {
 			s.egress.Close()
 		}

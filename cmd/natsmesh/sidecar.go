@@ -10,6 +10,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/proxy"
+	"github.com/natsmesh/natsmesh/registry"
 )
 
 func runSidecar(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -33,6 +34,7 @@ finish, then exit 0.`, stderr)
 	prefix := prefixFlag(fs)
 	fs.IntVar(&cfg.MaxInflight, "max-inflight", proxy.DefaultMaxInflight, "inbound requests handled at once; more are answered 503 overloaded")
 	fs.DurationVar(&cfg.Timeout, "timeout", proxy.DefaultTimeout, "default deadline of calls: the app's outbound calls, and inbound requests that carry none")
+	fs.DurationVar(&cfg.Heartbeat, "heartbeat", registry.DefaultInterval, "interval of the instance's heartbeats; it expires from the registry after 3 missed ones")
 	egress := fs.String("egress", "allow", "calls to hosts outside the mesh: allow or deny")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "longest wait for in-flight requests on shutdown")
 	pos, err := parse(fs, args, stdout)
@@ -64,6 +66,9 @@ finish, then exit 0.`, stderr)
 		return err
 	}
 	cfg.Prefix = *prefix
+	if cfg.Heartbeat < registry.MinInterval || cfg.Heartbeat > registry.MaxInterval {
+		return usagef("--heartbeat %s: use %s to %s", cfg.Heartbeat, registry.MinInterval, registry.MaxInterval)
+	}
 	log, err := lf.logger(stderr)
 	if err != nil {
 		return err

@@ -1,0 +1,143 @@
+package registry
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natsmesh/natsmesh/bus"
+)
+
+// SweepEvery is how often a followed view looks for expired instances.
+const SweepEvery = 250 * time.Millisecond
+
+// Follower feeds a View from NATS: heartbeats and goodbyes, of every service
+// or only of those it was told to follow, and expires instances as time
+// passes.
+type Follower struct {
+	v    *View
+	nc   *nats.Conn
+	subj bus.Subjects
+
+	mu   sync.Mutex
+	subs map[string][]*nats.Subscription // by service; "" is every service
+
+	done chan struct{}
+	wg   sync.WaitGroup
+	once sync.Once
+}
+
+// Follow starts feeding v from nc. With no services it follows the whole
+// mesh; otherwise only the services named (more can be added with Add), so a
+// process that calls a few services never handles the heartbeats of all.
+func Follow(nc *nats.Conn, v *View, prefix string, services ...string) (*Follower, error) {
+	subj, err := bus.NewSubjects(prefix)
+	if err != nil {
+		return nil, err
+	}
+	f := &Follower{v: v, nc: nc, subj: subj, subs: make(map[string][]*nats.Subscription), done: make(chan struct{})}
+	if len(services) == 0 {
+		services = []string{""}
+	}
+	for _, svc := range services {
+		if err := f.Add(svc); err != nil {
+			f.Stop()
+			return nil, err
+		}
+	}
+	f.wg.Add(1)
+	go f.sweep()
+	return f, nil
+}
+
+// Add follows one more service ("" for every service). Following a service
+// twice is harmless.
+func (f *Follower) Add(service string) error {
+	if service != "" {
+		if err := bus.ValidateName("service", service); err != nil {
+			return fmt.Errorf("registry: %w", err)
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.subs[service]; ok {
+		return nil
+	}
+	var subs []*nats.Subscription
+	for _, s := range []string{f.subj.Heartbeats(service), f.subj.Byes(service)} {
+		sub, err := f.nc.Subscribe(s, f.onMsg)
+		if err != nil {
+			for _, sub := range subs {
+				_ = sub.Unsubscribe()
+			}
+			return fmt.Errorf("registry: subscribe to %s: %w", s, err)
+		}
+		// Heartbeats are cheap to handle; a backlog this deep means the
+		// process cannot keep up, and dropping is better than growing.
+		_ = sub.SetPendingLimits(256*1024, 64<<20)
+		subs = append(subs, sub)
+	}
+	f.subs[service] = subs
+	return nil
+}
+
+// Remove stops following a service.
+func (f *Follower) Remove(service string) {
+	f.mu.Lock()
+	subs := f.subs[service]
+	delete(f.subs, service)
+	f.mu.Unlock()
+	for _, sub := range subs {
+		_ = sub.Unsubscribe()
+	}
+}
+
+func (f *Follower) onMsg(m *nats.Msg) {
+	kind, svc, inst, ok := f.subj.ParseInstanceSubject(m.Subject)
+	if !ok {
+		f.v.malformed.Add(1)
+		return
+	}
+	if kind == "bye" {
+		f.v.Bye(svc, inst)
+		return
+	}
+	hb, err := DecodeHeartbeat(svc, inst, m.Data)
+	if err != nil {
+		f.v.malformed.Add(1)
+		return
+	}
+	f.v.Observe(hb)
+}
+
+func (f *Follower) sweep() {
+	defer f.wg.Done()
+	t := time.NewTicker(SweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			f.v.Sweep()
+		case <-f.done:
+			return
+		}
+	}
+}
+
+// Stop unsubscribes and stops expiring. Safe to call twice.
+func (f *Follower) Stop() {
+	f.once.Do(func() {
+		close(f.done)
+		f.mu.Lock()
+		for svc, subs := range f.subs {
+			for _, sub := range subs {
+				_ = sub.Unsubscribe()
+			}
+			delete(f.subs, svc)
+		}
+		f.mu.Unlock()
+		f.wg.Wait()
+	})
+}
