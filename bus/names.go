@@ -146,3 +146,20 @@ func (s Subjects) ParseInstanceSubject(subject string) (kind, service, instance 
 	}
 	return kind, service, instance, true
 }
+
+// Events is the subject the registry service publishes service's events on.
+func (s Subjects) Events(service string) string { return s.prefix() + ".events." + service }
+
+// AllEvents is the wildcard subscription to the events of every service.
+func (s Subjects) AllEvents() string { return s.prefix() + ".events.*" }
+
+// RegistryList is the subject the registry service answers the list of
+// services on.
+func (s Subjects) RegistryList() string { return s.prefix() + ".registry.list" }
+
+// RegistryGet is the subject the registry service answers the instances of
+// service on.
+func (s Subjects) RegistryGet(service string) string { return s.prefix() + ".registry.get." + service }
+
+// RegistryGetAll is the wildcard the registry service answers RegistryGet on.
+func (s Subjects) RegistryGetAll() string { return s.prefix() + ".registry.get.*" }

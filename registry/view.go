@@ -1,6 +1,8 @@
 package registry
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"slices"
 	"strings"
@@ -43,8 +45,10 @@ type Instance struct {
 }
 
 // Snapshot is the view at one revision: every instance of every service.
+// Revs are only comparable between snapshots and events of the same Origin.
 type Snapshot struct {
 	Rev       uint64                `json:"rev"`
+	Origin    string                `json:"origin"`
 	Services  map[string][]Instance `json:"services"`
 	Instances int                   `json:"instances"`
 }
@@ -70,6 +74,7 @@ type record struct {
 // heartbeats. It emits an event for each transition exactly once and never
 // waits for a watcher.
 type View struct {
+	origin      string // random, so that revs of two views are never confused
 	clock       Clock
 	max         int
 	expireAfter time.Duration // multiplier, as a count of intervals
@@ -78,6 +83,7 @@ type View struct {
 	services map[string]map[string]*record
 	count    int
 	rev      uint64
+	lastRev  map[string]uint64 // per service: the rev of its latest event
 	watchers map[*Watcher]struct{}
 
 	heartbeats, malformed, stale, flood, overflow, expired, deregistered, dropped atomic.Uint64
@@ -94,11 +100,15 @@ func NewView(cfg ViewConfig) *View {
 	if cfg.ExpireAfter <= 0 {
 		cfg.ExpireAfter = DefaultExpireAfter
 	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
 	return &View{
+		origin:      hex.EncodeToString(b[:]),
 		clock:       cfg.Clock,
 		max:         cfg.MaxInstances,
 		expireAfter: time.Duration(cfg.ExpireAfter),
 		services:    make(map[string]map[string]*record),
+		lastRev:     make(map[string]uint64),
 		watchers:    make(map[*Watcher]struct{}),
 	}
 }
@@ -186,7 +196,17 @@ func (v *View) remove(service, instance string) {
 // view or miss events silently.
 func (v *View) emit(t EventType, reason Reason, hb Heartbeat, now time.Time) {
 	v.rev++
-	ev := Event{Type: t, Service: hb.Service, Instance: hb.Instance, Reason: reason, Rev: v.rev, At: now, Heartbeat: hb}
+	ev := Event{Type: t, Service: hb.Service, Instance: hb.Instance, Reason: reason, Rev: v.rev, PrevRev: v.lastRev[hb.Service], Origin: v.origin, At: now, Heartbeat: hb}
+	v.lastRev[hb.Service] = v.rev
+	if len(v.lastRev) > v.max {
+		// Only churn through more service names than MaxInstances gets
+		// here: forget the services that are gone, to stay bounded.
+		for svc := range v.lastRev {
+			if _, ok := v.services[svc]; !ok && svc != hb.Service {
+				delete(v.lastRev, svc)
+			}
+		}
+	}
 	for w := range v.watchers {
 		if w.service != "" && w.service != hb.Service {
 			continue
@@ -201,6 +221,9 @@ func (v *View) emit(t EventType, reason Reason, hb Heartbeat, now time.Time) {
 		}
 	}
 }
+
+// Origin identifies the view whose revs its events and snapshots carry.
+func (v *View) Origin() string { return v.origin }
 
 // Rev is the revision of the view: the rev of its latest event.
 func (v *View) Rev() uint64 {
@@ -218,7 +241,7 @@ func (v *View) Snapshot(service string) Snapshot {
 }
 
 func (v *View) snapshot(service string) Snapshot {
-	s := Snapshot{Rev: v.rev, Services: make(map[string][]Instance)}
+	s := Snapshot{Rev: v.rev, Origin: v.origin, Services: make(map[string][]Instance)}
 	for svc, insts := range v.services {
 		if service != "" && svc != service {
 			continue

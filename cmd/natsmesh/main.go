@@ -22,6 +22,9 @@ Commands:
   server    run the embedded NATS server (JetStream on) the mesh uses
   sidecar   put an HTTP app on the mesh and give it an outbound proxy
   call      call a mesh service once and print the response body
+  services  list the services on the mesh
+  instances list the instances of a service
+  watch     print registry events as they happen
 
 Run "natsmesh <command> --help" for a command's flags.
 `
@@ -30,9 +33,12 @@ Run "natsmesh <command> --help" for a command's flags.
 type command func(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 var commands = map[string]command{
-	"server":  runServer,
-	"sidecar": runSidecar,
-	"call":    runCall,
+	"server":    runServer,
+	"sidecar":   runSidecar,
+	"call":      runCall,
+	"services":  runServices,
+	"instances": runInstances,
+	"watch":     runWatch,
 }
 
 func main() {

@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/registry"
+)
+
+// registryFlags are the flags of the commands that ask the registry.
+type registryFlags struct {
+	nats    natsFlags
+	prefix  *string
+	json    *bool
+	timeout *time.Duration
+}
+
+func (r *registryFlags) register(fs *flag.FlagSet) {
+	r.nats.register(fs)
+	r.prefix = prefixFlag(fs)
+	r.json = fs.Bool("json", false, "print JSON for scripts instead of a table")
+	r.timeout = fs.Duration("timeout", 5*time.Second, "how long to wait for the registry")
+}
+
+func (r *registryFlags) client(name string) (*registry.Client, func(), error) {
+	if err := checkPrefix(*r.prefix); err != nil {
+		return nil, nil, err
+	}
+	r.nats.cfg.Name = name
+	nc, err := bus.Connect(r.nats.cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := registry.NewClient(nc, *r.prefix)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return c, nc.Close, nil
+}
+
+func runServices(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("services", "services [flags]", `
+Lists the services on the mesh with their instances by health, as the
+registry of natsmesh server sees them.`, stderr)
+	var rf registryFlags
+	rf.register(fs)
+	pos, err := parse(fs, args, stdout)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("unexpected argument %q", pos[0])
+	}
+	c, done, err := rf.client("natsmesh-services")
+	if err != nil {
+		return err
+	}
+	defer done()
+	ctx, cancel := context.WithTimeout(ctx, *rf.timeout)
+	defer cancel()
+	l, err := c.List(ctx)
+	if err != nil {
+		return err
+	}
+	if *rf.json {
+		return json.NewEncoder(stdout).Encode(l)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tINSTANCES\tPASSING\tFAILING\tDRAINING")
+	for _, s := range l.Services {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\n", s.Name, s.Instances, s.Passing, s.Failing, s.Draining)
+	}
+	return tw.Flush()
+}
+
+func runInstances(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("instances", "instances NAME [flags]", `
+Lists the instances of service NAME: health, requests in flight, host and
+process, and when each was last heard from.`, stderr)
+	var rf registryFlags
+	rf.register(fs)
+	pos, err := parse(fs, args, stdout)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("want one service NAME, got %d arguments (see natsmesh instances --help)", len(pos))
+	}
+	if err := bus.ValidateName("service", pos[0]); err != nil {
+		return usageError{err}
+	}
+	c, done, err := rf.client("natsmesh-instances")
+	if err != nil {
+		return err
+	}
+	defer done()
+	ctx, cancel := context.WithTimeout(ctx, *rf.timeout)
+	defer cancel()
+	snap, err := c.Get(ctx, pos[0])
+	if err != nil {
+		return err
+	}
+	if *rf.json {
+		return json.NewEncoder(stdout).Encode(snap)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "INSTANCE\tHEALTH\tINFLIGHT\tHOST\tPID\tUP\tLAST SEEN")
+	now := time.Now()
+	for _, in := range snap.Services[pos[0]] {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s ago\n", in.Instance, in.Health, in.Inflight, in.Host, in.PID,
+			now.Sub(in.Started).Round(time.Second), now.Sub(in.LastSeen).Round(time.Millisecond))
+	}
+	return tw.Flush()
+}
+
+func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("watch", "watch [NAME] [flags]", `
+Prints registry events as they happen — instances coming up, going down and
+changing health — for service NAME, or for every service. It starts from the
+registry's current state and never misses or repeats an event: when it falls
+behind it takes a fresh snapshot. With --json it prints one JSON document per
+line: a {"type":"snapshot",...} line, then one line per event. Stop it with
+Ctrl-C.`, stderr)
+	var rf registryFlags
+	rf.register(fs)
+	pos, err := parse(fs, args, stdout)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 1 {
+		return usagef("want at most one service NAME, got %d arguments", len(pos))
+	}
+	service := ""
+	if len(pos) == 1 {
+		if err := bus.ValidateName("service", pos[0]); err != nil {
+			return usageError{err}
+		}
+		service = pos[0]
+	}
+	c, done, err := rf.client("natsmesh-watch")
+	if err != nil {
+		return err
+	}
+	defer done()
+	enc := json.NewEncoder(stdout)
+	show := func(u registry.Update) {
+		switch {
+		case u.Snapshot != nil && *rf.json:
+			_ = enc.Encode(struct {
+				Type string `json:"type"`
+				*registry.Snapshot
+			}{"snapshot", u.Snapshot})
+		case u.Snapshot != nil:
+			fmt.Fprintf(stdout, "snapshot rev %d: %d instances\n", u.Snapshot.Rev, u.Snapshot.Instances)
+			for svc, insts := range u.Snapshot.Services {
+				for _, in := range insts {
+					fmt.Fprintf(stdout, "  %s %s %s\n", svc, in.Instance, in.Health)
+				}
+			}
+		case *rf.json:
+			_ = enc.Encode(u.Event)
+		default:
+			e := u.Event
+			fmt.Fprintf(stdout, "%s %-7s %s %s (%s, %s) rev %d\n", e.At.Local().Format("15:04:05.000"), e.Type, e.Service, e.Instance, e.Reason, e.Heartbeat.Health, e.Rev)
+		}
+	}
+	sctx, cancel := context.WithTimeout(ctx, *rf.timeout)
+	m, err := c.Mirror(sctx, service, show)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer m.Stop()
+	<-ctx.Done()
+	return nil
+}

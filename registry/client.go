@@ -1,0 +1,185 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natsmesh/natsmesh/bus"
+)
+
+// Client asks a registry service (run by `natsmesh server`) about the mesh.
+type Client struct {
+	nc   *nats.Conn
+	subj bus.Subjects
+}
+
+// NewClient makes a client on a caller-owned connection.
+func NewClient(nc *nats.Conn, prefix string) (*Client, error) {
+	subj, err := bus.NewSubjects(prefix)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{nc: nc, subj: subj}, nil
+}
+
+// ErrNoRegistry means no registry service answered.
+var ErrNoRegistry = errors.New("registry: no registry service answered; is `natsmesh server` running on this NATS?")
+
+func (c *Client) request(ctx context.Context, subject string, v any) error {
+	m, err := c.nc.RequestWithContext(ctx, subject, nil)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return ErrNoRegistry
+	}
+	if err != nil {
+		return fmt.Errorf("registry: ask %s: %w", subject, err)
+	}
+	if err := json.Unmarshal(m.Data, v); err != nil {
+		return fmt.Errorf("registry: the answer on %s is not valid: %w", subject, err)
+	}
+	return nil
+}
+
+// List returns every service, counted.
+func (c *Client) List(ctx context.Context) (List, error) {
+	var l List
+	return l, c.request(ctx, c.subj.RegistryList(), &l)
+}
+
+// Get returns the instances of one service, at the registry's rev.
+func (c *Client) Get(ctx context.Context, service string) (Snapshot, error) {
+	if err := bus.ValidateName("service", service); err != nil {
+		return Snapshot{}, err
+	}
+	var s Snapshot
+	return s, c.request(ctx, c.subj.RegistryGet(service), &s)
+}
+
+// Update is what a Mirror tells its owner: a whole snapshot (at the start
+// and after a resynchronisation) or one event.
+type Update struct {
+	Snapshot *Snapshot
+	Event    *Event
+}
+
+// Mirror keeps a copy of the registry's view of one service (or of every
+// service's events) up to date from the registry's events. It follows the
+// registry protocol: subscribe to events, take a snapshot, apply the events
+// newer than the snapshot, and take a new snapshot when an event shows that
+// one was missed; so its owner never misses or double-counts a transition.
+type Mirror struct {
+	c       *Client
+	service string
+	sub     *nats.Subscription
+	ch      chan *nats.Msg
+	fn      func(Update)
+	done    chan struct{}
+	wg      sync.WaitGroup
+	once    sync.Once
+	resyncs int
+	mu      sync.Mutex
+}
+
+// Mirror starts mirroring service ("" for every service, whose updates are
+// events only: the first Update then carries an empty snapshot at the
+// registry's rev). fn is called on one goroutine, in order.
+func (c *Client) Mirror(ctx context.Context, service string, fn func(Update)) (*Mirror, error) {
+	subject := c.subj.AllEvents()
+	if service != "" {
+		if err := bus.ValidateName("service", service); err != nil {
+			return nil, err
+		}
+		subject = c.subj.Events(service)
+	}
+	m := &Mirror{c: c, service: service, ch: make(chan *nats.Msg, 4096), fn: fn, done: make(chan struct{})}
+	sub, err := c.nc.ChanSubscribe(subject, m.ch)
+	if err != nil {
+		return nil, fmt.Errorf("registry: subscribe to %s: %w", subject, err)
+	}
+	m.sub = sub
+	snap, err := m.snapshot(ctx)
+	if err != nil {
+		_ = sub.Unsubscribe()
+		return nil, err
+	}
+	m.wg.Add(1)
+	go m.run(snap)
+	return m, nil
+}
+
+func (m *Mirror) snapshot(ctx context.Context) (Snapshot, error) {
+	if m.service != "" {
+		return m.c.Get(ctx, m.service)
+	}
+	l, err := m.c.List(ctx)
+	return Snapshot{Rev: l.Rev, Origin: l.Origin, Services: map[string][]Instance{}}, err
+}
+
+func (m *Mirror) run(snap Snapshot) {
+	defer m.wg.Done()
+	m.fn(Update{Snapshot: &snap})
+	last, origin := snap.Rev, snap.Origin
+	for {
+		var msg *nats.Msg
+		select {
+		case msg = <-m.ch:
+		case <-m.done:
+			return
+		}
+		var ev Event
+		if json.Unmarshal(msg.Data, &ev) != nil {
+			continue
+		}
+		if ev.Origin == origin && ev.Rev <= last {
+			continue // already in the snapshot
+		}
+		if ev.Origin == origin && m.contiguous(ev, last) {
+			last = ev.Rev
+			m.fn(Update{Event: &ev})
+			continue
+		}
+		// An event was missed, or comes from another registry (restarted, or
+		// another server took over): start over from a new snapshot.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		fresh, err := m.snapshot(ctx)
+		cancel()
+		if err != nil {
+			continue // the next event tries again
+		}
+		m.mu.Lock()
+		m.resyncs++
+		m.mu.Unlock()
+		last, origin = fresh.Rev, fresh.Origin
+		m.fn(Update{Snapshot: &fresh})
+	}
+}
+
+// contiguous reports whether ev follows the last rev seen with nothing
+// missed in between.
+func (m *Mirror) contiguous(ev Event, last uint64) bool {
+	if m.service == "" {
+		return ev.Rev == last+1
+	}
+	return ev.PrevRev <= last && ev.Rev > last
+}
+
+// Resyncs is how many times the mirror had to take a new snapshot.
+func (m *Mirror) Resyncs() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.resyncs
+}
+
+// Stop ends the mirror. Safe to call twice.
+func (m *Mirror) Stop() {
+	m.once.Do(func() {
+		_ = m.sub.Unsubscribe()
+		close(m.done)
+		m.wg.Wait()
+	})
+}

@@ -1,0 +1,168 @@
+package registry
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natsmesh/natsmesh/bus"
+)
+
+// ServiceSummary is one service in the registry's list.
+type ServiceSummary struct {
+	Name      string `json:"name"`
+	Instances int    `json:"instances"`
+	Passing   int    `json:"passing"`
+	Failing   int    `json:"failing"`
+	Draining  int    `json:"draining"`
+}
+
+// List is the answer to <prefix>.registry.list: every service, counted, at
+// one revision of the view.
+type List struct {
+	Rev      uint64           `json:"rev"`
+	Origin   string           `json:"origin"`
+	Services []ServiceSummary `json:"services"`
+	Stats    Stats            `json:"stats"`
+}
+
+// ServiceConfig configures the registry service.
+type ServiceConfig struct {
+	Prefix string
+	View   ViewConfig
+	Logger *slog.Logger
+}
+
+// Service is the mesh's registry service, run by `natsmesh server`: it
+// follows every heartbeat, answers <prefix>.registry.list and
+// <prefix>.registry.get.<svc> with snapshots stamped with their rev, and
+// publishes every event of its view on <prefix>.events.<svc>.
+type Service struct {
+	nc     *nats.Conn
+	subj   bus.Subjects
+	view   *View
+	follow *Follower
+	watch  *Watcher
+	subs   []*nats.Subscription
+	log    *slog.Logger
+
+	wg   sync.WaitGroup
+	once sync.Once
+}
+
+// StartService starts the registry service on a caller-owned connection.
+func StartService(nc *nats.Conn, cfg ServiceConfig) (*Service, error) {
+	subj, err := bus.NewSubjects(cfg.Prefix)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Service{nc: nc, subj: subj, view: NewView(cfg.View), log: cfg.Logger}
+	// Watch before following, so that the first event is published too.
+	_, s.watch = s.view.Watch("", 64*1024)
+	s.wg.Add(1)
+	go s.publish()
+	if s.follow, err = Follow(nc, s.view, cfg.Prefix); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	for subject, h := range map[string]nats.MsgHandler{
+		subj.RegistryList():   s.onList,
+		subj.RegistryGetAll(): s.onGet,
+	} {
+		sub, err := nc.QueueSubscribe(subject, "natsmesh-registry", h)
+		if err != nil {
+			s.Stop()
+			return nil, fmt.Errorf("registry: subscribe to %s: %w", subject, err)
+		}
+		s.subs = append(s.subs, sub)
+	}
+	if err := nc.Flush(); err != nil {
+		s.Stop()
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	return s, nil
+}
+
+// View is the service's view of the mesh.
+func (s *Service) View() *View { return s.view }
+
+// publish sends the view's events on NATS, in rev order.
+func (s *Service) publish() {
+	defer s.wg.Done()
+	for ev := range s.watch.Events() {
+		data, err := json.Marshal(ev)
+		if err != nil {
+			continue
+		}
+		if err := s.nc.Publish(s.subj.Events(ev.Service), data); err != nil {
+			s.log.Warn("registry event not published", "service", ev.Service, "rev", ev.Rev, "error", err)
+		}
+	}
+	if err := s.watch.Err(); err != nil {
+		s.log.Error("registry events stopped: the publisher fell behind", "error", err)
+	}
+}
+
+func (s *Service) onList(m *nats.Msg) {
+	snap := s.view.Snapshot("")
+	l := List{Rev: snap.Rev, Origin: snap.Origin, Services: make([]ServiceSummary, 0, len(snap.Services)), Stats: s.view.Stats()}
+	for name, insts := range snap.Services {
+		sum := ServiceSummary{Name: name, Instances: len(insts)}
+		for _, in := range insts {
+			switch in.Health {
+			case Passing:
+				sum.Passing++
+			case Failing:
+				sum.Failing++
+			case Draining:
+				sum.Draining++
+			}
+		}
+		l.Services = append(l.Services, sum)
+	}
+	slices.SortFunc(l.Services, func(a, b ServiceSummary) int { return strings.Compare(a.Name, b.Name) })
+	s.reply(m, l)
+}
+
+func (s *Service) onGet(m *nats.Msg) {
+	svc := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
+	if bus.ValidateName("service", svc) != nil {
+		return // the wildcard cannot match anything else; nothing to answer
+	}
+	s.reply(m, s.view.Snapshot(svc))
+}
+
+func (s *Service) reply(m *nats.Msg, v any) {
+	if m.Reply == "" {
+		return
+	}
+	data, err := json.Marshal(v)
+	if err != nil {
+		return
+	}
+	if err := m.Respond(data); err != nil {
+		s.log.Warn("registry answer not sent", "subject", m.Subject, "error", err)
+	}
+}
+
+// Stop stops answering, following and publishing. Safe to call twice.
+func (s *Service) Stop() {
+	s.once.Do(func() {
+		for _, sub := range s.subs {
+			_ = sub.Unsubscribe()
+		}
+		if s.follow != nil {
+			s.follow.Stop()
+		}
+		s.watch.Stop()
+		s.wg.Wait()
+	})
+}
