@@ -58,7 +58,11 @@ type Server struct {
 
 	timeout, maxTimeout time.Duration
 
-	subs     []*nats.Subscription
+	subj     bus.Subjects
+	subMu    sync.Mutex
+	queue    *nats.Subscription // nil while paused
+	direct   *nats.Subscription
+	stopped  bool
 	inflight atomic.Int64
 	wg       sync.WaitGroup // requests being served
 	admit    sync.Mutex     // orders wg.Add before the final wg.Wait
@@ -104,25 +108,19 @@ func Serve(nc *nats.Conn, h http.Handler, cfg ServeConfig) (*Server, error) {
 		nc: nc, h: h, service: cfg.Service, instance: cfg.Instance,
 		inst: []string{cfg.Instance}, max: int64(cfg.MaxInflight), log: cfg.Logger,
 	}
-	q, err := nc.QueueSubscribe(subj.RPC(cfg.Service), subj.QueueGroup(cfg.Service), s.onMsg)
-	if err != nil {
-		return nil, fmt.Errorf("proxy: subscribe to %s: %w", subj.RPC(cfg.Service), err)
+	s.subj = subj
+	if err := s.subscribeQueue(); err != nil {
+		return nil, err
 	}
-	s.subs = append(s.subs, q)
 	d, err := nc.Subscribe(subj.Inst(cfg.Instance), s.onMsg)
 	if err != nil {
-		_ = q.Unsubscribe()
+		s.Stop()
 		return nil, fmt.Errorf("proxy: subscribe to %s: %w", subj.Inst(cfg.Instance), err)
 	}
-	s.subs = append(s.subs, d)
-	for _, sub := range s.subs {
-		// The callback only hands off, so little queues; a flood beyond this
-		// is dropped by nats.go and reported as a slow consumer.
-		if err := sub.SetPendingLimits(64*1024, 256<<20); err != nil {
-			s.Stop()
-			return nil, err
-		}
-	}
+	// The callback only hands off, so little queues; a flood beyond this is
+	// dropped by nats.go and reported as a slow consumer.
+	_ = d.SetPendingLimits(64*1024, 256<<20)
+	s.direct = d
 	// Make sure the server has the subscriptions before callers are told
 	// the instance exists.
 	if nc.Status() == nats.CONNECTED {
@@ -132,6 +130,68 @@ func Serve(nc *nats.Conn, h http.Handler, cfg ServeConfig) (*Server, error) {
 		}
 	}
 	return s, nil
+}
+
+// subscribeQueue joins the service's queue group.
+func (s *Server) subscribeQueue() error {
+	q, err := s.nc.QueueSubscribe(s.subj.RPC(s.service), s.subj.QueueGroup(s.service), s.onMsg)
+	if err != nil {
+		return fmt.Errorf("proxy: subscribe to %s: %w", s.subj.RPC(s.service), err)
+	}
+	_ = q.SetPendingLimits(64*1024, 256<<20)
+	s.subMu.Lock()
+	s.queue = q
+	s.subMu.Unlock()
+	return nil
+}
+
+// Pause takes the instance out of its service's queue group, so NATS sends
+// the service's requests to the other instances; the requests it already
+// received finish. Requests addressed to the instance itself still arrive.
+// Resume undoes it.
+func (s *Server) Pause() {
+	s.subMu.Lock()
+	q := s.queue
+	s.queue = nil
+	s.subMu.Unlock()
+	if q != nil {
+		if err := q.Drain(); err != nil {
+			_ = q.Unsubscribe()
+		}
+	}
+}
+
+// Resume puts a paused instance back in its queue group.
+func (s *Server) Resume() error {
+	s.subMu.Lock()
+	skip := s.queue != nil || s.stopped
+	s.subMu.Unlock()
+	if skip {
+		return nil
+	}
+	return s.subscribeQueue()
+}
+
+// Paused reports whether the instance is out of its queue group.
+func (s *Server) Paused() bool {
+	s.subMu.Lock()
+	defer s.subMu.Unlock()
+	return s.queue == nil
+}
+
+// subscriptions are the current subscriptions, and marks the server stopped
+// so that Resume no longer subscribes.
+func (s *Server) stopSubscriptions() []*nats.Subscription {
+	s.subMu.Lock()
+	defer s.subMu.Unlock()
+	s.stopped = true
+	var subs []*nats.Subscription
+	for _, sub := range []*nats.Subscription{s.queue, s.direct} {
+		if sub != nil {
+			subs = append(subs, sub)
+		}
+	}
+	return subs
 }
 
 // Instance is this instance's id.
@@ -317,14 +377,15 @@ func (s *Server) Drain(ctx context.Context) error {
 		// for the requests already received.
 		s.Stop()
 	}
-	for _, sub := range s.subs {
+	subs := s.stopSubscriptions()
+	for _, sub := range subs {
 		closed = append(closed, sub.StatusChanged(nats.SubscriptionClosed))
 		if err := sub.Drain(); err != nil && !errors.Is(err, nats.ErrBadSubscription) {
 			s.log.Warn("drain subscription", "subject", sub.Subject, "error", err)
 		}
 	}
 	for i, ch := range closed {
-		if !s.subs[i].IsValid() {
+		if !subs[i].IsValid() {
 			continue
 		}
 		select {
@@ -351,7 +412,7 @@ func (s *Server) Drain(ctx context.Context) error {
 // Stop unsubscribes at once, without waiting for requests in flight.
 func (s *Server) Stop() {
 	s.stopOnce.Do(func() {
-		for _, sub := range s.subs {
+		for _, sub := range s.stopSubscriptions() {
 			_ = sub.Unsubscribe()
 		}
 	})

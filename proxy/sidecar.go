@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,7 +36,10 @@ type SidecarConfig struct {
 	DenyEgress bool
 	// Heartbeat is the interval of the instance's heartbeats (default 1 s).
 	Heartbeat time.Duration
-	Logger    *slog.Logger
+	// HealthCheck, when its Path is set, probes the app: while it fails, the
+	// instance leaves its queue group and reports failing.
+	HealthCheck HealthCheckConfig
+	Logger      *slog.Logger
 }
 
 // Sidecar is a running sidecar: the inbound side serving the app to the mesh
@@ -51,7 +55,9 @@ type Sidecar struct {
 	http     *http.Server
 	served   chan error
 	announce *registry.Announcer
+	health   *healthChecker
 	draining atomic.Bool
+	failing  atomic.Bool
 	once     sync.Once
 	err      error
 }
@@ -111,6 +117,9 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 		s.tr.Close()
 		return nil, err
 	}
+	if cfg.HealthCheck.Path != "" {
+		s.health = startHealthChecker(strings.TrimSuffix(cfg.Upstream, "/"), cfg.HealthCheck, s.onHealth)
+	}
 	s.http = &http.Server{
 		Handler:           NewOutbound(s.tr, s.egress, cfg.Logger),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -124,10 +133,34 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 // status is what the instance's heartbeats report.
 func (s *Sidecar) status() (registry.Health, int) {
 	h := registry.Passing
-	if s.draining.Load() {
+	switch {
+	case s.draining.Load():
 		h = registry.Draining
+	case s.failing.Load():
+		h = registry.Failing
 	}
 	return h, s.inbound.Inflight()
+}
+
+// onHealth takes the instance out of its queue group while its app fails
+// health checks, and puts it back when the app recovers.
+func (s *Sidecar) onHealth(healthy bool, reason string) {
+	if s.draining.Load() {
+		return
+	}
+	if healthy {
+		if err := s.inbound.Resume(); err != nil {
+			s.log.Error("cannot rejoin the queue group", "error", err)
+			return
+		}
+		s.failing.Store(false)
+		s.log.Info("app passes health checks again; taking traffic", "check", reason)
+	} else {
+		s.failing.Store(true)
+		s.inbound.Pause()
+		s.log.Warn("app fails health checks; no longer taking traffic", "check", reason)
+	}
+	s.announce.Beat()
 }
 
 // Instance is the instance id.
@@ -150,6 +183,9 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		// outbound proxy to finish (an app that calls other services while
 		// serving), so it keeps serving until they are done.
 		s.draining.Store(true)
+		if s.health != nil {
+			s.health.stop()
+		}
 		s.announce.Beat() // tell the mesh at once
 		inErr := s.inbound.Drain(ctx)
 		outErr := s.http.Shutdown(ctx)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -35,6 +36,10 @@ finish, then exit 0.`, stderr)
 	fs.IntVar(&cfg.MaxInflight, "max-inflight", proxy.DefaultMaxInflight, "inbound requests handled at once; more are answered 503 overloaded")
 	fs.DurationVar(&cfg.Timeout, "timeout", proxy.DefaultTimeout, "default deadline of calls: the app's outbound calls, and inbound requests that carry none")
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", registry.DefaultInterval, "interval of the instance's heartbeats; it expires from the registry after 3 missed ones")
+	fs.StringVar(&cfg.HealthCheck.Path, "health-path", "", "path of the app's health check, for example /healthz; while it fails the instance takes no traffic (default: no checks)")
+	fs.DurationVar(&cfg.HealthCheck.Interval, "health-interval", time.Second, "interval between health checks")
+	fs.IntVar(&cfg.HealthCheck.Fails, "health-fails", 2, "failed checks in a row before the instance stops taking traffic")
+	fs.IntVar(&cfg.HealthCheck.Passes, "health-passes", 2, "passed checks in a row before it takes traffic again")
 	egress := fs.String("egress", "allow", "calls to hosts outside the mesh: allow or deny")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "longest wait for in-flight requests on shutdown")
 	pos, err := parse(fs, args, stdout)
@@ -66,6 +71,12 @@ finish, then exit 0.`, stderr)
 		return err
 	}
 	cfg.Prefix = *prefix
+	if p := cfg.HealthCheck.Path; p != "" && !strings.HasPrefix(p, "/") {
+		return usagef("--health-path %q must start with /", p)
+	}
+	if cfg.HealthCheck.Interval < 10*time.Millisecond || cfg.HealthCheck.Fails < 1 || cfg.HealthCheck.Passes < 1 {
+		return usagef("--health-interval must be at least 10ms, --health-fails and --health-passes at least 1")
+	}
 	if cfg.Heartbeat < registry.MinInterval || cfg.Heartbeat > registry.MaxInterval {
 		return usagef("--heartbeat %s: use %s to %s", cfg.Heartbeat, registry.MinInterval, registry.MaxInterval)
 	}
