@@ -69,7 +69,9 @@ type Server struct {
 	closed   bool
 	stopOnce sync.Once
 
-	served, rejected, malformed atomic.Uint64
+	served, rejected, malformed, failed atomic.Uint64
+	busy                                atomic.Int64 // nanoseconds spent serving
+	lastErr                             atomic.Pointer[string]
 }
 
 // Serve subscribes the instance to the service's queue group
@@ -202,14 +204,29 @@ func (s *Server) Inflight() int { return int(s.inflight.Load()) }
 
 // Stats are counters of a Server since it started.
 type Stats struct {
-	Served    uint64 // requests handed to the handler
-	Rejected  uint64 // answered overloaded
-	Malformed uint64 // dropped or answered bad-request: no reply subject, missing method or path
+	Served         uint64        // requests handed to the handler
+	Rejected       uint64        // answered overloaded
+	Malformed      uint64        // dropped or answered bad-request: no reply subject, missing method or path
+	Failed         uint64        // answered with a mesh error or an HTTP 5xx
+	LastError      string        // the latest of those
+	ProcessingTime time.Duration // total time spent serving requests
 }
 
 // Stats returns the counters.
 func (s *Server) Stats() Stats {
-	return Stats{Served: s.served.Load(), Rejected: s.rejected.Load(), Malformed: s.malformed.Load()}
+	st := Stats{
+		Served: s.served.Load(), Rejected: s.rejected.Load(), Malformed: s.malformed.Load(),
+		Failed: s.failed.Load(), ProcessingTime: time.Duration(s.busy.Load()),
+	}
+	if e := s.lastErr.Load(); e != nil {
+		st.LastError = *e
+	}
+	return st
+}
+
+func (s *Server) recordFailure(msg string) {
+	s.failed.Add(1)
+	s.lastErr.Store(&msg)
 }
 
 // onMsg runs on the subscription's delivery goroutine: it only admits the
@@ -237,13 +254,14 @@ func (s *Server) onMsg(m *nats.Msg) {
 }
 
 func (s *Server) respondError(m *nats.Msg, e *bus.Error) {
+	s.recordFailure(e.Error())
 	h, body := bus.ErrorResponse(e, s.instance)
 	_ = m.RespondMsg(&nats.Msg{Header: h, Data: body})
 }
 
 func (s *Server) serve(m *nats.Msg) {
-	defer s.wg.Done()
-	defer s.inflight.Add(-1)
+	start := time.Now()
+	defer s.done(start)
 	s.served.Add(1)
 
 	method := bus.First(m.Header, bus.HeaderMethod)
@@ -273,6 +291,9 @@ func (s *Server) serve(m *nats.Msg) {
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}
+	if w.status >= 500 {
+		s.recordFailure("HTTP " + bus.StatusText(w.status) + " from the app")
+	}
 	if method == http.MethodHead && w.buf.Len() > 0 {
 		// As net/http does for HEAD: the body a handler wrote is not sent,
 		// but its length is, when the handler did not set one.
@@ -293,6 +314,13 @@ func (s *Server) serve(m *nats.Msg) {
 		}
 		s.log.Debug("reply not sent", "service", s.service, "error", err)
 	}
+}
+
+// done ends one request's accounting.
+func (s *Server) done(start time.Time) {
+	s.busy.Add(int64(time.Since(start)))
+	s.inflight.Add(-1)
+	s.wg.Done()
 }
 
 // requestTimeout is the time a request may take: what its Mesh-Timeout asks

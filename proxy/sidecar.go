@@ -55,6 +55,7 @@ type Sidecar struct {
 	http     *http.Server
 	served   chan error
 	announce *registry.Announcer
+	discover *registry.Discovery
 	health   *healthChecker
 	draining atomic.Bool
 	failing  atomic.Bool
@@ -117,6 +118,15 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 		s.tr.Close()
 		return nil, err
 	}
+	if s.discover, err = registry.StartDiscovery(nc, registry.DiscoveryConfig{
+		Service: cfg.Service, Instance: s.inbound.Instance(), Prefix: cfg.Prefix, Counts: s.counts,
+	}); err != nil {
+		s.announce.Stop()
+		s.inbound.Stop()
+		s.ln.Close()
+		s.tr.Close()
+		return nil, err
+	}
 	if cfg.HealthCheck.Path != "" {
 		s.health = startHealthChecker(strings.TrimSuffix(cfg.Upstream, "/"), cfg.HealthCheck, s.onHealth)
 	}
@@ -140,6 +150,15 @@ func (s *Sidecar) status() (registry.Health, int) {
 		h = registry.Failing
 	}
 	return h, s.inbound.Inflight()
+}
+
+// counts are the inbound counters, for NATS service discovery.
+func (s *Sidecar) counts() registry.EndpointCounts {
+	st := s.inbound.Stats()
+	return registry.EndpointCounts{
+		Requests: int(st.Served + st.Rejected), Errors: int(st.Failed), LastError: st.LastError,
+		ProcessingTime: st.ProcessingTime,
+	}
 }
 
 // onHealth takes the instance out of its queue group while its app fails
@@ -191,6 +210,7 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		outErr := s.http.Shutdown(ctx)
 		s.inbound.Stop()
 		s.announce.Stop() // goodbye
+		s.discover.Stop()
 		if s.egress != nil {
 			s.egress.Close()
 		}
