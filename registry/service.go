@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -35,21 +37,34 @@ type List struct {
 type ServiceConfig struct {
 	Prefix string
 	View   ViewConfig
-	Logger *slog.Logger
+	// LeaseTTL bounds how long events pause when the registry service that
+	// publishes them dies and another takes over; default DefaultLeaseTTL.
+	LeaseTTL time.Duration
+	Logger   *slog.Logger
 }
 
 // Service is the mesh's registry service, run by `natsmesh server`: it
 // follows every heartbeat, answers <prefix>.registry.list and
 // <prefix>.registry.get.<svc> with snapshots stamped with their rev, and
 // publishes every event of its view on <prefix>.events.<svc>.
+//
+// Several servers may run one on the same NATS: every one keeps a view, but
+// only the holder of a lease in the JetStream KV bucket <prefix>_registry
+// answers and publishes, so each event is published once; when it dies the
+// lease expires and another takes over. Without JetStream, every service
+// answers and publishes.
 type Service struct {
 	nc     *nats.Conn
 	subj   bus.Subjects
 	view   *View
 	follow *Follower
 	watch  *Watcher
-	subs   []*nats.Subscription
+	lease  *lease
+	leader atomic.Bool
 	log    *slog.Logger
+
+	subMu sync.Mutex
+	subs  []*nats.Subscription
 
 	wg   sync.WaitGroup
 	once sync.Once
@@ -73,23 +88,49 @@ func StartService(nc *nats.Conn, cfg ServiceConfig) (*Service, error) {
 		s.Stop()
 		return nil, err
 	}
-	for subject, h := range map[string]nats.MsgHandler{
-		subj.RegistryList():   s.onList,
-		subj.RegistryGetAll(): s.onGet,
-	} {
-		sub, err := nc.QueueSubscribe(subject, "natsmesh-registry", h)
-		if err != nil {
-			s.Stop()
-			return nil, fmt.Errorf("registry: subscribe to %s: %w", subject, err)
-		}
-		s.subs = append(s.subs, sub)
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = DefaultLeaseTTL
 	}
-	if err := nc.Flush(); err != nil {
-		s.Stop()
-		return nil, fmt.Errorf("registry: %w", err)
+	s.lease, err = startLease(nc, cfg.Prefix, s.view.Origin(), cfg.LeaseTTL, cfg.Logger, func(on bool) { _ = s.lead(on) })
+	if err != nil {
+		cfg.Logger.Warn("no JetStream for the registry lease; this server publishes events on its own: run one natsmesh server per mesh", "error", err)
+		if err := s.lead(true); err != nil {
+			s.Stop()
+			return nil, err
+		}
 	}
 	return s, nil
 }
+
+// lead starts or stops answering queries, as the lease is won or lost.
+func (s *Service) lead(on bool) error {
+	s.subMu.Lock()
+	defer s.subMu.Unlock()
+	s.leader.Store(on)
+	for _, sub := range s.subs {
+		_ = sub.Unsubscribe()
+	}
+	s.subs = nil
+	if !on {
+		return nil
+	}
+	for subject, h := range map[string]nats.MsgHandler{
+		s.subj.RegistryList():   s.onList,
+		s.subj.RegistryGetAll(): s.onGet,
+	} {
+		sub, err := s.nc.Subscribe(subject, h)
+		if err != nil {
+			s.log.Error("registry cannot answer", "subject", subject, "error", err)
+			return fmt.Errorf("registry: subscribe to %s: %w", subject, err)
+		}
+		s.subs = append(s.subs, sub)
+	}
+	return nil
+}
+
+// Leader reports whether this service holds the lease: it answers queries
+// and publishes events.
+func (s *Service) Leader() bool { return s.leader.Load() }
 
 // View is the service's view of the mesh.
 func (s *Service) View() *View { return s.view }
@@ -98,6 +139,9 @@ func (s *Service) View() *View { return s.view }
 func (s *Service) publish() {
 	defer s.wg.Done()
 	for ev := range s.watch.Events() {
+		if !s.leader.Load() {
+			continue
+		}
 		data, err := json.Marshal(ev)
 		if err != nil {
 			continue
@@ -156,9 +200,10 @@ func (s *Service) reply(m *nats.Msg, v any) {
 // Stop stops answering, following and publishing. Safe to call twice.
 func (s *Service) Stop() {
 	s.once.Do(func() {
-		for _, sub := range s.subs {
-			_ = sub.Unsubscribe()
+		if s.lease != nil {
+			s.lease.stop() // hands the lease over
 		}
+		_ = s.lead(false)
 		if s.follow != nil {
 			s.follow.Stop()
 		}

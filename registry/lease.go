@@ -1,0 +1,128 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// DefaultLeaseTTL is how long the registry's publishing lease lasts without
+// renewal: when the server holding it dies, another takes over within it.
+const DefaultLeaseTTL = 5 * time.Second
+
+const leaseKey = "publisher"
+
+// lease decides, through a key in a JetStream KV bucket whose entries expire,
+// which of several registry services publishes events and answers queries:
+// the one that created the key, for as long as it renews it.
+type lease struct {
+	kv     jetstream.KeyValue
+	id     string
+	ttl    time.Duration
+	change func(held bool)
+	log    *slog.Logger
+
+	held bool   // owned by the lease's goroutine after start
+	rev  uint64 // revision of our entry while held
+
+	done chan struct{}
+	wg   sync.WaitGroup
+	once sync.Once
+}
+
+// leaseBucket is the KV bucket of a mesh's leases: "mesh_registry" for the
+// default prefix.
+func leaseBucket(prefix string) string {
+	if prefix == "" {
+		prefix = "mesh"
+	}
+	return strings.ReplaceAll(prefix, ".", "_") + "_registry"
+}
+
+// startLease competes for the lease in the background; change is called (on
+// the lease's goroutine) each time it is won or lost.
+func startLease(nc *nats.Conn, prefix, id string, ttl time.Duration, log *slog.Logger, change func(bool)) (*lease, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      leaseBucket(prefix),
+		Description: "natsmesh: which registry service publishes events",
+		TTL:         ttl,
+		History:     1,
+		Storage:     jetstream.MemoryStorage,
+	})
+	if err != nil {
+		return nil, err
+	}
+	l := &lease{kv: kv, id: id, ttl: ttl, change: change, log: log, done: make(chan struct{})}
+	l.attempt() // a lone server leads from its first moment
+	l.wg.Add(1)
+	go l.run()
+	return l, nil
+}
+
+// attempt renews the lease if held, else tries to win it.
+func (l *lease) attempt() {
+	ctx, cancel := context.WithTimeout(context.Background(), l.ttl/2)
+	defer cancel()
+	var err error
+	if l.held {
+		l.rev, err = l.kv.Update(ctx, leaseKey, []byte(l.id), l.rev)
+		if err != nil {
+			l.held = false
+			l.log.Warn("registry lease lost; another server publishes events now", "error", err)
+			l.change(false)
+		}
+		return
+	}
+	l.rev, err = l.kv.Create(ctx, leaseKey, []byte(l.id))
+	switch {
+	case err == nil:
+		l.held = true
+		l.log.Info("registry lease won; this server publishes events")
+		l.change(true)
+	case !errors.Is(err, jetstream.ErrKeyExists):
+		l.log.Debug("registry lease not available", "error", err)
+	}
+}
+
+func (l *lease) run() {
+	defer l.wg.Done()
+	// Renew (or try to win) often enough to hold it through a lost update
+	// or two, and to notice a hand-over within a second.
+	t := time.NewTicker(min(l.ttl/4, time.Second))
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			l.attempt()
+		case <-l.done:
+			if l.held {
+				// Hand over at once instead of letting the lease expire.
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				_ = l.kv.Delete(ctx, leaseKey, jetstream.LastRevision(l.rev))
+				cancel()
+				l.held = false
+				l.change(false)
+			}
+			return
+		}
+	}
+}
+
+func (l *lease) stop() {
+	l.once.Do(func() {
+		close(l.done)
+		l.wg.Wait()
+	})
+}
