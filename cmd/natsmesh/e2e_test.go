@@ -77,7 +77,17 @@ func runApp(name string) {
 		}
 		io.WriteString(w, appBody(name, r.Header.Get("Mesh-Caller"), r.RequestURI))
 	})
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	var sick atomic.Bool // set with POST /admin/sick?on=1: /healthz fails
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if sick.Load() {
+			http.Error(w, "sick", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("POST /admin/sick", func(w http.ResponseWriter, r *http.Request) {
+		sick.Store(r.URL.Query().Get("on") == "1")
+	})
 	go func() {
 		_, _ = io.Copy(io.Discard, os.Stdin)
 		os.Exit(0)
@@ -357,12 +367,14 @@ func startApp(t *testing.T, name string) (*proc, string) {
 }
 
 // startSidecar runs `natsmesh sidecar` with its outbound listener on a free
-// loopback port and returns its address once the sidecar is serving.
-func startSidecar(t *testing.T, natsURL, service, instance, upstream string) (*proc, string) {
+// loopback port and returns its address once the sidecar is serving. extra
+// flags are added to the command line.
+func startSidecar(t *testing.T, natsURL, service, instance, upstream string, extra ...string) (*proc, string) {
 	t.Helper()
-	p := start(t, "sidecar "+instance, nil, natsmeshBin(t), "sidecar",
+	args := append([]string{"sidecar",
 		"--service", service, "--instance", instance, "--upstream", upstream,
-		"--listen", "127.0.0.1:0", "--nats", natsURL)
+		"--listen", "127.0.0.1:0", "--nats", natsURL}, extra...)
+	p := start(t, "sidecar "+instance, nil, natsmeshBin(t), args...)
 	return p, p.waitOutput(t, sidecarReady, startTimeout)
 }
 
