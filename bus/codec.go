@@ -36,9 +36,10 @@ var traceKeys = map[string]string{
 	"Baggage":     "baggage",
 }
 
-// hopByHop are the headers that describe one connection, not the message, and
-// are never forwarded (RFC 9110 section 7.6.1, as net/http/httputil removes them).
-func hopByHop(k string) bool {
+// HopByHop reports whether the canonical header name k describes one
+// connection rather than the message, so it is never forwarded (RFC 9110
+// section 7.6.1, as net/http/httputil removes them).
+func HopByHop(k string) bool {
 	switch k {
 	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
 		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
@@ -84,7 +85,7 @@ func PutHTTPHeader(dst nats.Header, src http.Header) {
 	conn := src["Connection"]
 	for k, vv := range src {
 		ck := http.CanonicalHeaderKey(k)
-		if hopByHop(ck) || hasPrefixFold(ck, "Mesh-") || (conn != nil && inConnection(conn, ck)) {
+		if HopByHop(ck) || hasPrefixFold(ck, "Mesh-") || (conn != nil && inConnection(conn, ck)) {
 			continue
 		}
 		switch {

@@ -8,8 +8,9 @@ import (
 	"syscall"
 )
 
-// connAlive reports whether a kept-alive connection is still open: a
-// non-blocking peek sees EOF when the app has closed it.
+// connAlive reports whether a kept-alive idle connection can be reused: a
+// non-blocking peek sees EOF when the app has closed it, and bytes when the
+// app sent something unasked.
 func connAlive(c net.Conn) bool {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
@@ -24,6 +25,8 @@ func connAlive(c net.Conn) bool {
 	err = rc.Read(func(fd uintptr) bool {
 		n, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		switch {
+		case n > 0: // bytes nobody asked for (a 408 before closing, say): unusable
+			alive = false
 		case n == 0 && rerr == nil: // orderly close
 			alive = false
 		case rerr != nil && !errors.Is(rerr, syscall.EAGAIN) && !errors.Is(rerr, syscall.EINTR):

@@ -327,6 +327,9 @@ func (s *Server) done(start time.Time) {
 // for, capped, or the default when it asks for nothing valid.
 func (s *Server) requestTimeout(meshTimeout string) time.Duration {
 	ms, err := strconv.ParseInt(meshTimeout, 10, 64)
+	if errors.Is(err, strconv.ErrRange) && ms > 0 {
+		return s.maxTimeout // more digits than an int64 holds
+	}
 	if err != nil || ms <= 0 {
 		return s.timeout
 	}

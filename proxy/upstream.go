@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -136,7 +137,7 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	uri := r.RequestURI
-	if uri == "" {
+	if !strings.HasPrefix(uri, "/") && uri != "*" { // absent, or absolute-form
 		uri = r.URL.RequestURI()
 	}
 	hdr := make(nats.Header, len(r.Header)+1)
@@ -179,7 +180,7 @@ func (u *Upstream) forward(ctx context.Context, deadline time.Time, method, uri,
 		return e
 	}
 	for attempt := 0; ; attempt++ {
-		pc, reused, err := u.get(ctx, deadline)
+		pc, reused, err := u.get(ctx, deadline, attempt > 0)
 		if err != nil {
 			return u.failure(ctx, deadline, err)
 		}
@@ -301,9 +302,11 @@ func (u *Upstream) failure(ctx context.Context, deadline time.Time, err error) *
 }
 
 // get takes an idle connection (reused) or dials a new one.
-func (u *Upstream) get(ctx context.Context, deadline time.Time) (*upstreamConn, bool, error) {
+func (u *Upstream) get(ctx context.Context, deadline time.Time, fresh bool) (*upstreamConn, bool, error) {
 	now := time.Now()
-	for {
+	// A retry dials: the connections pooled beside the one that failed are
+	// likely closed by the same restart of the app.
+	for !fresh {
 		u.mu.Lock()
 		n := len(u.idle)
 		if n == 0 {
@@ -388,8 +391,7 @@ func writeRequest(bw *bufio.Writer, method, uri, host, defaultHost string, hdr m
 			}
 			name = k
 		}
-		switch name {
-		case "Host", "Content-Length", "Transfer-Encoding", "Connection":
+		if name == "Host" || name == "Content-Length" || bus.HopByHop(name) {
 			continue
 		}
 		if !validHeaderName(name) {
