@@ -41,7 +41,7 @@ type Announcer struct {
 	status  func() (Health, int)
 	log     *slog.Logger
 
-	mu   sync.Mutex // serialises beats, so seq rises in publish order
+	mu   sync.Mutex // serialises beats and the goodbye, so seq rises in publish order and nothing follows the goodbye
 	done chan struct{}
 	wg   sync.WaitGroup
 	once sync.Once
@@ -104,6 +104,11 @@ func (a *Announcer) run(interval time.Duration) {
 func (a *Announcer) beat() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	select {
+	case <-a.done: // Stop has begun: a heartbeat now could follow the goodbye
+		return
+	default:
+	}
 	a.hb.Seq++
 	a.hb.Health, a.hb.Inflight = a.status()
 	data, err := json.Marshal(a.hb)
@@ -131,9 +136,11 @@ func (a *Announcer) Stop() {
 	a.once.Do(func() {
 		close(a.done)
 		a.wg.Wait()
+		a.mu.Lock() // waits for a Beat under way; later ones see done
 		if err := a.nc.Publish(a.byeSubj, nil); err != nil {
 			a.log.Debug("goodbye not sent", "error", err)
 		}
+		a.mu.Unlock()
 		_ = a.nc.FlushTimeout(time.Second)
 	})
 }

@@ -13,6 +13,11 @@ import (
 // SweepEvery is how often a followed view looks for expired instances.
 const SweepEvery = 250 * time.Millisecond
 
+// followBuffer bounds the messages waiting to be applied. Heartbeats are
+// cheap to handle; a backlog this deep means the process cannot keep up, and
+// dropping is better than growing.
+const followBuffer = 64 * 1024
+
 // Follower feeds a View from NATS: heartbeats and goodbyes, of every service
 // or only of those it was told to follow, and expires instances as time
 // passes.
@@ -23,6 +28,12 @@ type Follower struct {
 
 	mu   sync.Mutex
 	subs map[string][]*nats.Subscription // by service; "" is every service
+
+	// msgs gets the messages of every subscription, in the order NATS
+	// delivered them, so that an instance's goodbye is never applied before
+	// the heartbeat it sent just before it (async subscriptions each have a
+	// goroutine of their own, which would reorder them).
+	msgs chan *nats.Msg
 
 	done chan struct{}
 	wg   sync.WaitGroup
@@ -37,7 +48,7 @@ func Follow(nc *nats.Conn, v *View, prefix string, services ...string) (*Followe
 	if err != nil {
 		return nil, err
 	}
-	f := &Follower{v: v, nc: nc, subj: subj, subs: make(map[string][]*nats.Subscription), done: make(chan struct{})}
+	f := &Follower{v: v, nc: nc, subj: subj, subs: make(map[string][]*nats.Subscription), msgs: make(chan *nats.Msg, followBuffer), done: make(chan struct{})}
 	if len(services) == 0 {
 		services = []string{""}
 	}
@@ -47,7 +58,8 @@ func Follow(nc *nats.Conn, v *View, prefix string, services ...string) (*Followe
 			return nil, err
 		}
 	}
-	f.wg.Add(1)
+	f.wg.Add(2)
+	go f.apply()
 	go f.sweep()
 	return f, nil
 }
@@ -67,16 +79,13 @@ func (f *Follower) Add(service string) error {
 	}
 	var subs []*nats.Subscription
 	for _, s := range []string{f.subj.Heartbeats(service), f.subj.Byes(service)} {
-		sub, err := f.nc.Subscribe(s, f.onMsg)
+		sub, err := f.nc.ChanSubscribe(s, f.msgs)
 		if err != nil {
 			for _, sub := range subs {
 				_ = sub.Unsubscribe()
 			}
 			return fmt.Errorf("registry: subscribe to %s: %w", s, err)
 		}
-		// Heartbeats are cheap to handle; a backlog this deep means the
-		// process cannot keep up, and dropping is better than growing.
-		_ = sub.SetPendingLimits(256*1024, 64<<20)
 		subs = append(subs, sub)
 	}
 	f.subs[service] = subs
@@ -110,6 +119,18 @@ func (f *Follower) onMsg(m *nats.Msg) {
 		return
 	}
 	f.v.Observe(hb)
+}
+
+func (f *Follower) apply() {
+	defer f.wg.Done()
+	for {
+		select {
+		case m := <-f.msgs:
+			f.onMsg(m)
+		case <-f.done:
+			return
+		}
+	}
 }
 
 func (f *Follower) sweep() {

@@ -73,7 +73,9 @@ func (h *Heartbeat) Validate() error {
 	default:
 		return badHeartbeat("health %q is not passing, failing or draining", h.Health)
 	}
-	if iv := h.Interval(); iv < MinInterval || iv > MaxInterval {
+	// Compared in milliseconds: Interval() of a huge interval_ms overflows
+	// and could wrap into the valid range.
+	if h.IntervalMS < MinInterval.Milliseconds() || h.IntervalMS > MaxInterval.Milliseconds() {
 		return badHeartbeat("interval_ms %d is outside %d-%d", h.IntervalMS, MinInterval.Milliseconds(), MaxInterval.Milliseconds())
 	}
 	if h.Seq == 0 {
