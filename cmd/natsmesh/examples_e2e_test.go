@@ -1,0 +1,55 @@
+//go:build unix
+
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// buildExample builds ./examples/<name> into the test's temp dir.
+func buildExample(t *testing.T, name string) string {
+	t.Helper()
+	goCmd, err := goTool()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), name)
+	cmd := exec.Command(goCmd, "build", "-o", bin, "../../examples/"+name)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build example %s: %v\n%s", name, err, out)
+	}
+	return bin
+}
+
+// The library examples: a Go service that announces itself with no sidecar,
+// and a Go program that mirrors the registry's events.
+func TestRegistryExamples(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the examples; skipped with -short")
+	}
+	t.Parallel()
+	_, natsURL := startServer(t)
+	env := []string{"NATSMESH_URL=" + natsURL}
+	watch := start(t, "example watch", env, buildExample(t, "watch"), "hello-go")
+	watch.waitOutput(t, regexp.MustCompile(`(snapshot): 0 instances`), startTimeout)
+
+	announce := start(t, "example announce", env, buildExample(t, "announce"))
+	inst := announce.waitOutput(t, regexp.MustCompile(`as instance (hello-go-[0-9a-f]+)`), startTimeout)
+	watch.waitOutput(t, regexp.MustCompile(`(up hello-go `+inst+` \(registered\))`), startTimeout)
+
+	out, errOut, code := natsmesh(t, "call", "hello-go", "/", "--nats", natsURL)
+	if code != 0 || !strings.Contains(out, "hello from Go") {
+		t.Fatalf("call hello-go: exit %d, %q %q", code, out, errOut)
+	}
+
+	announce.signal(t, os.Interrupt)
+	if code := announce.wait(t, startTimeout); code != 0 {
+		t.Fatalf("announce exited %d", code)
+	}
+	watch.waitOutput(t, regexp.MustCompile(`(down hello-go `+inst+` \(deregistered\))`), startTimeout)
+}
