@@ -106,8 +106,12 @@ func DecodeHeartbeat(service, instance string, data []byte) (Heartbeat, error) {
 	if len(data) > MaxHeartbeatSize {
 		return h, badHeartbeat("%d bytes; the limit is %d", len(data), MaxHeartbeatSize)
 	}
-	if err := json.Unmarshal(data, &h); err != nil {
-		return Heartbeat{}, badHeartbeat("not valid JSON: %v", err)
+	var ok bool
+	if h, ok = decodeFast(data); !ok {
+		h = Heartbeat{}
+		if err := json.Unmarshal(data, &h); err != nil {
+			return Heartbeat{}, badHeartbeat("not valid JSON: %v", err)
+		}
 	}
 	if h.Service != service || h.Instance != instance {
 		return Heartbeat{}, badHeartbeat("body names %s/%s but arrived on the subject of %s/%s", h.Service, h.Instance, service, instance)
