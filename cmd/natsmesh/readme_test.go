@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -57,7 +56,7 @@ func TestReadmeTour(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs README commands, which build binaries; skipped with -short")
 	}
-	for _, p := range []string{"4222", "8080", "8081", "15001", "15002"} {
+	for _, p := range []string{"4222", "8080", "8081", "15001", "15002", "15003", "15004"} {
 		l, err := net.Listen("tcp", "127.0.0.1:"+p)
 		if err != nil {
 			if os.Getenv("CI") != "" {
@@ -82,6 +81,7 @@ func TestReadmeTour(t *testing.T) {
 	}
 	startBlock := readmeBlock(t, readme, "<!-- readme-test: start -->")
 	tryBlock := readmeBlock(t, readme, "<!-- readme-test: try -->")
+	scaleBlock := readmeBlock(t, readme, "<!-- readme-test: scale -->")
 
 	goCmd, err := goTool()
 	if err != nil {
@@ -89,15 +89,85 @@ func TestReadmeTour(t *testing.T) {
 	}
 	env := append(childEnv(), "XDG_STATE_HOME="+t.TempDir(), "PATH="+filepath.Dir(goCmd)+":"+os.Getenv("PATH"))
 
-	// Background commands run in one process group, removed when the test ends.
 	script := "set -e\n" + setup[0] + " &\n" +
 		"for i in $(seq 300); do (echo > /dev/tcp/127.0.0.1/4222) 2>/dev/null && break; sleep 0.1; done\n" +
 		strings.Join(startBlock, "\n") + "\nwait\n"
-	var out bytes.Buffer
+	runBackground(t, root, env, script)
+
+	want := []*regexp.Regexp{
+		regexp.MustCompile(`web asked greeter and got 200 OK from instance greeter-[0-9a-f]+: hello from greeter \(called by web\)`),
+		regexp.MustCompile(`hello from greeter \(called by web\)`),
+		regexp.MustCompile(`hello from greeter \(called by a client outside the mesh\)`),
+		regexp.MustCompile(`(?m)^greeter +1 +1 +0 +0 *$`),
+		regexp.MustCompile(`(?m)^greeter-[0-9a-f]+ +passing +0 `),
+	}
+	if len(tryBlock) != len(want) {
+		t.Fatalf("README.md's try block has %d commands; this test knows %d", len(tryBlock), len(want))
+	}
+	for i, line := range tryBlock {
+		meshtest.CheckFor(t, 90*time.Second, 200*time.Millisecond, runMatching(root, env, line, want[i]))
+	}
+
+	// Watch instances come and go: the background lines run together, then
+	// instances lists three, the kill -9 happens, and watch reports it.
+	var bg, fg []string
+	for _, line := range scaleBlock {
+		if strings.HasSuffix(line, "&") {
+			bg = append(bg, line)
+		} else {
+			fg = append(fg, line)
+		}
+	}
+	if len(bg) != 3 || len(fg) != 2 || !strings.Contains(fg[0], "instances greeter") || !strings.HasPrefix(fg[1], "pkill") {
+		t.Fatalf("README.md's scale block changed (%q); update this test", scaleBlock)
+	}
+	watch := runBackground(t, root, env, strings.Join(bg, "\n")+"\nwait\n")
+	meshtest.CheckFor(t, 30*time.Second, 200*time.Millisecond, runMatching(root, env, fg[0],
+		regexp.MustCompile(`(?ms)^greeter-[0-9a-f]+ +passing.*^greeter-[0-9a-f]+ +passing.*^greeter-[0-9a-f]+ +passing`)))
+	meshtest.CheckFor(t, 10*time.Second, 100*time.Millisecond, func() error {
+		if n := strings.Count(watch.String(), " up      greeter greeter-"); n < 2 {
+			return fmt.Errorf("watch printed %d up events, want the 2 new instances:\n%s", n, watch)
+		}
+		return nil
+	})
+	if err := runMatching(root, env, fg[1], regexp.MustCompile(``))(); err != nil {
+		t.Fatal(err)
+	}
+	meshtest.CheckFor(t, 10*time.Second, 100*time.Millisecond, func() error {
+		if !regexp.MustCompile(`down +greeter greeter-[0-9a-f]+ \(expired`).MatchString(watch.String()) {
+			return fmt.Errorf("watch has not printed the killed instance expiring:\n%s", watch)
+		}
+		return nil
+	})
+}
+
+// runMatching returns a check that runs a README line and wants it to exit 0
+// with output matching re.
+func runMatching(root string, env []string, line string, re *regexp.Regexp) func() error {
+	return func() error {
+		c := exec.Command("bash", "-c", line)
+		c.Dir = root
+		c.Env = env
+		got, err := c.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s: %v: %s", line, err, got)
+		}
+		if !re.Match(got) {
+			return fmt.Errorf("%s printed %q, want it to match %s", line, got, re)
+		}
+		return nil
+	}
+}
+
+// runBackground runs a script of README lines in a process group of its
+// own, removed with everything it started when the test ends.
+func runBackground(t *testing.T, root string, env []string, script string) *output {
+	t.Helper()
+	out := newOutput()
 	cmd := exec.Command("bash", "-c", script)
 	cmd.Dir = root
 	cmd.Env = env
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -113,33 +183,8 @@ func TestReadmeTour(t *testing.T) {
 			<-done
 		}
 		if t.Failed() {
-			t.Logf("README commands' output:\n%s", out.String())
+			t.Logf("output of README commands:\n%s\n%s", script, out.String())
 		}
 	})
-
-	want := []*regexp.Regexp{
-		regexp.MustCompile(`web asked greeter and got 200 OK from instance greeter-[0-9a-f]+: hello from greeter \(called by web\)`),
-		regexp.MustCompile(`hello from greeter \(called by web\)`),
-		regexp.MustCompile(`hello from greeter \(called by a client outside the mesh\)`),
-		regexp.MustCompile(`(?m)^greeter +1 +1 +0 +0 *$`),
-		regexp.MustCompile(`(?m)^greeter-[0-9a-f]+ +passing +0 `),
-	}
-	if len(tryBlock) != len(want) {
-		t.Fatalf("README.md's try block has %d commands; this test knows %d", len(tryBlock), len(want))
-	}
-	for i, line := range tryBlock {
-		meshtest.CheckFor(t, 90*time.Second, 200*time.Millisecond, func() error {
-			c := exec.Command("bash", "-c", line)
-			c.Dir = root
-			c.Env = env
-			got, err := c.CombinedOutput()
-			if err != nil {
-				return fmt.Errorf("%s: %v: %s", line, err, got)
-			}
-			if !want[i].Match(got) {
-				return fmt.Errorf("%s printed %q, want it to match %s", line, got, want[i])
-			}
-			return nil
-		})
-	}
+	return out
 }
