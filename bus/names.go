@@ -163,3 +163,7 @@ func (s Subjects) RegistryGet(service string) string { return s.prefix() + ".reg
 
 // RegistryGetAll is the wildcard the registry service answers RegistryGet on.
 func (s Subjects) RegistryGetAll() string { return s.prefix() + ".registry.get.*" }
+
+// RegistryLeader is the subject a registry service announces on when it
+// starts answering and publishing for the mesh.
+func (s Subjects) RegistryLeader() string { return s.prefix() + ".registry.leader" }

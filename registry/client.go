@@ -75,7 +75,7 @@ type Update struct {
 type Mirror struct {
 	c       *Client
 	service string
-	sub     *nats.Subscription
+	subs    []*nats.Subscription // the events, and registry takeovers
 	ch      chan *nats.Msg
 	fn      func(Update)
 	done    chan struct{}
@@ -97,14 +97,17 @@ func (c *Client) Mirror(ctx context.Context, service string, fn func(Update)) (*
 		subject = c.subj.Events(service)
 	}
 	m := &Mirror{c: c, service: service, ch: make(chan *nats.Msg, 4096), fn: fn, done: make(chan struct{})}
-	sub, err := c.nc.ChanSubscribe(subject, m.ch)
-	if err != nil {
-		return nil, fmt.Errorf("registry: subscribe to %s: %w", subject, err)
+	for _, s := range []string{subject, c.subj.RegistryLeader()} {
+		sub, err := c.nc.ChanSubscribe(s, m.ch)
+		if err != nil {
+			m.unsubscribe()
+			return nil, fmt.Errorf("registry: subscribe to %s: %w", s, err)
+		}
+		m.subs = append(m.subs, sub)
 	}
-	m.sub = sub
 	snap, err := m.snapshot(ctx)
 	if err != nil {
-		_ = sub.Unsubscribe()
+		m.unsubscribe()
 		return nil, err
 	}
 	m.wg.Add(1)
@@ -131,17 +134,26 @@ func (m *Mirror) run(snap Snapshot) {
 		case <-m.done:
 			return
 		}
-		var ev Event
-		if json.Unmarshal(msg.Data, &ev) != nil {
-			continue
-		}
-		if ev.Origin == origin && ev.Rev <= last {
-			continue // already in the snapshot
-		}
-		if ev.Origin == origin && m.contiguous(ev, last) {
-			last = ev.Rev
-			m.fn(Update{Event: &ev})
-			continue
+		if msg.Subject == m.c.subj.RegistryLeader() {
+			// Another registry took over: its revs are new, and it never
+			// published the events of the meantime.
+			var note leaderNote
+			if json.Unmarshal(msg.Data, &note) != nil || note.Origin == origin {
+				continue
+			}
+		} else {
+			var ev Event
+			if json.Unmarshal(msg.Data, &ev) != nil {
+				continue
+			}
+			if ev.Origin == origin && ev.Rev <= last {
+				continue // already in the snapshot
+			}
+			if ev.Origin == origin && m.contiguous(ev, last) {
+				last = ev.Rev
+				m.fn(Update{Event: &ev})
+				continue
+			}
 		}
 		// An event was missed, or comes from another registry (restarted, or
 		// another server took over): start over from a new snapshot.
@@ -178,8 +190,14 @@ func (m *Mirror) Resyncs() int {
 // Stop ends the mirror. Safe to call twice.
 func (m *Mirror) Stop() {
 	m.once.Do(func() {
-		_ = m.sub.Unsubscribe()
+		m.unsubscribe()
 		close(m.done)
 		m.wg.Wait()
 	})
+}
+
+func (m *Mirror) unsubscribe() {
+	for _, s := range m.subs {
+		_ = s.Unsubscribe()
+	}
 }

@@ -125,7 +125,18 @@ func (s *Service) lead(on bool) error {
 		}
 		s.subs = append(s.subs, sub)
 	}
+	// Mirrors of a registry that died take a new snapshot from this one.
+	data, _ := json.Marshal(leaderNote{Origin: s.view.Origin()})
+	if err := s.nc.Publish(s.subj.RegistryLeader(), data); err != nil {
+		s.log.Warn("cannot announce the registry's takeover", "error", err)
+	}
 	return nil
+}
+
+// leaderNote is published on <prefix>.registry.leader by a registry service
+// that starts answering and publishing.
+type leaderNote struct {
+	Origin string `json:"origin"`
 }
 
 // Leader reports whether this service holds the lease: it answers queries

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -172,4 +173,90 @@ func containsFields(out string, fields ...string) bool {
 		}
 	}
 	return false
+}
+
+// Two `natsmesh server`s serve the registry on one shared NATS: each event is
+// published once; when the publishing one is killed, the other takes over and
+// watchers carry on.
+func TestEndToEndRegistryFailover(t *testing.T) {
+	t.Parallel()
+	shared := meshtest.RunServer(t) // the NATS both servers share
+	natsURL := shared.ClientURL()
+	registryReady := regexp.MustCompile(`(serving the registry) on`)
+	a := start(t, "registry a", nil, natsmeshBin(t), "server", "--nats", natsURL)
+	a.waitOutput(t, registryReady, startTimeout)
+	b := start(t, "registry b", nil, natsmeshBin(t), "server", "--nats", natsURL)
+	b.waitOutput(t, registryReady, startTimeout)
+
+	watch := start(t, "watch", nil, natsmeshBin(t), "watch", "fo", "--json", "--nats", natsURL)
+	lines := &watchLines{t: t, p: watch}
+	meshtest.CheckFor(t, startTimeout, 20*time.Millisecond, func() error {
+		lines.update()
+		lines.mu.Lock()
+		defer lines.mu.Unlock()
+		if lines.snaps == 0 {
+			return fmt.Errorf("watch printed no snapshot line")
+		}
+		return nil
+	})
+	_, app := startApp(t, "fo")
+	startSidecar(t, natsURL, "fo", "fo-1", app)
+	meshtest.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+		if _, _, ok := lines.find(registry.Up, registry.Registered, "fo-1"); !ok {
+			return fmt.Errorf("no up event for fo-1")
+		}
+		return nil
+	})
+
+	// a started first, so it holds the lease; kill it without a word.
+	a.signal(t, syscall.SIGKILL)
+	startSidecar(t, natsURL, "fo", "fo-2", app)
+	// b takes over when a's lease expires (5 s) and announces it; the watch
+	// takes a new snapshot from b, which has fo-2.
+	meshtest.CheckFor(t, 15*time.Second, 50*time.Millisecond, func() error {
+		lines.update()
+		lines.mu.Lock()
+		defer lines.mu.Unlock()
+		if lines.snaps < 2 {
+			return fmt.Errorf("watch has not resynchronised from the new registry")
+		}
+		return nil
+	})
+	snap := lastSnapshot(t, watch)
+	if len(snap.Services["fo"]) != 2 {
+		t.Fatalf("snapshot after the takeover lists %+v, want fo-1 and fo-2", snap.Services["fo"])
+	}
+	// Events go on, from b, once each.
+	startSidecar(t, natsURL, "fo", "fo-3", app)
+	meshtest.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+		if _, _, ok := lines.find(registry.Up, registry.Registered, "fo-3"); !ok {
+			return fmt.Errorf("no up event for fo-3 after the takeover")
+		}
+		return nil
+	})
+	lines.mu.Lock()
+	defer lines.mu.Unlock()
+	count := map[string]int{}
+	for _, ev := range lines.events {
+		count[string(ev.Type)+" "+ev.Instance]++
+	}
+	for k, n := range count {
+		if n != 1 {
+			t.Errorf("watch printed %q %d times, want once", k, n)
+		}
+	}
+}
+
+// lastSnapshot is the last snapshot line `natsmesh watch --json` printed.
+func lastSnapshot(t *testing.T, p *proc) registry.Snapshot {
+	t.Helper()
+	var snap registry.Snapshot
+	for _, l := range strings.Split(p.stdout.String(), "\n") {
+		if strings.HasPrefix(l, `{"type":"snapshot"`) {
+			if err := json.Unmarshal([]byte(l), &snap); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return snap
 }
