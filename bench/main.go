@@ -8,7 +8,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -27,6 +26,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/natsmesh/natsmesh/internal/procstat"
 )
 
 const appEnv = "NATSMESH_BENCH_APP" // set: this process is the app
@@ -155,11 +156,9 @@ func run(conns []int, duration, warmup time.Duration, size, rounds int) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "natsmesh")
-	build := exec.Command("go", "build", "-o", bin, "github.com/natsmesh/natsmesh/cmd/natsmesh")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("build natsmesh: %w", err)
+	bin, err := procstat.BuildNatsmesh(dir)
+	if err != nil {
+		return err
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -222,8 +221,8 @@ func run(conns []int, duration, warmup time.Duration, size, rounds int) error {
 					case <-stop:
 						return
 					case <-t.C:
-						peakCaller = max(peakCaller, rss(caller.Process.Pid))
-						peakCallee = max(peakCallee, rss(callee.Process.Pid))
+						peakCaller = max(peakCaller, procstat.RSS(caller.Process.Pid))
+						peakCallee = max(peakCallee, procstat.RSS(callee.Process.Pid))
 					}
 				}
 			}()
@@ -369,42 +368,11 @@ func load(c *http.Client, u string, n int, warmup, duration time.Duration, onSta
 	return result{n: count.Load(), errors: errs.Load(), elapsed: elapsed, lat: all}
 }
 
-// rss is a process's resident set size in bytes, from /proc (Linux).
-func rss(pid int) int64 {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if v, ok := strings.CutPrefix(s.Text(), "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb * 1024
-		}
-	}
-	return 0
-}
-
-// cpuTimes returns each process's user+system CPU time so far, from /proc.
+// cpuTimes returns each process's CPU time so far.
 func cpuTimes(pids []int) []time.Duration {
 	out := make([]time.Duration, len(pids))
 	for i, pid := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
-		}
-		// Fields after the command name, which is in parentheses.
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-		if len(f) < 13 {
-			continue
-		}
-		ut, _ := strconv.ParseInt(f[11], 10, 64)
-		st, _ := strconv.ParseInt(f[12], 10, 64)
-		out[i] = time.Duration(ut+st) * time.Second / clockTicks
+		out[i] = procstat.CPU(pid)
 	}
 	return out
 }
-
-// clockTicks is USER_HZ, the unit of /proc/<pid>/stat times; 100 on Linux.
-const clockTicks = 100

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/natsmesh/natsmesh/internal/procstat"
 )
 
 func main() {
@@ -41,11 +43,9 @@ func run(sizes string, conns, watchers int, measure time.Duration) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "natsmesh")
-	build := exec.Command("go", "build", "-o", bin, "github.com/natsmesh/natsmesh/cmd/natsmesh")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("build natsmesh: %w", err)
+	bin, err := procstat.BuildNatsmesh(dir)
+	if err != nil {
+		return err
 	}
 	fmt.Printf("registry benchmark: 1 s heartbeats over %d connections, %d watchers, %s measured\n\n", conns, watchers, measure)
 	fmt.Printf("%-10s %12s %10s %14s %14s\n", "instances", "server CPU", "RSS", "detected", "all watchers")
@@ -171,11 +171,11 @@ func runOne(bin, dir string, n, conns, watchers int, measure time.Duration) erro
 
 	// CPU and memory of the server under the steady load.
 	pid := srv.Process.Pid
-	cpu0 := procCPU(pid)
+	cpu0 := procstat.CPU(pid)
 	t0 := time.Now()
 	time.Sleep(measure)
-	cpu := (procCPU(pid) - cpu0).Seconds() / time.Since(t0).Seconds()
-	rss := procRSS(pid)
+	cpu := (procstat.CPU(pid) - cpu0).Seconds() / time.Since(t0).Seconds()
+	rss := procstat.RSS(pid)
 
 	// Watchers of instance 0's service, each on its own connection.
 	got := make(chan time.Time, watchers)
@@ -214,31 +214,4 @@ func runOne(bin, dir string, n, conns, watchers int, measure time.Duration) erro
 	fmt.Printf("%-10d %11.2f %9.0fMB %14s %14s\n", n, cpu, float64(rss)/1e6,
 		first.Sub(last).Round(time.Millisecond), final.Sub(last).Round(time.Millisecond))
 	return nil
-}
-
-// procCPU is a process's user+system CPU time, from /proc (Linux).
-func procCPU(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * time.Second / 100
-}
-
-// procRSS is a process's resident memory in bytes, from /proc (Linux).
-func procRSS(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb * 1024
-		}
-	}
-	return 0
 }
