@@ -53,6 +53,20 @@ func (w *watchLines) update() {
 	}
 }
 
+// waitSnapshots waits until watch has printed n snapshot lines.
+func (w *watchLines) waitSnapshots(n int, within time.Duration) {
+	w.t.Helper()
+	meshtest.CheckFor(w.t, within, 20*time.Millisecond, func() error {
+		w.update()
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if w.snaps < n {
+			return fmt.Errorf("watch printed %d snapshot lines, want %d", w.snaps, n)
+		}
+		return nil
+	})
+}
+
 // find returns the first event matching, and when it was read.
 func (w *watchLines) find(typ registry.EventType, reason registry.Reason, instance string) (registry.Event, time.Time, bool) {
 	w.update()
@@ -76,15 +90,7 @@ func TestEndToEndRegistry(t *testing.T) {
 
 	watch := start(t, "watch", nil, natsmeshBin(t), "watch", "reg", "--json", "--nats", natsURL)
 	lines := &watchLines{t: t, p: watch}
-	meshtest.CheckFor(t, startTimeout, 20*time.Millisecond, func() error {
-		lines.update()
-		lines.mu.Lock()
-		defer lines.mu.Unlock()
-		if lines.snaps == 0 {
-			return fmt.Errorf("watch printed no snapshot line")
-		}
-		return nil
-	})
+	lines.waitSnapshots(1, startTimeout)
 
 	type instance struct {
 		id, app string
@@ -190,15 +196,7 @@ func TestEndToEndRegistryFailover(t *testing.T) {
 
 	watch := start(t, "watch", nil, natsmeshBin(t), "watch", "fo", "--json", "--nats", natsURL)
 	lines := &watchLines{t: t, p: watch}
-	meshtest.CheckFor(t, startTimeout, 20*time.Millisecond, func() error {
-		lines.update()
-		lines.mu.Lock()
-		defer lines.mu.Unlock()
-		if lines.snaps == 0 {
-			return fmt.Errorf("watch printed no snapshot line")
-		}
-		return nil
-	})
+	lines.waitSnapshots(1, startTimeout)
 	_, app := startApp(t, "fo")
 	startSidecar(t, natsURL, "fo", "fo-1", app)
 	meshtest.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
@@ -213,15 +211,7 @@ func TestEndToEndRegistryFailover(t *testing.T) {
 	startSidecar(t, natsURL, "fo", "fo-2", app)
 	// b takes over when a's lease expires (5 s) and announces it; the watch
 	// takes a new snapshot from b, which has fo-2.
-	meshtest.CheckFor(t, 15*time.Second, 50*time.Millisecond, func() error {
-		lines.update()
-		lines.mu.Lock()
-		defer lines.mu.Unlock()
-		if lines.snaps < 2 {
-			return fmt.Errorf("watch has not resynchronised from the new registry")
-		}
-		return nil
-	})
+	lines.waitSnapshots(2, 15*time.Second)
 	snap := lastSnapshot(t, watch)
 	if len(snap.Services["fo"]) != 2 {
 		t.Fatalf("snapshot after the takeover lists %+v, want fo-1 and fo-2", snap.Services["fo"])
