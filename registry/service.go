@@ -15,6 +15,9 @@ import (
 	"github.com/natsmesh/natsmesh/bus"
 )
 
+// publishBuffer bounds the events waiting to be published.
+var publishBuffer = 64 * 1024
+
 // ServiceSummary is one service in the registry's list.
 type ServiceSummary struct {
 	Name      string `json:"name"`
@@ -58,13 +61,15 @@ type Service struct {
 	subj   bus.Subjects
 	view   *View
 	follow *Follower
-	watch  *Watcher
 	lease  *lease
 	leader atomic.Bool
 	log    *slog.Logger
 
 	subMu sync.Mutex
 	subs  []*nats.Subscription
+
+	watchMu sync.Mutex
+	watch   *Watcher // nil once stopped
 
 	wg   sync.WaitGroup
 	once sync.Once
@@ -81,7 +86,7 @@ func StartService(nc *nats.Conn, cfg ServiceConfig) (*Service, error) {
 	}
 	s := &Service{nc: nc, subj: subj, view: NewView(cfg.View), log: cfg.Logger}
 	// Watch before following, so that the first event is published too.
-	_, s.watch = s.view.Watch("", 64*1024)
+	_, s.watch = s.view.Watch("", publishBuffer)
 	s.wg.Add(1)
 	go s.publish()
 	if s.follow, err = Follow(nc, s.view, cfg.Prefix); err != nil {
@@ -149,20 +154,36 @@ func (s *Service) View() *View { return s.view }
 // publish sends the view's events on NATS, in rev order.
 func (s *Service) publish() {
 	defer s.wg.Done()
-	for ev := range s.watch.Events() {
-		if !s.leader.Load() {
-			continue
+	for {
+		s.watchMu.Lock()
+		w := s.watch
+		s.watchMu.Unlock()
+		if w == nil {
+			return // stopped
 		}
-		data, err := json.Marshal(ev)
-		if err != nil {
-			continue
+		for ev := range w.Events() {
+			if !s.leader.Load() {
+				continue
+			}
+			data, err := json.Marshal(ev)
+			if err != nil {
+				continue
+			}
+			if err := s.nc.Publish(s.subj.Events(ev.Service), data); err != nil {
+				s.log.Warn("registry event not published", "service", ev.Service, "rev", ev.Rev, "error", err)
+			}
 		}
-		if err := s.nc.Publish(s.subj.Events(ev.Service), data); err != nil {
-			s.log.Warn("registry event not published", "service", ev.Service, "rev", ev.Rev, "error", err)
+		if w.Err() == nil {
+			return // stopped
 		}
-	}
-	if err := s.watch.Err(); err != nil {
-		s.log.Error("registry events stopped: the publisher fell behind", "error", err)
+		// Cut off for falling behind: watch again. The revs skipped show
+		// every mirror a gap, so they take a new snapshot.
+		s.log.Warn("registry event publisher fell behind; events skipped, watchers resynchronise", "error", w.Err())
+		s.watchMu.Lock()
+		if s.watch != nil {
+			_, s.watch = s.view.Watch("", publishBuffer)
+		}
+		s.watchMu.Unlock()
 	}
 }
 
@@ -218,7 +239,11 @@ func (s *Service) Stop() {
 		if s.follow != nil {
 			s.follow.Stop()
 		}
-		s.watch.Stop()
+		s.watchMu.Lock()
+		w := s.watch
+		s.watch = nil
+		s.watchMu.Unlock()
+		w.Stop()
 		s.wg.Wait()
 	})
 }
