@@ -135,12 +135,9 @@ func (m *Mirror) run(snap Snapshot) {
 			return
 		}
 		if msg.Subject == m.c.subj.RegistryLeader() {
-			// Another registry took over: its revs are new, and it never
-			// published the events of the meantime.
-			var note leaderNote
-			if json.Unmarshal(msg.Data, &note) != nil || note.Origin == origin {
-				continue
-			}
+			// A registry (another, or this one after losing the lease for a
+			// while) has started publishing: it did not publish the events
+			// of the meantime, so start over from its snapshot.
 		} else {
 			var ev Event
 			if json.Unmarshal(msg.Data, &ev) != nil {

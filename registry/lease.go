@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -16,13 +15,12 @@ import (
 // renewal: when the server holding it dies, another takes over within it.
 const DefaultLeaseTTL = 5 * time.Second
 
-const leaseKey = "publisher"
-
 // lease decides, through a key in a JetStream KV bucket whose entries expire,
 // which of several registry services publishes events and answers queries:
 // the one that created the key, for as long as it renews it.
 type lease struct {
 	kv     jetstream.KeyValue
+	key    string // the mesh's prefix
 	id     string
 	ttl    time.Duration
 	change func(held bool)
@@ -36,13 +34,16 @@ type lease struct {
 	once sync.Once
 }
 
-// leaseBucket is the KV bucket of a mesh's leases: "mesh_registry" for the
-// default prefix.
-func leaseBucket(prefix string) string {
+// leaseBucket is the KV bucket of the registry leases; each mesh's lease is
+// the key named by its subject prefix ("mesh", "prod.mesh"), which no two
+// meshes share.
+const leaseBucket = "natsmesh_registry"
+
+func leaseKeyFor(prefix string) string {
 	if prefix == "" {
-		prefix = "mesh"
+		return "mesh"
 	}
-	return strings.ReplaceAll(prefix, ".", "_") + "_registry"
+	return prefix
 }
 
 // startLease competes for the lease in the background; change is called (on
@@ -54,17 +55,29 @@ func startLease(nc *nats.Conn, prefix, id string, ttl time.Duration, log *slog.L
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      leaseBucket(prefix),
-		Description: "natsmesh: which registry service publishes events",
-		TTL:         ttl,
-		History:     1,
-		Storage:     jetstream.MemoryStorage,
-	})
+	// Use the bucket as it is when it exists: rewriting its config would
+	// change the TTL under the other servers' feet.
+	kv, err := js.KeyValue(ctx, leaseBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      leaseBucket,
+			Description: "natsmesh: which registry service of each mesh publishes events",
+			TTL:         ttl,
+			History:     1,
+			Storage:     jetstream.MemoryStorage,
+		})
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = js.KeyValue(ctx, leaseBucket) // another server made it meanwhile
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
-	l := &lease{kv: kv, id: id, ttl: ttl, change: change, log: log, done: make(chan struct{})}
+	if st, serr := kv.Status(ctx); serr == nil && st.TTL() != ttl {
+		log.Warn("the registry lease bucket has another TTL than this server's; using the bucket's", "bucket", leaseBucket, "bucket_ttl", st.TTL(), "ttl", ttl)
+		ttl = st.TTL()
+	}
+	l := &lease{kv: kv, key: leaseKeyFor(prefix), id: id, ttl: ttl, change: change, log: log, done: make(chan struct{})}
 	l.attempt() // a lone server leads from its first moment
 	l.wg.Add(1)
 	go l.run()
@@ -77,7 +90,7 @@ func (l *lease) attempt() {
 	defer cancel()
 	var err error
 	if l.held {
-		l.rev, err = l.kv.Update(ctx, leaseKey, []byte(l.id), l.rev)
+		l.rev, err = l.kv.Update(ctx, l.key, []byte(l.id), l.rev)
 		if err != nil {
 			l.held = false
 			l.log.Warn("registry lease lost; another server publishes events now", "error", err)
@@ -85,7 +98,7 @@ func (l *lease) attempt() {
 		}
 		return
 	}
-	l.rev, err = l.kv.Create(ctx, leaseKey, []byte(l.id))
+	l.rev, err = l.kv.Create(ctx, l.key, []byte(l.id))
 	switch {
 	case err == nil:
 		l.held = true
@@ -108,12 +121,13 @@ func (l *lease) run() {
 			l.attempt()
 		case <-l.done:
 			if l.held {
-				// Hand over at once instead of letting the lease expire.
-				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-				_ = l.kv.Delete(ctx, leaseKey, jetstream.LastRevision(l.rev))
-				cancel()
+				// Stop leading first, then hand over at once instead of
+				// letting the lease expire.
 				l.held = false
 				l.change(false)
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				_ = l.kv.Delete(ctx, l.key, jetstream.LastRevision(l.rev))
+				cancel()
 			}
 			return
 		}

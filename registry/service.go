@@ -2,6 +2,7 @@ package registry
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natsmesh/natsmesh/bus"
 )
@@ -61,9 +63,13 @@ type Service struct {
 	subj   bus.Subjects
 	view   *View
 	follow *Follower
-	lease  *lease
 	leader atomic.Bool
-	log    *slog.Logger
+
+	leaseMu sync.Mutex
+	lease   *lease
+	stopped bool
+	done    chan struct{}
+	log     *slog.Logger
 
 	subMu sync.Mutex
 	subs  []*nats.Subscription
@@ -84,7 +90,7 @@ func StartService(nc *nats.Conn, cfg ServiceConfig) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Service{nc: nc, subj: subj, view: NewView(cfg.View), log: cfg.Logger}
+	s := &Service{nc: nc, subj: subj, view: NewView(cfg.View), log: cfg.Logger, done: make(chan struct{})}
 	// Watch before following, so that the first event is published too.
 	_, s.watch = s.view.Watch("", publishBuffer)
 	s.wg.Add(1)
@@ -96,15 +102,54 @@ func StartService(nc *nats.Conn, cfg ServiceConfig) (*Service, error) {
 	if cfg.LeaseTTL <= 0 {
 		cfg.LeaseTTL = DefaultLeaseTTL
 	}
-	s.lease, err = startLease(nc, cfg.Prefix, s.view.Origin(), cfg.LeaseTTL, cfg.Logger, func(on bool) { _ = s.lead(on) })
-	if err != nil {
+	err = s.startLease(cfg)
+	switch {
+	case err == nil:
+	case errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount):
 		cfg.Logger.Warn("no JetStream for the registry lease; this server publishes events on its own: run one natsmesh server per mesh", "error", err)
 		if err := s.lead(true); err != nil {
 			s.Stop()
 			return nil, err
 		}
+	default:
+		// JetStream is there but not ready (a leader election, say):
+		// keep trying, and do not lead meanwhile.
+		cfg.Logger.Warn("registry lease not available yet; retrying", "error", err)
+		s.wg.Add(1)
+		go s.retryLease(cfg)
 	}
 	return s, nil
+}
+
+func (s *Service) startLease(cfg ServiceConfig) error {
+	l, err := startLease(s.nc, cfg.Prefix, s.view.Origin(), cfg.LeaseTTL, cfg.Logger, func(on bool) { _ = s.lead(on) })
+	if err != nil {
+		return err
+	}
+	s.leaseMu.Lock()
+	defer s.leaseMu.Unlock()
+	if s.stopped {
+		l.stop()
+		return nil
+	}
+	s.lease = l
+	return nil
+}
+
+func (s *Service) retryLease(cfg ServiceConfig) {
+	defer s.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+		}
+		if err := s.startLease(cfg); err == nil {
+			return
+		}
+	}
 }
 
 // lead starts or stops answering queries, as the lease is won or lost.
@@ -232,8 +277,13 @@ func (s *Service) reply(m *nats.Msg, v any) {
 // Stop stops answering, following and publishing. Safe to call twice.
 func (s *Service) Stop() {
 	s.once.Do(func() {
-		if s.lease != nil {
-			s.lease.stop() // hands the lease over
+		close(s.done)
+		s.leaseMu.Lock()
+		s.stopped = true
+		l := s.lease
+		s.leaseMu.Unlock()
+		if l != nil {
+			l.stop() // hands the lease over
 		}
 		_ = s.lead(false)
 		if s.follow != nil {
