@@ -66,9 +66,15 @@ type Stats struct {
 }
 
 type record struct {
-	hb       Heartbeat
-	lastSeen time.Time
+	hb         Heartbeat
+	lastSeen   time.Time
+	lastChange time.Time // of health or run
+	burst      int       // changes since the last quiet quarter interval
 }
+
+// maxBurst is how many changes of health or run an instance may report
+// within a quarter of its interval.
+const maxBurst = 3
 
 // View is the materialised set of services and instances built from
 // heartbeats. It emits an event for each transition exactly once and never
@@ -136,16 +142,31 @@ func (v *View) Observe(hb Heartbeat) {
 		return
 	}
 	sameRun := hb.Started.Equal(r.hb.Started)
+	changes := hb.Health != r.hb.Health || !sameRun
+	// The rate limit comes from the interval the view already knows, so a
+	// sender cannot lift it by announcing a tiny one.
+	quarter := r.hb.Interval() / 4
 	switch {
-	case sameRun && hb.Seq <= r.hb.Seq:
+	case hb.Started.Before(r.hb.Started), sameRun && hb.Seq <= r.hb.Seq:
+		// A late beat of an earlier run, a duplicate or out of order.
 		v.stale.Add(1)
 		return
-	case sameRun && hb.Health == r.hb.Health && now.Sub(r.lastSeen) < hb.Interval()/4:
+	case now.Sub(r.lastSeen) < quarter && (!changes || r.burst >= maxBurst && now.Sub(r.lastChange) < quarter):
+		// Faster than a quarter interval: a few changes of health (or
+		// restarts) may come at once — failing, then draining — but no
+		// more than maxBurst in a quarter interval; the rest is a flood.
 		v.flood.Add(1)
 		return
 	}
 	prev := r.hb.Health
 	r.hb, r.lastSeen = hb, now
+	if changes {
+		if now.Sub(r.lastChange) >= quarter {
+			r.burst = 0
+		}
+		r.burst++
+		r.lastChange = now
+	}
 	v.heartbeats.Add(1)
 	if hb.Health != prev {
 		v.emit(Changed, HealthChange, hb, now)
