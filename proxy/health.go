@@ -45,9 +45,11 @@ type healthChecker struct {
 	client   *http.Client
 	onChange func(healthy bool, reason string)
 
-	done chan struct{}
-	wg   sync.WaitGroup
-	once sync.Once
+	ctx    context.Context // cancelled by stop, so a hung check ends at once
+	cancel context.CancelFunc
+	done   chan struct{}
+	wg     sync.WaitGroup
+	once   sync.Once
 }
 
 func startHealthChecker(upstream string, cfg HealthCheckConfig, onChange func(bool, string)) *healthChecker {
@@ -63,6 +65,7 @@ func startHealthChecker(upstream string, cfg HealthCheckConfig, onChange func(bo
 		onChange: onChange,
 		done:     make(chan struct{}),
 	}
+	h.ctx, h.cancel = context.WithCancel(context.Background())
 	h.wg.Add(1)
 	go h.run()
 	return h
@@ -101,7 +104,7 @@ func (h *healthChecker) run() {
 }
 
 func (h *healthChecker) check() (bool, string) {
-	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.Timeout)
+	ctx, cancel := context.WithTimeout(h.ctx, h.cfg.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.url, nil)
 	if err != nil {
@@ -123,6 +126,7 @@ func (h *healthChecker) check() (bool, string) {
 func (h *healthChecker) stop() {
 	h.once.Do(func() {
 		close(h.done)
+		h.cancel()
 		h.wg.Wait()
 		h.client.CloseIdleConnections()
 	})

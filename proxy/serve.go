@@ -111,7 +111,10 @@ func Serve(nc *nats.Conn, h http.Handler, cfg ServeConfig) (*Server, error) {
 		inst: []string{cfg.Instance}, max: int64(cfg.MaxInflight), log: cfg.Logger,
 	}
 	s.subj = subj
-	if err := s.subscribeQueue(); err != nil {
+	s.subMu.Lock()
+	err = s.subscribeQueue()
+	s.subMu.Unlock()
+	if err != nil {
 		return nil, err
 	}
 	d, err := nc.Subscribe(subj.Inst(cfg.Instance), s.onMsg)
@@ -134,16 +137,14 @@ func Serve(nc *nats.Conn, h http.Handler, cfg ServeConfig) (*Server, error) {
 	return s, nil
 }
 
-// subscribeQueue joins the service's queue group.
+// subscribeQueue joins the service's queue group; s.subMu is held.
 func (s *Server) subscribeQueue() error {
 	q, err := s.nc.QueueSubscribe(s.subj.RPC(s.service), s.subj.QueueGroup(s.service), s.onMsg)
 	if err != nil {
 		return fmt.Errorf("proxy: subscribe to %s: %w", s.subj.RPC(s.service), err)
 	}
 	_ = q.SetPendingLimits(64*1024, 256<<20)
-	s.subMu.Lock()
 	s.queue = q
-	s.subMu.Unlock()
 	return nil
 }
 
@@ -163,12 +164,12 @@ func (s *Server) Pause() {
 	}
 }
 
-// Resume puts a paused instance back in its queue group.
+// Resume puts a paused instance back in its queue group. It does nothing
+// once the server drains or stops.
 func (s *Server) Resume() error {
 	s.subMu.Lock()
-	skip := s.queue != nil || s.stopped
-	s.subMu.Unlock()
-	if skip {
+	defer s.subMu.Unlock()
+	if s.queue != nil || s.stopped {
 		return nil
 	}
 	return s.subscribeQueue()

@@ -169,7 +169,9 @@ func (s *Sidecar) onHealth(healthy bool, reason string) {
 	}
 	if healthy {
 		if err := s.inbound.Resume(); err != nil {
-			s.log.Error("cannot rejoin the queue group", "error", err)
+			// Stay out: the checker reports the change again only after
+			// the app fails and recovers, so say it loudly.
+			s.log.Error("cannot rejoin the queue group; the instance stays out of rotation until its app fails and recovers, or it is restarted", "error", err)
 			return
 		}
 		s.failing.Store(false)
@@ -202,10 +204,10 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		// outbound proxy to finish (an app that calls other services while
 		// serving), so it keeps serving until they are done.
 		s.draining.Store(true)
+		s.announce.Beat() // tell the mesh at once
 		if s.health != nil {
 			s.health.stop()
 		}
-		s.announce.Beat() // tell the mesh at once
 		inErr := s.inbound.Drain(ctx)
 		outErr := s.http.Shutdown(ctx)
 		s.inbound.Stop()

@@ -63,12 +63,19 @@ func NewAnnouncer(nc *nats.Conn, cfg AnnouncerConfig) (*Announcer, error) {
 		return nil, err
 	}
 	host, _ := os.Hostname()
+	meta := make(map[string]string, len(cfg.Meta)) // ours: the caller may change theirs
+	for k, v := range cfg.Meta {
+		meta[k] = v
+	}
+	if len(meta) == 0 {
+		meta = nil
+	}
 	a := &Announcer{
 		nc: nc,
 		hb: Heartbeat{
 			Service: cfg.Service, Subset: cfg.Subset, Instance: cfg.Instance,
 			Host: host, PID: os.Getpid(), Started: time.Now().UTC(),
-			IntervalMS: cfg.Interval.Milliseconds(), Health: Passing, Meta: cfg.Meta,
+			IntervalMS: cfg.Interval.Milliseconds(), Health: Passing, Meta: meta,
 		},
 		hbSubj:  subj.Heartbeat(cfg.Service, cfg.Instance),
 		byeSubj: subj.Bye(cfg.Service, cfg.Instance),

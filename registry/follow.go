@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -28,6 +29,7 @@ type Follower struct {
 
 	mu   sync.Mutex
 	subs map[string][]*nats.Subscription // by service; "" is every service
+	gone uint64                          // drops of subscriptions since removed
 
 	// msgs gets the messages of every subscription, in the order NATS
 	// delivered them, so that an instance's goodbye is never applied before
@@ -74,6 +76,11 @@ func (f *Follower) Add(service string) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	select {
+	case <-f.done:
+		return errors.New("registry: the follower is stopped")
+	default:
+	}
 	if _, ok := f.subs[service]; ok {
 		return nil
 	}
@@ -97,6 +104,11 @@ func (f *Follower) Remove(service string) {
 	f.mu.Lock()
 	subs := f.subs[service]
 	delete(f.subs, service)
+	for _, sub := range subs {
+		if d, err := sub.Dropped(); err == nil && d > 0 {
+			f.gone += uint64(d)
+		}
+	}
 	f.mu.Unlock()
 	for _, sub := range subs {
 		_ = sub.Unsubscribe()
@@ -145,6 +157,22 @@ func (f *Follower) sweep() {
 			return
 		}
 	}
+}
+
+// Dropped is how many heartbeats and goodbyes NATS dropped because the
+// follower fell behind (its buffer of followBuffer messages was full).
+func (f *Follower) Dropped() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var n uint64
+	for _, subs := range f.subs {
+		for _, sub := range subs {
+			if d, err := sub.Dropped(); err == nil && d > 0 {
+				n += uint64(d)
+			}
+		}
+	}
+	return n + f.gone
 }
 
 // Stop unsubscribes and stops expiring. Safe to call twice.

@@ -36,6 +36,9 @@ type List struct {
 	Origin   string           `json:"origin"`
 	Services []ServiceSummary `json:"services"`
 	Stats    Stats            `json:"stats"`
+	// Dropped counts heartbeats and goodbyes NATS dropped before they
+	// reached the view, because the registry fell behind.
+	Dropped uint64 `json:"dropped"`
 }
 
 // ServiceConfig configures the registry service.
@@ -234,7 +237,7 @@ func (s *Service) publish() {
 
 func (s *Service) onList(m *nats.Msg) {
 	snap := s.view.Snapshot("")
-	l := List{Rev: snap.Rev, Origin: snap.Origin, Services: make([]ServiceSummary, 0, len(snap.Services)), Stats: s.view.Stats()}
+	l := List{Rev: snap.Rev, Origin: snap.Origin, Services: make([]ServiceSummary, 0, len(snap.Services)), Stats: s.view.Stats(), Dropped: s.follow.Dropped()}
 	for name, insts := range snap.Services {
 		sum := ServiceSummary{Name: name, Instances: len(insts)}
 		for _, in := range insts {
