@@ -167,3 +167,7 @@ func (s Subjects) RegistryGetAll() string { return s.prefix() + ".registry.get.*
 // RegistryLeader is the subject a registry service announces on when it
 // starts answering and publishing for the mesh.
 func (s Subjects) RegistryLeader() string { return s.prefix() + ".registry.leader" }
+
+// RegistrySnapshot is the subject the registry service answers the whole
+// mesh's instances on.
+func (s Subjects) RegistrySnapshot() string { return s.prefix() + ".registry.snapshot" }

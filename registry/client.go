@@ -85,9 +85,9 @@ type Mirror struct {
 	mu      sync.Mutex
 }
 
-// Mirror starts mirroring service ("" for every service, whose updates are
-// events only: the first Update then carries an empty snapshot at the
-// registry's rev). fn is called on one goroutine, in order.
+// Mirror starts mirroring service, or every service if service is "" (for a
+// mesh too large to list in one message, that snapshot is Truncated: events
+// only). fn is called on one goroutine, in order.
 func (c *Client) Mirror(ctx context.Context, service string, fn func(Update)) (*Mirror, error) {
 	subject := c.subj.AllEvents()
 	if service != "" {
@@ -119,8 +119,9 @@ func (m *Mirror) snapshot(ctx context.Context) (Snapshot, error) {
 	if m.service != "" {
 		return m.c.Get(ctx, m.service)
 	}
-	l, err := m.c.List(ctx)
-	return Snapshot{Rev: l.Rev, Origin: l.Origin, Services: map[string][]Instance{}}, err
+	var s Snapshot
+	err := m.c.request(ctx, m.c.subj.RegistrySnapshot(), &s)
+	return s, err
 }
 
 func (m *Mirror) run(snap Snapshot) {

@@ -168,8 +168,9 @@ func (s *Service) lead(on bool) error {
 		return nil
 	}
 	for subject, h := range map[string]nats.MsgHandler{
-		s.subj.RegistryList():   s.onList,
-		s.subj.RegistryGetAll(): s.onGet,
+		s.subj.RegistryList():     s.onList,
+		s.subj.RegistryGetAll():   s.onGet,
+		s.subj.RegistrySnapshot(): s.onSnapshot,
 	} {
 		sub, err := s.nc.Subscribe(subject, h)
 		if err != nil {
@@ -262,6 +263,19 @@ func (s *Service) onGet(m *nats.Msg) {
 		return // the wildcard cannot match anything else; nothing to answer
 	}
 	s.reply(m, s.view.Snapshot(svc))
+}
+
+func (s *Service) onSnapshot(m *nats.Msg) {
+	snap := s.view.Snapshot("")
+	data, err := json.Marshal(snap)
+	if err != nil || m.Reply == "" {
+		return
+	}
+	if err := m.Respond(data); errors.Is(err, nats.ErrMaxPayload) {
+		// Too many instances for one message: say so, with the rev, so a
+		// mirror of the whole mesh can still follow the events from here.
+		s.reply(m, Snapshot{Rev: snap.Rev, Origin: snap.Origin, Instances: snap.Instances, Truncated: true})
+	}
 }
 
 func (s *Service) reply(m *nats.Msg, v any) {

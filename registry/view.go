@@ -51,6 +51,8 @@ type Snapshot struct {
 	Origin    string                `json:"origin"`
 	Services  map[string][]Instance `json:"services"`
 	Instances int                   `json:"instances"`
+	// Truncated: the instances did not fit in one message and are left out.
+	Truncated bool `json:"truncated,omitempty"`
 }
 
 // Stats count what a view did with what it was sent.

@@ -159,6 +159,9 @@ Ctrl-C.`, stderr)
 			}{"snapshot", u.Snapshot})
 		case u.Snapshot != nil:
 			fmt.Fprintf(stdout, "snapshot rev %d: %d instances\n", u.Snapshot.Rev, u.Snapshot.Instances)
+			if u.Snapshot.Truncated {
+				fmt.Fprintln(stdout, "  (too many to list in one message: use natsmesh instances NAME)")
+			}
 			for svc, insts := range u.Snapshot.Services {
 				for _, in := range insts {
 					fmt.Fprintf(stdout, "  %s %s %s\n", svc, in.Instance, in.Health)
