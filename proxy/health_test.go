@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -91,4 +92,42 @@ func TestHealthChecksTakeInstanceOutOfRotation(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A caller's sidecar follows the services its app calls in the registry, and
+// only those; when no instance answers, it says what the registry knows.
+func TestNoRespondersExplainedFromRegistry(t *testing.T) {
+	t.Parallel()
+	s := meshtest.RunServer(t)
+	var healthy atomic.Bool
+	app := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" && !healthy.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+		}
+	})
+	hc := proxy.HealthCheckConfig{Path: "/healthz", Interval: 20 * time.Millisecond, Fails: 1, Passes: 1}
+	_, sick := startCallee(t, s, "lonely", app, func(c *proxy.SidecarConfig) { c.HealthCheck = hc; c.Heartbeat = 100 * time.Millisecond })
+	meshtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if !sick.Inbound().Paused() {
+			return fmt.Errorf("the failing instance is still in rotation")
+		}
+		return nil
+	})
+	caller := startCaller(t, s, "front", nil)
+	c := sidecarClient(t, formProxy, caller, "front")
+	meshtest.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+		resp, body := c.get(t, "lonely", "/")
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Mesh-Error") != "no-responders" {
+			return fmt.Errorf("got %d %s, want 503 no-responders", resp.StatusCode, resp.Header.Get("Mesh-Error"))
+		}
+		if !strings.Contains(string(body), "1 instance(s), 1 failing") {
+			return fmt.Errorf("message %q does not say the one instance is failing", body)
+		}
+		return nil
+	})
+	// A service nobody runs is explained as before.
+	resp, body := c.get(t, "nobody", "/")
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "is running; start one") {
+		t.Fatalf("call to a service with no instance: %d %q", resp.StatusCode, body)
+	}
 }

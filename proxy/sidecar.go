@@ -97,6 +97,13 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 	if s.tr, err = NewTransport(nc, TransportConfig{Caller: cfg.Service, Prefix: cfg.Prefix, Timeout: cfg.Timeout}); err != nil {
 		return nil, err
 	}
+	view := registry.NewView(registry.ViewConfig{})
+	f, err := registry.NewFollower(nc, view, cfg.Prefix)
+	if err != nil {
+		s.tr.Close()
+		return nil, err
+	}
+	s.tr.callees = &callees{view: view, f: f}
 	if s.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 		s.tr.Close()
 		return nil, fmt.Errorf("proxy: cannot listen on %s for outbound calls (choose another address with --listen): %w", cfg.Listen, err)

@@ -51,11 +51,12 @@ type Transport struct {
 	timeout time.Duration
 	egress  http.RoundTripper
 
-	mux    *replyMux
-	status chan nats.Status
-	done   chan struct{}
-	wg     sync.WaitGroup
-	once   sync.Once
+	mux     *replyMux
+	callees *callees // set by the sidecar; nil in library mode
+	status  chan nats.Status
+	done    chan struct{}
+	wg      sync.WaitGroup
+	once    sync.Once
 }
 
 var _ http.RoundTripper = (*Transport)(nil)
@@ -120,6 +121,9 @@ func (t *Transport) Close() error {
 		t.wg.Wait()
 		t.mux.close()
 		t.mux.failAll()
+		if t.callees != nil {
+			t.callees.stop()
+		}
 	})
 	return nil
 }
@@ -145,6 +149,9 @@ func (t *Transport) call(ctx context.Context, service, method, uri, host string,
 		return nil, bus.Errorf(bus.Timeout, "the call to %s had no time left before it was sent", service), nil
 	}
 
+	if t.callees != nil {
+		t.callees.note(service)
+	}
 	reply, ch, id := t.mux.register()
 	defer t.mux.release(id, ch)
 
@@ -169,6 +176,11 @@ func (t *Transport) call(ctx context.Context, service, method, uri, host string,
 		case m == nil:
 			return nil, bus.Errorf(bus.UpstreamLost, "the NATS connection dropped while waiting for %s to answer; the request may or may not have been processed", service), nil
 		case bus.IsNoResponders(m):
+			if t.callees != nil {
+				if why := t.callees.explain(service); why != "" {
+					return nil, bus.Errorf(bus.NoResponders, "no instance of service %q is taking calls%s", service, why), nil
+				}
+			}
 			return nil, bus.Errorf(bus.NoResponders, "no instance of service %q is running; start one with `natsmesh sidecar --service %s`", service, service), nil
 		}
 		return m, nil, nil

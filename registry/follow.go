@@ -46,11 +46,10 @@ type Follower struct {
 // mesh; otherwise only the services named (more can be added with Add), so a
 // process that calls a few services never handles the heartbeats of all.
 func Follow(nc *nats.Conn, v *View, prefix string, services ...string) (*Follower, error) {
-	subj, err := bus.NewSubjects(prefix)
+	f, err := NewFollower(nc, v, prefix)
 	if err != nil {
 		return nil, err
 	}
-	f := &Follower{v: v, nc: nc, subj: subj, subs: make(map[string][]*nats.Subscription), msgs: make(chan *nats.Msg, followBuffer), done: make(chan struct{})}
 	if len(services) == 0 {
 		services = []string{""}
 	}
@@ -60,6 +59,16 @@ func Follow(nc *nats.Conn, v *View, prefix string, services ...string) (*Followe
 			return nil, err
 		}
 	}
+	return f, nil
+}
+
+// NewFollower starts a follower of no service yet: Add the ones to follow.
+func NewFollower(nc *nats.Conn, v *View, prefix string) (*Follower, error) {
+	subj, err := bus.NewSubjects(prefix)
+	if err != nil {
+		return nil, err
+	}
+	f := &Follower{v: v, nc: nc, subj: subj, subs: make(map[string][]*nats.Subscription), msgs: make(chan *nats.Msg, followBuffer), done: make(chan struct{})}
 	f.wg.Add(2)
 	go f.apply()
 	go f.sweep()
