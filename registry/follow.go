@@ -105,6 +105,10 @@ func (f *Follower) Add(service string) error {
 		subs = append(subs, sub)
 	}
 	f.subs[service] = subs
+	if f.nc.IsConnected() {
+		// Once Add returns, the server sends every heartbeat our way.
+		_ = f.nc.FlushTimeout(2 * time.Second)
+	}
 	return nil
 }
 

@@ -34,8 +34,12 @@ func TestTwoRegistriesPublishOnce(t *testing.T) {
 	}
 
 	events := make(chan *nats.Msg, 64)
-	sub, err := meshtest.Connect(t, s).ChanSubscribe("mesh.events.>", events)
+	subNC := meshtest.Connect(t, s)
+	sub, err := subNC.ChanSubscribe("mesh.events.>", events)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := subNC.Flush(); err != nil { // the server has the subscription
 		t.Fatal(err)
 	}
 	defer sub.Unsubscribe()

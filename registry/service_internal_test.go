@@ -39,8 +39,12 @@ func TestServicePublisherResumesAfterFallingBehind(t *testing.T) {
 	}
 	t.Cleanup(svc.Stop)
 	events := make(chan *nats.Msg, 256)
-	sub, err := meshtest.Connect(t, s).ChanSubscribe("mesh.events.>", events)
+	subNC := meshtest.Connect(t, s)
+	sub, err := subNC.ChanSubscribe("mesh.events.>", events)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := subNC.Flush(); err != nil { // the server has the subscription
 		t.Fatal(err)
 	}
 	defer sub.Unsubscribe()

@@ -124,8 +124,12 @@ func TestServicePublishesEvents(t *testing.T) {
 	s := meshtest.RunServer(t)
 	startRegistry(t, s)
 	raw := make(chan *nats.Msg, 16)
-	sub, err := meshtest.Connect(t, s).ChanSubscribe("mesh.events.>", raw)
+	subNC := meshtest.Connect(t, s)
+	sub, err := subNC.ChanSubscribe("mesh.events.>", raw)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := subNC.Flush(); err != nil { // the server has the subscription
 		t.Fatal(err)
 	}
 	defer sub.Unsubscribe()
