@@ -204,7 +204,8 @@ func TestConcurrentUse(t *testing.T) {
 func TestSetIsKeyedAndBounded(t *testing.T) {
 	clock := newClock()
 	s := breaker.NewSet(breaker.Settings{ConsecutiveFailures: 1, FailureRatio: -1, Clock: clock}, 3)
-	if s.Get("a") != s.Get("a") || s.Get("a") == s.Get("b") {
+	first, again := s.Get("a"), s.Get("a")
+	if first != again || first == s.Get("b") {
 		t.Fatal("Get does not keep one breaker per key")
 	}
 	if s.Get("a").Name() != "a" {
