@@ -8,21 +8,8 @@ import (
 	"time"
 
 	"github.com/natsmesh/natsmesh/breaker"
+	"github.com/natsmesh/natsmesh/internal/meshtest"
 )
-
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
-func newClock() *fakeClock { return &fakeClock{now: time.Unix(1_700_000_000, 0)} }
 
 // call makes one call with the given result; it fails the test if refused.
 func call(t *testing.T, b *breaker.Breaker, r breaker.Result) {
@@ -35,7 +22,7 @@ func call(t *testing.T, b *breaker.Breaker, r breaker.Result) {
 }
 
 func TestTripsOnConsecutiveFailures(t *testing.T) {
-	clock := newClock()
+	clock := meshtest.NewClock()
 	b := breaker.New("svc", breaker.Settings{ConsecutiveFailures: 3, FailureRatio: -1, Clock: clock})
 	call(t, b, breaker.Failure)
 	call(t, b, breaker.Failure)
@@ -55,7 +42,7 @@ func TestTripsOnConsecutiveFailures(t *testing.T) {
 }
 
 func TestTripsOnFailureRatioOverWindow(t *testing.T) {
-	clock := newClock()
+	clock := meshtest.NewClock()
 	b := breaker.New("svc", breaker.Settings{ConsecutiveFailures: -1, FailureRatio: 0.5, MinRequests: 10, Window: 10 * time.Second, Clock: clock})
 	// Below the minimum volume nothing trips, whatever the ratio.
 	for i := 0; i < 4; i++ {
@@ -83,7 +70,7 @@ func TestTripsOnFailureRatioOverWindow(t *testing.T) {
 }
 
 func TestIgnoredResultsDoNotCount(t *testing.T) {
-	b := breaker.New("svc", breaker.Settings{ConsecutiveFailures: 2, FailureRatio: -1, Clock: newClock()})
+	b := breaker.New("svc", breaker.Settings{ConsecutiveFailures: 2, FailureRatio: -1, Clock: meshtest.NewClock()})
 	call(t, b, breaker.Failure)
 	for i := 0; i < 10; i++ {
 		call(t, b, breaker.Ignore) // cancelled calls
@@ -98,7 +85,7 @@ func TestIgnoredResultsDoNotCount(t *testing.T) {
 }
 
 func TestHalfOpenProbes(t *testing.T) {
-	clock := newClock()
+	clock := meshtest.NewClock()
 	b := breaker.New("svc", breaker.Settings{ConsecutiveFailures: 1, FailureRatio: -1, OpenTimeout: 5 * time.Second, HalfOpenProbes: 2, Clock: clock})
 	call(t, b, breaker.Failure)
 	clock.Advance(4 * time.Second)
@@ -142,7 +129,7 @@ func TestHalfOpenProbes(t *testing.T) {
 // A result of a call allowed before a state change says nothing of the new
 // state: a slow failure from before a breaker closed does not reopen it.
 func TestStaleResultsIgnored(t *testing.T) {
-	clock := newClock()
+	clock := meshtest.NewClock()
 	b := breaker.New("svc", breaker.Settings{ConsecutiveFailures: 1, FailureRatio: -1, HalfOpenProbes: 1, Clock: clock})
 	old, err := b.Allow()
 	if err != nil {
@@ -161,7 +148,7 @@ func TestStaleResultsIgnored(t *testing.T) {
 // Callbacks run in order and outside the breaker's lock: one that asks the
 // breaker for its state does not deadlock.
 func TestStateChangeCallbacks(t *testing.T) {
-	clock := newClock()
+	clock := meshtest.NewClock()
 	var got []string
 	var b *breaker.Breaker
 	b = breaker.New("svc", breaker.Settings{
@@ -202,7 +189,7 @@ func TestConcurrentUse(t *testing.T) {
 }
 
 func TestSetIsKeyedAndBounded(t *testing.T) {
-	clock := newClock()
+	clock := meshtest.NewClock()
 	s := breaker.NewSet(breaker.Settings{ConsecutiveFailures: 1, FailureRatio: -1, Clock: clock}, 3)
 	first, again := s.Get("a"), s.Get("a")
 	if first != again || first == s.Get("b") {

@@ -34,15 +34,7 @@ func TestTwoRegistriesPublishOnce(t *testing.T) {
 	}
 
 	events := make(chan *nats.Msg, 64)
-	subNC := meshtest.Connect(t, s)
-	sub, err := subNC.ChanSubscribe("mesh.events.>", events)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := subNC.Flush(); err != nil { // the server has the subscription
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	meshtest.Subscribe(t, s, "mesh.events.>", events)
 	expect := func(n int, what string) {
 		t.Helper()
 		for i := 0; i < n; i++ {

@@ -2,7 +2,6 @@ package registry
 
 import (
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -10,18 +9,6 @@ import (
 
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 )
-
-type stepClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *stepClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *stepClock) add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // A publisher that falls behind is cut off like any watcher; the service
 // watches again and goes on publishing, and the skipped revs tell mirrors to
@@ -32,27 +19,19 @@ func TestServicePublisherResumesAfterFallingBehind(t *testing.T) {
 	t.Cleanup(func() { publishBuffer = old })
 
 	s := meshtest.RunServer(t)
-	clock := &stepClock{now: time.Unix(1_700_000_000, 0)}
+	clock := meshtest.NewClock()
 	svc, err := StartService(meshtest.Connect(t, s), ServiceConfig{View: ViewConfig{Clock: clock}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(svc.Stop)
 	events := make(chan *nats.Msg, 256)
-	subNC := meshtest.Connect(t, s)
-	sub, err := subNC.ChanSubscribe("mesh.events.>", events)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := subNC.Flush(); err != nil { // the server has the subscription
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	meshtest.Subscribe(t, s, "mesh.events.>", events)
 
 	for i := 0; i < 50; i++ {
 		svc.View().Observe(Heartbeat{Service: "burst", Instance: fmt.Sprintf("b-%d", i), Seq: 1, IntervalMS: 1000, Health: Passing})
 	}
-	clock.add(time.Hour)
+	clock.Advance(time.Hour)
 	svc.View().Sweep() // 50 down events in one go: more than the publisher's buffer
 	before := svc.View().Stats().WatchersDropped
 	if before == 0 {

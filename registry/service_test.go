@@ -124,15 +124,7 @@ func TestServicePublishesEvents(t *testing.T) {
 	s := meshtest.RunServer(t)
 	startRegistry(t, s)
 	raw := make(chan *nats.Msg, 16)
-	subNC := meshtest.Connect(t, s)
-	sub, err := subNC.ChanSubscribe("mesh.events.>", raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := subNC.Flush(); err != nil { // the server has the subscription
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	meshtest.Subscribe(t, s, "mesh.events.>", raw)
 	a := announce(t, s, "pub", "pub-1", nil)
 	var m *nats.Msg
 	select {

@@ -4,34 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/registry"
 )
-
-// fakeClock is a registry.Clock that moves only when told to.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // hb is a valid heartbeat of service/instance at seq, with a 1 s interval.
 func hb(service, instance string, seq uint64) registry.Heartbeat {
@@ -49,14 +27,14 @@ func withHealth(h registry.Heartbeat, health registry.Health) registry.Heartbeat
 // viewFixture is a view on a fake clock with a watcher of every event.
 type viewFixture struct {
 	t     *testing.T
-	clock *fakeClock
+	clock *meshtest.Clock
 	view  *registry.View
 	w     *registry.Watcher
 }
 
 func newViewFixture(t *testing.T, cfg registry.ViewConfig) *viewFixture {
 	t.Helper()
-	clock := newFakeClock()
+	clock := meshtest.NewClock()
 	cfg.Clock = clock
 	v := registry.NewView(cfg)
 	_, w := v.Watch("", 1024)
@@ -506,7 +484,7 @@ func TestViewSnapshot(t *testing.T) {
 }
 
 func TestWatchSnapshotThenEvents(t *testing.T) {
-	clock := newFakeClock()
+	clock := meshtest.NewClock()
 	v := registry.NewView(registry.ViewConfig{Clock: clock})
 	v.Observe(hb("reviews", "reviews-1", 1))
 	v.Observe(hb("ratings", "ratings-1", 1))
@@ -565,7 +543,7 @@ func TestWatchIsAtomic(t *testing.T) {
 }
 
 func TestWatchFilteredByService(t *testing.T) {
-	clock := newFakeClock()
+	clock := meshtest.NewClock()
 	v := registry.NewView(registry.ViewConfig{Clock: clock})
 	v.Observe(hb("reviews", "reviews-1", 1))
 	v.Observe(hb("ratings", "ratings-1", 1))
@@ -592,7 +570,7 @@ func TestWatchFilteredByService(t *testing.T) {
 }
 
 func TestSlowWatcherIsDropped(t *testing.T) {
-	clock := newFakeClock()
+	clock := meshtest.NewClock()
 	v := registry.NewView(registry.ViewConfig{Clock: clock})
 	_, slow := v.Watch("", 2)
 	_, fast := v.Watch("", 2)
@@ -639,7 +617,7 @@ func TestSlowWatcherIsDropped(t *testing.T) {
 }
 
 func TestWatcherStop(t *testing.T) {
-	v := registry.NewView(registry.ViewConfig{Clock: newFakeClock()})
+	v := registry.NewView(registry.ViewConfig{Clock: meshtest.NewClock()})
 	_, w := v.Watch("", 0) // 0: the default buffer
 	v.Observe(hb("reviews", "reviews-1", 1))
 	w.Stop()
@@ -661,7 +639,7 @@ func TestWatcherStop(t *testing.T) {
 }
 
 func TestWatcherDefaultBuffer(t *testing.T) {
-	v := registry.NewView(registry.ViewConfig{Clock: newFakeClock()})
+	v := registry.NewView(registry.ViewConfig{Clock: meshtest.NewClock()})
 	_, w := v.Watch("", 0)
 	defer w.Stop()
 	for i := range registry.DefaultWatchBuffer {
@@ -679,7 +657,7 @@ func TestWatcherDefaultBuffer(t *testing.T) {
 // The view never waits for a watcher: with a watcher that never reads,
 // applying many heartbeats finishes.
 func TestViewNeverBlocksOnWatchers(t *testing.T) {
-	v := registry.NewView(registry.ViewConfig{Clock: newFakeClock()})
+	v := registry.NewView(registry.ViewConfig{Clock: meshtest.NewClock()})
 	for range 10 {
 		_, w := v.Watch("", 1)
 		defer w.Stop()

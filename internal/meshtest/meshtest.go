@@ -66,3 +66,17 @@ func (l testLogger) Fatalf(f string, a ...any)  { l.t.Logf("[NATS FTL] "+f, a...
 func (l testLogger) Errorf(f string, a ...any)  { l.t.Logf("[NATS ERR] "+f, a...) }
 func (l testLogger) Debugf(f string, a ...any)  { l.t.Logf("[NATS DBG] "+f, a...) }
 func (l testLogger) Tracef(f string, a ...any)  { l.t.Logf("[NATS TRC] "+f, a...) }
+
+// Subscribe subscribes a connection of its own to subject, delivering into
+// ch, and returns once the server has the subscription, so nothing published
+// afterwards is missed. It ends with the test.
+func Subscribe(t testing.TB, s *bus.Server, subject string, ch chan *nats.Msg) {
+	t.Helper()
+	nc := Connect(t, s)
+	if _, err := nc.ChanSubscribe(subject, ch); err != nil {
+		t.Fatalf("subscribe to %s: %v", subject, err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatalf("subscribe to %s: %v", subject, err)
+	}
+}
