@@ -131,9 +131,9 @@ func (t *Transport) Close() error {
 // call is one request to a service, as raw parts, returning the reply message
 // or the mesh failure. ctx ending returns ctx's error as a Go error.
 func (t *Transport) call(ctx context.Context, service, method, uri, host string, hdr http.Header, body []byte) (*nats.Msg, *bus.Error, error) {
-	if e := t.unavailable(); e != nil {
-		return nil, e, nil
-	}
+	// The callers (RoundTrip, Outbound) have answered mesh-unavailable
+	// already, before reading the body; a drop from here on fails the
+	// publish or, once sent, the wait.
 	select {
 	case <-t.done:
 		return nil, nil, ErrTransportClosed
