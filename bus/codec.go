@@ -21,6 +21,23 @@ const (
 	HeaderInstance = "Mesh-Instance" // response: instance that served it
 	HeaderError    = "Mesh-Error"    // response: mesh failure code
 
+	// HeaderAck asks, on a request, for an acknowledgement if the callee has
+	// not answered within that many milliseconds; on a reply message it marks
+	// the acknowledgement, which names the instance in Mesh-Instance.
+	HeaderAck = "Mesh-Ack"
+	// HeaderProbe marks a liveness probe sent to <prefix>.inst.<instance>:
+	// the instance answers it at once, and NATS answers "no responders" for
+	// an instance that is gone.
+	HeaderProbe = "Mesh-Probe"
+	// HeaderAttempts tells the app how many attempts its call took.
+	HeaderAttempts = "Mesh-Attempts"
+	// HeaderEjected, on a response, says that the instance that served it
+	// has just ejected itself from its queue groups, and for how long.
+	HeaderEjected = "Mesh-Ejected"
+	// HeaderBreaker, on a failed response, says the state the breaker of the
+	// destination is in when it is not closed.
+	HeaderBreaker = "Mesh-Breaker"
+
 	// escapePrefix carries an HTTP header whose name NATS gives meaning to
 	// (Status, Description, Nats-*) so that nats.go never mistakes an HTTP
 	// response for a NATS status message, nor the server a payload header for

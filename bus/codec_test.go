@@ -705,6 +705,7 @@ func TestCodeStatus(t *testing.T) {
 	}{
 		{bus.NoResponders, "no-responders", 503, false},
 		{bus.Timeout, "timeout", 504, false},
+		{bus.CircuitOpen, "circuit-open", 503, false},
 		{bus.Overloaded, "overloaded", 503, true},
 		{bus.UpstreamUnreachable, "upstream-unreachable", 502, false},
 		{bus.TooLarge, "too-large", 413, false},

@@ -15,6 +15,7 @@ type Code string
 const (
 	NoResponders        Code = "no-responders"
 	Timeout             Code = "timeout"
+	CircuitOpen         Code = "circuit-open"
 	Overloaded          Code = "overloaded"
 	UpstreamUnreachable Code = "upstream-unreachable"
 	TooLarge            Code = "too-large"
@@ -28,7 +29,7 @@ const (
 // request body; a response that is too large is reported as 502 by the caller.
 func (c Code) Status() int {
 	switch c {
-	case NoResponders, Overloaded, MeshUnavailable:
+	case NoResponders, CircuitOpen, Overloaded, MeshUnavailable:
 		return http.StatusServiceUnavailable
 	case Timeout:
 		return http.StatusGatewayTimeout

@@ -48,7 +48,7 @@ func (c *callees) explain(service string) string {
 		counts[in.Health]++
 	}
 	var parts []string
-	for _, h := range []registry.Health{registry.Failing, registry.Draining, registry.Passing} {
+	for _, h := range []registry.Health{registry.Failing, registry.Ejected, registry.Draining, registry.Passing} {
 		if counts[h] > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", counts[h], h))
 		}

@@ -156,7 +156,9 @@ func TestOverloaded(t *testing.T) {
 		g.wait(r.Context())
 		_, _ = io.WriteString(w, "done\n")
 	}), func(c *proxy.SidecarConfig) { c.MaxInflight = 2 })
-	caller := startCaller(t, s, "frontend", nil)
+	// overloaded proves the app never saw the request, so it is retried
+	// for any method; the breaker is off so that every attempt is made.
+	caller := startCaller(t, s, "frontend", func(c *proxy.SidecarConfig) { c.DisableBreaker = true })
 	c := sidecarClient(t, formProxy, caller, "frontend")
 
 	held := make(chan int, 2)
@@ -174,9 +176,13 @@ func TestOverloaded(t *testing.T) {
 	}
 	g.waitArrived(t, 2)
 
-	for _, c := range allForms(t, s, caller, proxy.TransportConfig{}) {
+	attempts := 1 + proxy.DefaultRetries
+	for _, c := range allForms(t, s, caller, proxy.TransportConfig{DisableBreaker: true}) {
 		resp, body := c.get(t, "busy", "/third")
 		wantMeshError(t, resp, body, http.StatusServiceUnavailable, bus.Overloaded)
+		if got := resp.Header.Get(bus.HeaderAttempts); got != strconv.Itoa(attempts) {
+			t.Errorf("%s: Mesh-Attempts %q, want %d", c.form, got, attempts)
+		}
 		if ra := resp.Header.Get("Retry-After"); ra == "" {
 			t.Errorf("%s: overloaded without Retry-After", c.form)
 		}
@@ -193,8 +199,8 @@ func TestOverloaded(t *testing.T) {
 			t.Fatalf("a held request ended with %d, want 200", code)
 		}
 	}
-	if st := callee.Inbound().Stats(); st.Rejected != 3 {
-		t.Errorf("Stats().Rejected = %d, want 3", st.Rejected)
+	if st := callee.Inbound().Stats(); st.Rejected != uint64(3*attempts) {
+		t.Errorf("Stats().Rejected = %d, want %d", st.Rejected, 3*attempts)
 	}
 }
 
@@ -312,8 +318,11 @@ func TestMeshUnavailableWhenNATSDown(t *testing.T) {
 	t.Parallel()
 	s := meshtest.RunServer(t)
 	startCallee(t, s, "svc", okApp, nil)
-	caller := startCaller(t, s, "frontend", nil)
-	clients := allForms(t, s, caller, proxy.TransportConfig{})
+	// A GET sent just as the connection drops waits for the reconnect
+	// within its timeout; keep that short.
+	const timeout = 2 * time.Second
+	caller := startCaller(t, s, "frontend", func(c *proxy.SidecarConfig) { c.Timeout = timeout })
+	clients := allForms(t, s, caller, proxy.TransportConfig{Timeout: timeout})
 	for _, c := range clients {
 		if err := callOK(c, "svc")(); err != nil {
 			t.Fatalf("%s before the server stops: %v", c.form, err)
@@ -393,15 +402,18 @@ func TestReconnectAfterServerRestart(t *testing.T) {
 	s := meshtest.RunServer(t)
 	port := s.Addr().(*net.TCPAddr).Port
 	startCallee(t, s, "svc", okApp, nil)
-	caller := startCaller(t, s, "frontend", nil)
-	clients := allForms(t, s, caller, proxy.TransportConfig{})
+	// A GET sent just as the connection drops waits for the reconnect
+	// within its timeout; keep that short.
+	const timeout = 2 * time.Second
+	caller := startCaller(t, s, "frontend", func(c *proxy.SidecarConfig) { c.Timeout = timeout })
+	clients := allForms(t, s, caller, proxy.TransportConfig{Timeout: timeout})
 	for _, c := range clients {
 		if err := callOK(c, "svc")(); err != nil {
 			t.Fatalf("%s before the restart: %v", c.form, err)
 		}
 	}
 	s.Shutdown()
-	meshtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+	meshtest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 		code, err := meshErrorOf(clients[0].hc, clients[0].newRequest(t, http.MethodGet, "svc", "/", nil))
 		if err != nil || code != string(bus.MeshUnavailable) {
 			return fmt.Errorf("Mesh-Error %q, error %v; want mesh-unavailable while the server is down", code, err)

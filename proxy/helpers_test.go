@@ -67,6 +67,15 @@ func startSidecar(t testing.TB, s *bus.Server, cfg proxy.SidecarConfig) *proxy.S
 	return sc
 }
 
+// singleAttempt makes a caller's sidecar try each call once, with no breaker.
+func singleAttempt(c *proxy.SidecarConfig) {
+	c.Retry.Retries = -1
+	c.DisableBreaker = true
+}
+
+// noOutlier keeps a callee in rotation however its app answers.
+func noOutlier(c *proxy.SidecarConfig) { c.Outlier.Consecutive = -1 }
+
 // startCallee serves app h as service through a sidecar. mod, if not nil,
 // adjusts the sidecar's config.
 func startCallee(t testing.TB, s *bus.Server, service string, h http.Handler, mod func(*proxy.SidecarConfig)) (*httptest.Server, *proxy.Sidecar) {
@@ -120,6 +129,9 @@ func serveHandler(t testing.TB, s *bus.Server, h http.Handler, cfg proxy.ServeCo
 func newTransport(t testing.TB, s *bus.Server, cfg proxy.TransportConfig) *proxy.Transport {
 	t.Helper()
 	nc := meshtest.Connect(t, s)
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger()
+	}
 	tr, err := proxy.NewTransport(nc, cfg)
 	if err != nil {
 		t.Fatalf("new transport: %v", err)

@@ -66,15 +66,16 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, berr)
 		return
 	}
-	m, merr, err := o.t.call(r.Context(), service, r.Method, requestURI(r), r.Host, r.Header, buf.Bytes())
+	res, err := o.t.call(r.Context(), service, r.Method, requestURI(r), r.Host, r.Header, buf.Bytes())
 	if err != nil {
 		return // the client went away; there is nobody to answer
 	}
-	if merr != nil {
-		writeError(w, r, merr)
+	addCallHeaders(w.Header(), &res)
+	if res.err != nil {
+		writeError(w, r, res.err)
 		return
 	}
-	writeMessage(w, r, m)
+	writeMessage(w, r, res.m)
 }
 
 // requestURI is the raw path and query of r, as the client sent them.
@@ -109,12 +110,7 @@ func writeMessage(w http.ResponseWriter, r *http.Request, m *nats.Msg) {
 	}
 	h := w.Header()
 	bus.CopyToHTTP(h, m.Header)
-	if v := m.Header[bus.HeaderInstance]; len(v) > 0 {
-		h[bus.HeaderInstance] = v[:1]
-	}
-	if v := m.Header[bus.HeaderError]; len(v) > 0 {
-		h[bus.HeaderError] = v[:1]
-	}
+	copyMeshHeaders(h, m.Header)
 	if r.Method == http.MethodHead || !bodyAllowed(code) {
 		w.WriteHeader(code) // keeps the app's Content-Length, if any
 		return

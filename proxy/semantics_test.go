@@ -166,17 +166,20 @@ func TestSemantics(t *testing.T) {
 			rec := newRecorder()
 			var instance string
 			if callee == "sidecar-callee" {
-				_, sc := startCallee(t, s, "svc", semanticsApp(rec), nil)
+				_, sc := startCallee(t, s, "svc", semanticsApp(rec), noOutlier)
 				instance = sc.Instance()
 			} else {
 				srv := serveHandler(t, s, semanticsApp(rec), proxy.ServeConfig{Service: "svc"})
 				instance = srv.Instance()
 			}
-			caller := startCaller(t, s, "frontend", nil)
+			// These cases check what one HTTP exchange becomes; retries
+			// and breakers, which would repeat or refuse the app's 5xx
+			// answers, are tested on their own.
+			caller := startCaller(t, s, "frontend", singleAttempt)
 			clients := []meshClient{
 				sidecarClient(t, formProxy, caller, "frontend"),
 				sidecarClient(t, formHost, caller, "frontend"),
-				libraryClient(t, s, proxy.TransportConfig{Caller: "backoffice"}),
+				libraryClient(t, s, proxy.TransportConfig{Caller: "backoffice", Retry: proxy.RetryPolicy{Retries: -1}, DisableBreaker: true}),
 			}
 			for _, c := range clients {
 				t.Run(c.form, func(t *testing.T) {

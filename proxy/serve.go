@@ -44,6 +44,11 @@ type ServeConfig struct {
 	MaxTimeout time.Duration
 	// Logger receives operational messages; defaults to slog.Default().
 	Logger *slog.Logger
+	// Outcome, if set, is told of every request whether the app failed it
+	// (answered 5xx, could not be reached, or did not answer in time). A
+	// non-zero duration it returns means this failure ejected the instance
+	// for that long; the response says so in Mesh-Ejected.
+	Outcome func(failed bool) time.Duration
 }
 
 // Server answers one service instance's NATS requests with an http.Handler.
@@ -52,7 +57,9 @@ type Server struct {
 	h        http.Handler
 	service  string
 	instance string
-	inst     []string // Mesh-Instance value, shared by every response
+	inst     []string    // Mesh-Instance value, shared by every response
+	ackHdr   nats.Header // the header of every acknowledgement
+	outcome  func(failed bool) time.Duration
 	max      int64
 	log      *slog.Logger
 
@@ -109,7 +116,9 @@ func Serve(nc *nats.Conn, h http.Handler, cfg ServeConfig) (*Server, error) {
 		timeout: cfg.Timeout, maxTimeout: cfg.MaxTimeout,
 		nc: nc, h: h, service: cfg.Service, instance: cfg.Instance,
 		inst: []string{cfg.Instance}, max: int64(cfg.MaxInflight), log: cfg.Logger,
+		outcome: cfg.Outcome,
 	}
+	s.ackHdr = nats.Header{bus.HeaderAck: {"1"}, bus.HeaderInstance: s.inst}
 	s.subj = subj
 	s.subMu.Lock()
 	err = s.subscribeQueue()
@@ -237,6 +246,11 @@ func (s *Server) onMsg(m *nats.Msg) {
 		s.malformed.Add(1) // nobody to answer
 		return
 	}
+	if m.Header[bus.HeaderProbe] != nil {
+		// A caller checking that the instance holding its call is alive.
+		_ = m.RespondMsg(&nats.Msg{Header: s.ackHdr})
+		return
+	}
 	if s.inflight.Add(1) > s.max {
 		s.inflight.Add(-1)
 		s.rejected.Add(1)
@@ -255,9 +269,44 @@ func (s *Server) onMsg(m *nats.Msg) {
 }
 
 func (s *Server) respondError(m *nats.Msg, e *bus.Error) {
+	s.respondErrorEjected(m, e, 0)
+}
+
+func (s *Server) respondErrorEjected(m *nats.Msg, e *bus.Error, ejected time.Duration) {
 	s.recordFailure(e.Error())
 	h, body := bus.ErrorResponse(e, s.instance)
+	if ejected > 0 {
+		h[bus.HeaderEjected] = []string{ejected.String()}
+	}
 	_ = m.RespondMsg(&nats.Msg{Header: h, Data: body})
+}
+
+// ack acknowledges a request the instance is still working on, so that the
+// caller knows whom to probe while it waits.
+func (s *Server) ack(reply string) {
+	_ = s.nc.PublishMsg(&nats.Msg{Subject: reply, Header: s.ackHdr})
+}
+
+// ackDelay parses a request's Mesh-Ack: milliseconds, at most a minute.
+func ackDelay(v string) (time.Duration, bool) {
+	ms, err := strconv.Atoi(v)
+	if err != nil || ms < 0 || ms > 60_000 {
+		return 0, false
+	}
+	return time.Duration(ms) * time.Millisecond, true
+}
+
+// appFailed reports whether a response means the app failed the request, as
+// outlier detection counts it.
+func appFailed(status int, e *bus.Error) bool {
+	if e != nil {
+		switch e.Code {
+		case bus.UpstreamUnreachable, bus.Timeout, bus.UpstreamLost:
+			return true
+		}
+		return false
+	}
+	return status >= 500
 }
 
 func (s *Server) serve(m *nats.Msg) {
@@ -273,6 +322,13 @@ func (s *Server) serve(m *nats.Msg) {
 		return
 	}
 	deadline := time.Now().Add(s.requestTimeout(bus.First(m.Header, bus.HeaderTimeout)))
+	if v := m.Header[bus.HeaderAck]; len(v) > 0 {
+		if d, ok := ackDelay(v[0]); ok {
+			reply := m.Reply
+			t := time.AfterFunc(d, func() { s.ack(reply) })
+			defer t.Stop()
+		}
+	}
 	w := responseWriter{buf: getBuf(), limit: s.nc.MaxPayload()}
 	defer putBuf(w.buf)
 	if u, ok := s.h.(*Upstream); ok {
@@ -282,15 +338,18 @@ func (s *Server) serve(m *nats.Msg) {
 			w.err = e
 		}
 	} else if e := s.handleMsg(deadline, &w, m, method, uri); e != nil {
-		s.respondError(m, e)
-		return
-	}
-	if w.err != nil {
-		s.respondError(m, w.err)
-		return
+		w.err = e
 	}
 	if w.status == 0 {
 		w.status = http.StatusOK
+	}
+	var ejected time.Duration
+	if s.outcome != nil {
+		ejected = s.outcome(appFailed(w.status, w.err))
+	}
+	if w.err != nil {
+		s.respondErrorEjected(m, w.err, ejected)
+		return
 	}
 	if w.status >= 500 {
 		s.recordFailure("HTTP " + bus.StatusText(w.status) + " from the app")
@@ -308,6 +367,9 @@ func (s *Server) serve(m *nats.Msg) {
 	h := make(nats.Header, len(w.header)+3)
 	bus.EncodeResponse(h, w.status, "", w.header)
 	h[bus.HeaderInstance] = s.inst
+	if ejected > 0 {
+		h[bus.HeaderEjected] = []string{ejected.String()}
+	}
 	if err := m.RespondMsg(&nats.Msg{Header: h, Data: w.buf.Bytes()}); err != nil {
 		if errors.Is(err, nats.ErrMaxPayload) {
 			s.respondError(m, tooLargeResponse(s.nc.MaxPayload()))

@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/natsmesh/natsmesh/breaker"
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/registry"
 )
@@ -39,7 +40,16 @@ type SidecarConfig struct {
 	// HealthCheck, when its Path is set, probes the app: while it fails, the
 	// instance leaves its queue group and reports failing.
 	HealthCheck HealthCheckConfig
-	Logger      *slog.Logger
+	// Outlier configures outlier ejection of this instance.
+	Outlier OutlierConfig
+	// Retry, Breaker, DisableBreaker, AckWait and ProbeInterval configure
+	// the app's outbound calls, as in TransportConfig.
+	Retry          RetryPolicy
+	Breaker        breaker.Settings
+	DisableBreaker bool
+	AckWait        time.Duration
+	ProbeInterval  time.Duration
+	Logger         *slog.Logger
 }
 
 // Sidecar is a running sidecar: the inbound side serving the app to the mesh
@@ -57,8 +67,11 @@ type Sidecar struct {
 	announce *registry.Announcer
 	discover *registry.Discovery
 	health   *healthChecker
+	outlier  *outlier
 	draining atomic.Bool
 	failing  atomic.Bool
+	ejected  atomic.Bool
+	rotMu    sync.Mutex // orders changes of rotation
 	once     sync.Once
 	err      error
 }
@@ -94,7 +107,11 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 	if !cfg.DenyEgress {
 		s.egress = NewEgress(cfg.Instance, cfg.Logger)
 	}
-	if s.tr, err = NewTransport(nc, TransportConfig{Caller: cfg.Service, Prefix: cfg.Prefix, Timeout: cfg.Timeout}); err != nil {
+	if s.tr, err = NewTransport(nc, TransportConfig{
+		Caller: cfg.Service, Prefix: cfg.Prefix, Timeout: cfg.Timeout,
+		Retry: cfg.Retry, Breaker: cfg.Breaker, DisableBreaker: cfg.DisableBreaker,
+		AckWait: cfg.AckWait, ProbeInterval: cfg.ProbeInterval, Logger: cfg.Logger,
+	}); err != nil {
 		return nil, err
 	}
 	view := registry.NewView(registry.ViewConfig{})
@@ -104,6 +121,15 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 		return nil, err
 	}
 	s.tr.callees = &callees{view: view, f: f}
+	var outcome func(bool) time.Duration
+	if cfg.Outlier.Consecutive >= 0 {
+		cfg.Outlier.defaults()
+		// The instance follows its own service, to see whether another
+		// instance passes before it ejects itself.
+		s.tr.callees.note(cfg.Service)
+		s.outlier = &outlier{cfg: cfg.Outlier, log: cfg.Logger, othersPassing: s.othersPassing, setEjected: s.setEjected}
+		outcome = s.outlier.observe
+	}
 	if s.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 		s.tr.Close()
 		return nil, fmt.Errorf("proxy: cannot listen on %s for outbound calls (choose another address with --listen): %w", cfg.Listen, err)
@@ -111,6 +137,7 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 	if s.inbound, err = Serve(nc, s.upstream, ServeConfig{
 		Service: cfg.Service, Instance: cfg.Instance, Prefix: cfg.Prefix,
 		MaxInflight: cfg.MaxInflight, Timeout: cfg.Timeout, Logger: cfg.Logger,
+		Outcome: outcome,
 	}); err != nil {
 		s.ln.Close()
 		s.tr.Close()
@@ -155,6 +182,8 @@ func (s *Sidecar) status() (registry.Health, int) {
 		h = registry.Draining
 	case s.failing.Load():
 		h = registry.Failing
+	case s.ejected.Load():
+		h = registry.Ejected
 	}
 	return h, s.inbound.Inflight()
 }
@@ -174,21 +203,47 @@ func (s *Sidecar) onHealth(healthy bool, reason string) {
 	if s.draining.Load() {
 		return
 	}
+	s.failing.Store(!healthy)
 	if healthy {
-		if err := s.inbound.Resume(); err != nil {
-			// Stay out: the checker reports the change again only after
-			// the app fails and recovers, so say it loudly.
-			s.log.Error("cannot rejoin the queue group; the instance stays out of rotation until its app fails and recovers, or it is restarted", "error", err)
-			return
-		}
-		s.failing.Store(false)
-		s.log.Info("app passes health checks again; taking traffic", "check", reason)
+		s.log.Info("app passes health checks again", "check", reason)
 	} else {
-		s.failing.Store(true)
-		s.inbound.Pause()
 		s.log.Warn("app fails health checks; no longer taking traffic", "check", reason)
 	}
+	s.rotate()
+}
+
+// setEjected records an outlier ejection or its end.
+func (s *Sidecar) setEjected(ejected bool) {
+	s.ejected.Store(ejected)
+	s.rotate()
+}
+
+// rotate puts the instance in its queue group or takes it out, as its
+// health, ejection and drain say, and tells the mesh at once.
+func (s *Sidecar) rotate() {
+	s.rotMu.Lock()
+	defer s.rotMu.Unlock()
+	if s.draining.Load() {
+		return
+	}
+	if s.failing.Load() || s.ejected.Load() {
+		s.inbound.Pause()
+	} else if err := s.inbound.Resume(); err != nil {
+		s.log.Error("cannot rejoin the queue group; the instance stays out of rotation until its app fails and recovers, or it is restarted", "error", err)
+	}
 	s.announce.Beat()
+}
+
+// othersPassing counts the instances of the sidecar's service, other than
+// its own, that the registry shows passing.
+func (s *Sidecar) othersPassing() int {
+	n := 0
+	for _, in := range s.tr.callees.view.Snapshot(s.cfg.Service).Services[s.cfg.Service] {
+		if in.Instance != s.inbound.Instance() && in.Health == registry.Passing {
+			n++
+		}
+	}
+	return n
 }
 
 // Instance is the instance id.
@@ -210,10 +265,15 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		// Inbound first: the requests the instance holds may need the
 		// outbound proxy to finish (an app that calls other services while
 		// serving), so it keeps serving until they are done.
+		s.rotMu.Lock()
 		s.draining.Store(true)
+		s.rotMu.Unlock()
 		s.announce.Beat() // tell the mesh at once
 		if s.health != nil {
 			s.health.stop()
+		}
+		if s.outlier != nil {
+			s.outlier.stop()
 		}
 		inErr := s.inbound.Drain(ctx)
 		outErr := s.http.Shutdown(ctx)

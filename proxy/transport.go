@@ -6,13 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 
+	"github.com/natsmesh/natsmesh/breaker"
 	"github.com/natsmesh/natsmesh/bus"
 )
 
@@ -34,6 +37,23 @@ type TransportConfig struct {
 	// Egress carries requests for hosts that are not mesh services. Nil
 	// refuses them with a forbidden error.
 	Egress http.RoundTripper
+	// Retry says when failed calls are tried again; the zero value is the
+	// default policy.
+	Retry RetryPolicy
+	// Breaker configures the circuit breaker kept per destination service;
+	// zero values are the breaker package's defaults. DisableBreaker turns
+	// breakers off.
+	Breaker        breaker.Settings
+	DisableBreaker bool
+	// AckWait is how long a call waits for an answer or an acknowledgement
+	// from the instance that took it before the request counts as lost
+	// (default DefaultAckWait); ProbeInterval is how often the instance
+	// holding an acknowledged call is probed (default DefaultProbeInterval).
+	AckWait, ProbeInterval time.Duration
+	// Logger receives one line per retry, timeout and breaker transition
+	// (at most a few per second; the rest are counted); defaults to
+	// slog.Default().
+	Logger *slog.Logger
 }
 
 // Transport is an http.RoundTripper that carries requests for mesh services
@@ -51,9 +71,19 @@ type Transport struct {
 	timeout time.Duration
 	egress  http.RoundTripper
 
+	retry         RetryPolicy
+	dests         *destinations
+	openTimeout   time.Duration
+	ackWait       time.Duration
+	probeInterval time.Duration
+	probes        *prober
+	logs          *limitedLog
+
 	mux     *replyMux
 	callees *callees // set by the sidecar; nil in library mode
 	status  chan nats.Status
+	upMu    sync.Mutex
+	up      chan struct{} // closed while the connection is up
 	done    chan struct{}
 	wg      sync.WaitGroup
 	once    sync.Once
@@ -72,6 +102,42 @@ func NewTransport(nc *nats.Conn, cfg TransportConfig) (*Transport, error) {
 	if t.timeout <= 0 {
 		t.timeout = DefaultTimeout
 	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	t.logs = newLimitedLog(cfg.Logger, logLinesPerSecond)
+	t.retry = cfg.Retry
+	t.retry.defaults()
+	t.ackWait, t.probeInterval = cfg.AckWait, cfg.ProbeInterval
+	if t.ackWait <= 0 {
+		t.ackWait = DefaultAckWait
+	}
+	if t.probeInterval <= 0 {
+		t.probeInterval = DefaultProbeInterval
+	}
+	t.probes = newProber(nc, subj, t.probeInterval)
+	bs := cfg.Breaker
+	if cfg.DisableBreaker {
+		bs.ConsecutiveFailures, bs.FailureRatio = -1, -1
+	}
+	t.openTimeout = bs.OpenTimeout
+	if t.openTimeout <= 0 {
+		t.openTimeout = breaker.DefaultOpenTimeout
+	}
+	user := bs.OnStateChange
+	bs.OnStateChange = func(name string, from, to breaker.State) {
+		t.logs.always(slog.LevelWarn, "circuit breaker changed state", "service", name, "from", from.String(), "to", to.String())
+		if user != nil {
+			user(name, from, to)
+		}
+	}
+	t.dests = &destinations{
+		breakers: breaker.NewSet(bs, breaker.DefaultMaxBreakers),
+		ratio:    t.retry.BudgetRatio, floor: t.retry.BudgetMinPerSecond,
+		max: breaker.DefaultMaxBreakers, budgets: make(map[string]*budget),
+	}
+	t.up = make(chan struct{})
+	close(t.up)
 	if cfg.Caller != "" {
 		if err := bus.ValidateName("caller", cfg.Caller); err != nil {
 			return nil, fmt.Errorf("proxy: %w", err)
@@ -83,7 +149,7 @@ func NewTransport(nc *nats.Conn, cfg TransportConfig) (*Transport, error) {
 	}
 	// When the connection drops, waiting calls can no longer get their
 	// replies: fail them at once instead of letting them wait out the timeout.
-	t.status = nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CLOSED)
+	t.status = nc.StatusChanged(nats.CONNECTED, nats.DISCONNECTED, nats.RECONNECTING, nats.CLOSED)
 	t.wg.Add(1)
 	go t.watchStatus()
 	return t, nil
@@ -102,15 +168,42 @@ func (t *Transport) watchStatus() {
 	defer t.wg.Done()
 	for {
 		select {
-		case _, ok := <-t.status:
+		case st, ok := <-t.status:
 			if !ok {
 				return
 			}
-			t.mux.failAll()
+			t.setUp(st == nats.CONNECTED)
+			if st != nats.CONNECTED {
+				t.mux.failAll()
+			}
 		case <-t.done:
 			return
 		}
 	}
+}
+
+// setUp records whether the connection is up: calls waiting to retry wait on
+// t.up, which is closed while it is.
+func (t *Transport) setUp(up bool) {
+	t.upMu.Lock()
+	defer t.upMu.Unlock()
+	select {
+	case <-t.up:
+		if !up {
+			t.up = make(chan struct{})
+		}
+	default:
+		if up {
+			close(t.up)
+		}
+	}
+}
+
+// upSignal is closed when the connection is up.
+func (t *Transport) upSignal() <-chan struct{} {
+	t.upMu.Lock()
+	defer t.upMu.Unlock()
+	return t.up
 }
 
 // Close stops the transport. Calls in flight fail. Safe to call twice.
@@ -128,15 +221,26 @@ func (t *Transport) Close() error {
 	return nil
 }
 
-// call is one request to a service, as raw parts, returning the reply message
-// or the mesh failure. ctx ending returns ctx's error as a Go error.
-func (t *Transport) call(ctx context.Context, service, method, uri, host string, hdr http.Header, body []byte) (*nats.Msg, *bus.Error, error) {
+// reply is the outcome of a call: the reply message or the mesh's failure,
+// how many attempts it took, and the destination's breaker state when the
+// call failed and the breaker is not closed.
+type reply struct {
+	m        *nats.Msg
+	err      *bus.Error
+	attempts int
+	breaker  breaker.State
+}
+
+// call is one request to a service, as raw parts: attempts, retried as the
+// retry policy allows, guarded by the destination's breaker. ctx ending
+// returns ctx's error as a Go error.
+func (t *Transport) call(ctx context.Context, service, method, uri, host string, hdr http.Header, body []byte) (reply, error) {
 	// The callers (RoundTrip, Outbound) have answered mesh-unavailable
 	// already, before reading the body; a drop from here on fails the
 	// publish or, once sent, the wait.
 	select {
 	case <-t.done:
-		return nil, nil, ErrTransportClosed
+		return reply{}, ErrTransportClosed
 	default:
 	}
 	now := time.Now()
@@ -144,54 +248,196 @@ func (t *Transport) call(ctx context.Context, service, method, uri, host string,
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	left := deadline.Sub(now)
-	if left <= 0 {
-		return nil, bus.Errorf(bus.Timeout, "the call to %s had no time left before it was sent", service), nil
+	if !now.Before(deadline) {
+		return reply{err: bus.Errorf(bus.Timeout, "the call to %s had no time left before it was sent", service)}, nil
 	}
-
 	if t.callees != nil {
 		t.callees.note(service)
 	}
-	reply, ch, id := t.mux.register()
-	defer t.mux.release(id, ch)
+	dest := t.dests.get(service)
+	dest.budget.call(now)
+	retries := t.retry.Retries
+	if len(body) > RetryBodyLimit {
+		retries = 0 // the body is not kept for a second attempt
+	}
+	idem := idempotent(method, hdr)
 
-	h := make(nats.Header, len(hdr)+6)
+	h := make(nats.Header, len(hdr)+8)
 	bus.EncodeRequest(h, method, uri, host, hdr)
 	if t.caller != nil {
 		h[bus.HeaderCaller] = t.caller
 	}
-	h[bus.HeaderTimeout] = []string{strconv.FormatInt(max(left.Milliseconds(), 1), 10)}
-	msg := &nats.Msg{Subject: t.subj.RPC(service), Reply: reply, Header: h, Data: body}
+	h[bus.HeaderAck] = ackAfterValue
+	subject := t.subj.RPC(service)
+
+	var (
+		r   reply
+		o   outcome
+		bo  *backoff.ExponentialBackOff
+		err error
+	)
+	for {
+		done, berr := dest.br.Allow()
+		if berr != nil {
+			if r.attempts == 0 {
+				r.err = t.circuitOpen(service)
+				r.breaker = dest.br.State()
+				return r, nil
+			}
+			break // the last attempt's failure stands
+		}
+		r.attempts++
+		r.m, r.err, err = t.attempt(ctx, service, subject, deadline, h, body)
+		if err != nil {
+			done(breaker.Ignore)
+			return r, err
+		}
+		o = outcomeOf(r.m, r.err)
+		done(o.result())
+		if r.attempts > retries || !o.retryable(idem) {
+			break
+		}
+		if bo == nil {
+			bo = backoff.NewExponentialBackOff(
+				backoff.WithInitialInterval(t.retry.BackoffBase),
+				backoff.WithMaxInterval(t.retry.BackoffMax),
+				backoff.WithRandomizationFactor(0.5),
+				backoff.WithMaxElapsedTime(0))
+		}
+		wait := bo.NextBackOff()
+		if time.Until(deadline) <= wait {
+			break // no time for another attempt
+		}
+		why := o.String()
+		if !dest.budget.retry(time.Now()) {
+			t.logs.log(slog.LevelWarn, "retry budget exhausted; not retrying", "service", service, "attempt", r.attempts, "failure", why)
+			break
+		}
+		t.logs.log(slog.LevelInfo, "retrying", "service", service, "method", method, "attempt", r.attempts+1, "after", wait, "failure", why)
+		if merr, err := t.pause(ctx, service, wait, deadline); err != nil {
+			return r, err
+		} else if merr != nil {
+			r.m, r.err = nil, merr
+			return r, nil
+		}
+	}
+	if o.failed() {
+		if st := dest.br.State(); st != breaker.Closed {
+			r.breaker = st
+		}
+		if o.code == bus.Timeout {
+			t.logs.log(slog.LevelInfo, "call timed out", "service", service, "method", method, "attempts", r.attempts)
+		}
+	}
+	return r, nil
+}
+
+// circuitOpen is the failure of a call its destination's breaker refused.
+func (t *Transport) circuitOpen(service string) *bus.Error {
+	return bus.Errorf(bus.CircuitOpen, "calls to %q are failing, so the circuit breaker refuses them for now; it lets a few through again within %s", service, t.openTimeout)
+}
+
+// pause waits before a retry, then for the NATS connection if it is down,
+// within the call's deadline: mesh-unavailable if it does not come back.
+func (t *Transport) pause(ctx context.Context, service string, wait time.Duration, deadline time.Time) (*bus.Error, error) {
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-t.done:
+		return nil, ErrTransportClosed
+	}
+	for t.nc.Status() != nats.CONNECTED {
+		up := t.upSignal()
+		left := time.Until(deadline)
+		if left <= 0 {
+			return bus.Errorf(bus.MeshUnavailable, "the NATS connection dropped during the call to %s and did not come back within the call's timeout", service), nil
+		}
+		timer.Reset(left)
+		select {
+		case <-up:
+		case <-timer.C:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-t.done:
+			return nil, ErrTransportClosed
+		}
+	}
+	return nil, nil
+}
+
+// attempt sends the request once and waits for its reply, until deadline or
+// the attempt's own timeout. While it waits past the callee's
+// acknowledgement, it probes the instance holding the request, so that a
+// death is noticed within a probe interval (see probe.go).
+func (t *Transport) attempt(ctx context.Context, service, subject string, deadline time.Time, h nats.Header, body []byte) (*nats.Msg, *bus.Error, error) {
+	now := time.Now()
+	until := deadline
+	if p := t.retry.PerTryTimeout; p > 0 && now.Add(p).Before(until) {
+		until = now.Add(p)
+	}
+	left := until.Sub(now)
+	if left <= 0 {
+		return nil, bus.Errorf(bus.Timeout, "the call to %s had no time left before it was sent", service), nil
+	}
+	replyTo, ch, id := t.mux.register()
+	defer t.mux.release(id, ch)
+	// Rounded up, so that the callee gives up no earlier than the caller.
+	h[bus.HeaderTimeout] = []string{strconv.FormatInt(int64((left+time.Millisecond-1)/time.Millisecond), 10)}
+	msg := &nats.Msg{Subject: subject, Reply: replyTo, Header: h, Data: body}
 	if err := t.nc.PublishMsg(msg); err != nil {
 		return nil, publishError(err, service, t.nc.MaxPayload()), nil
 	}
 
-	timer := time.NewTimer(left)
+	timer := time.NewTimer(min(left, t.ackWait))
 	defer timer.Stop()
-	select {
-	case m := <-ch:
-		switch {
-		case m == nil && t.isClosed():
-			return nil, nil, ErrTransportClosed
-		case m == nil:
-			return nil, bus.Errorf(bus.UpstreamLost, "the NATS connection dropped while waiting for %s to answer; the request may or may not have been processed", service), nil
-		case bus.IsNoResponders(m):
-			if t.callees != nil {
-				if why := t.callees.explain(service); why != "" {
-					return nil, bus.Errorf(bus.NoResponders, "no instance of service %q is taking calls%s", service, why), nil
+	holder := "" // the instance that acknowledged the request
+	for {
+		select {
+		case m := <-ch:
+			switch {
+			case m == nil && t.isClosed():
+				return nil, nil, ErrTransportClosed
+			case m == nil:
+				return nil, bus.Errorf(bus.UpstreamLost, "the NATS connection dropped while waiting for %s to answer; the request may or may not have been processed", service), nil
+			case m.Header[bus.HeaderAck] != nil:
+				if holder == "" {
+					holder = bus.First(m.Header, bus.HeaderInstance)
+					timer.Reset(min(time.Until(until), t.probeInterval))
 				}
+				continue
+			case bus.IsNoResponders(m):
+				return nil, t.noResponders(service), nil
 			}
-			return nil, bus.Errorf(bus.NoResponders, "no instance of service %q is running; start one with `natsmesh sidecar --service %s`", service, service), nil
+			return m, nil, nil
+		case <-timer.C:
+			switch {
+			case !time.Now().Before(until):
+				return nil, bus.Errorf(bus.Timeout, "service %q did not answer within %s", service, left.Round(time.Millisecond)), nil
+			case holder == "":
+				return nil, bus.Errorf(bus.UpstreamLost, "no instance of %q acknowledged the request within %s, so the one that took it is presumed gone; the request may or may not have been processed", service, t.ackWait), nil
+			case t.probes.dead(holder):
+				return nil, bus.Errorf(bus.UpstreamLost, "instance %s of %q went away while holding the request; it may or may not have been processed", holder, service), nil
+			}
+			timer.Reset(min(time.Until(until), t.probeInterval))
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return nil, bus.Errorf(bus.Timeout, "service %q did not answer within %s", service, left.Round(time.Millisecond)), nil
+			}
+			return nil, nil, ctx.Err()
 		}
-		return m, nil, nil
-	case <-timer.C:
-		return nil, bus.Errorf(bus.Timeout, "service %q did not answer within %s", service, left.Round(time.Millisecond)), nil
-	case <-ctx.Done():
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return nil, bus.Errorf(bus.Timeout, "service %q did not answer within %s", service, left.Round(time.Millisecond)), nil
-		}
-		return nil, nil, ctx.Err()
 	}
+}
+
+func (t *Transport) noResponders(service string) *bus.Error {
+	if t.callees != nil {
+		if why := t.callees.explain(service); why != "" {
+			return bus.Errorf(bus.NoResponders, "no instance of service %q is taking calls%s", service, why)
+		}
+	}
+	return bus.Errorf(bus.NoResponders, "no instance of service %q is running; start one with `natsmesh sidecar --service %s`", service, service)
 }
 
 // unavailable answers mesh-unavailable while the connection is down: the
@@ -285,14 +531,18 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if reqHost == "" {
 		reqHost = req.URL.Host
 	}
-	m, merr, err := t.call(req.Context(), service, req.Method, req.URL.RequestURI(), reqHost, req.Header, buf.Bytes())
+	r, err := t.call(req.Context(), service, req.Method, req.URL.RequestURI(), reqHost, req.Header, buf.Bytes())
 	if err != nil {
 		return nil, err
 	}
-	if merr != nil {
-		return errorResponse(req, merr, ""), nil
+	var resp *http.Response
+	if r.err != nil {
+		resp = errorResponse(req, r.err, "")
+	} else {
+		resp = messageResponse(req, r.m)
 	}
-	return messageResponse(req, m), nil
+	addCallHeaders(resp.Header, &r)
+	return resp, nil
 }
 
 func closeBody(req *http.Request) {
@@ -309,12 +559,7 @@ func messageResponse(req *http.Request, m *nats.Msg) *http.Response {
 	}
 	h := make(http.Header, len(m.Header))
 	bus.CopyToHTTP(h, m.Header)
-	if inst := bus.First(m.Header, bus.HeaderInstance); inst != "" {
-		h[bus.HeaderInstance] = []string{inst}
-	}
-	if e := bus.First(m.Header, bus.HeaderError); e != "" {
-		h[bus.HeaderError] = []string{e}
-	}
+	copyMeshHeaders(h, m.Header)
 	resp := &http.Response{
 		Status:        bus.StatusText(code) + " " + http.StatusText(code),
 		StatusCode:    code,

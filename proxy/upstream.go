@@ -199,7 +199,7 @@ func (u *Upstream) forward(ctx context.Context, deadline time.Time, method, uri,
 		// reused. Send again on a new one when that cannot run the request
 		// twice: not one byte of it reached the connection, or the method is
 		// idempotent and no response had begun.
-		if attempt == 0 && reused && !read && (sent == 0 || idempotent(method)) && ctx.Err() == nil && !isTimeout(err) {
+		if attempt == 0 && reused && !read && (sent == 0 || idempotentMethod(method)) && ctx.Err() == nil && !isTimeout(err) {
 			w.reset()
 			continue
 		}
@@ -273,7 +273,9 @@ func requestFor(method string) *http.Request {
 	return otherRequest
 }
 
-func idempotent(method string) bool {
+// idempotentMethod reports whether the method may be sent twice (RFC 9110
+// §9.2.2).
+func idempotentMethod(method string) bool {
 	switch method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
 		return true

@@ -17,6 +17,7 @@ const (
 	Passing  Health = "passing"  // serving
 	Failing  Health = "failing"  // its app fails health checks; it has left its queue group
 	Draining Health = "draining" // shutting down; finishing the requests it holds
+	Ejected  Health = "ejected"  // its app kept failing requests; it has left its queue groups for a while
 )
 
 // Heartbeat is the document an instance publishes on
@@ -69,9 +70,9 @@ func (h *Heartbeat) Validate() error {
 		}
 	}
 	switch h.Health {
-	case Passing, Failing, Draining:
+	case Passing, Failing, Draining, Ejected:
 	default:
-		return badHeartbeat("health %q is not passing, failing or draining", h.Health)
+		return badHeartbeat("health %q is not passing, failing, draining or ejected", h.Health)
 	}
 	// Compared in milliseconds: Interval() of a huge interval_ms overflows
 	// and could wrap into the valid range.

@@ -27,6 +27,7 @@ type ServiceSummary struct {
 	Passing   int    `json:"passing"`
 	Failing   int    `json:"failing"`
 	Draining  int    `json:"draining"`
+	Ejected   int    `json:"ejected"`
 }
 
 // List is the answer to <prefix>.registry.list: every service, counted, at
@@ -249,6 +250,8 @@ func (s *Service) onList(m *nats.Msg) {
 				sum.Failing++
 			case Draining:
 				sum.Draining++
+			case Ejected:
+				sum.Ejected++
 			}
 		}
 		l.Services = append(l.Services, sum)

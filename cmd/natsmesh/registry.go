@@ -73,9 +73,9 @@ registry of natsmesh server sees them.`, stderr)
 		return json.NewEncoder(stdout).Encode(l)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVICE\tINSTANCES\tPASSING\tFAILING\tDRAINING")
+	fmt.Fprintln(tw, "SERVICE\tINSTANCES\tPASSING\tFAILING\tDRAINING\tEJECTED")
 	for _, s := range l.Services {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\n", s.Name, s.Instances, s.Passing, s.Failing, s.Draining)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\n", s.Name, s.Instances, s.Passing, s.Failing, s.Draining, s.Ejected)
 	}
 	return tw.Flush()
 }

@@ -1,0 +1,47 @@
+package proxy
+
+import (
+	"net/http"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natsmesh/natsmesh/breaker"
+	"github.com/natsmesh/natsmesh/bus"
+)
+
+// meshReplyHeaders are the mesh headers of a reply that the app is shown.
+var meshReplyHeaders = []string{bus.HeaderInstance, bus.HeaderError, bus.HeaderEjected}
+
+// copyMeshHeaders copies the mesh headers the app is shown from a reply.
+func copyMeshHeaders(dst http.Header, src nats.Header) {
+	for _, k := range meshReplyHeaders {
+		if v := src[k]; len(v) > 0 {
+			dst[k] = v[:1]
+		}
+	}
+}
+
+// attemptValues are shared Mesh-Attempts values.
+var attemptValues [16][]string
+
+func init() {
+	for i := range attemptValues {
+		attemptValues[i] = []string{strconv.Itoa(i)}
+	}
+}
+
+// addCallHeaders tells the app how its call went: how many attempts it took
+// and, when it failed with the destination's breaker not closed, its state.
+func addCallHeaders(h http.Header, r *reply) {
+	if r.attempts > 0 {
+		if r.attempts < len(attemptValues) {
+			h[bus.HeaderAttempts] = attemptValues[r.attempts]
+		} else {
+			h[bus.HeaderAttempts] = []string{strconv.Itoa(r.attempts)}
+		}
+	}
+	if r.breaker != breaker.Closed {
+		h[bus.HeaderBreaker] = []string{r.breaker.String()}
+	}
+}
