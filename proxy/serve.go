@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/natsmesh/natsmesh/bus"
 )
@@ -49,6 +50,9 @@ type ServeConfig struct {
 	// non-zero duration it returns means this failure ejected the instance
 	// for that long; the response says so in Mesh-Ejected.
 	Outcome func(failed bool) time.Duration
+	// TracerProvider, if set, records a server span per request, whose trace
+	// context the request to the app carries; nil records nothing.
+	TracerProvider trace.TracerProvider
 }
 
 // Server answers one service instance's NATS requests with an http.Handler.
@@ -60,6 +64,7 @@ type Server struct {
 	inst     []string    // Mesh-Instance value, shared by every response
 	ackHdr   nats.Header // the header of every acknowledgement
 	outcome  func(failed bool) time.Duration
+	tracer   *tracer
 	max      int64
 	log      *slog.Logger
 
@@ -116,7 +121,7 @@ func Serve(nc *nats.Conn, h http.Handler, cfg ServeConfig) (*Server, error) {
 		timeout: cfg.Timeout, maxTimeout: cfg.MaxTimeout,
 		nc: nc, h: h, service: cfg.Service, instance: cfg.Instance,
 		inst: []string{cfg.Instance}, max: int64(cfg.MaxInflight), log: cfg.Logger,
-		outcome: cfg.Outcome,
+		outcome: cfg.Outcome, tracer: newTracer(cfg.TracerProvider),
 	}
 	s.ackHdr = nats.Header{bus.HeaderAck: {"1"}, bus.HeaderInstance: s.inst}
 	s.subj = subj
@@ -321,6 +326,10 @@ func (s *Server) serve(m *nats.Msg) {
 		s.respondError(m, bus.Errorf(bus.BadRequest, "the request message lacks %s or %s; send requests through a natsmesh proxy or proxy.Transport", bus.HeaderMethod, bus.HeaderPath))
 		return
 	}
+	var span trace.Span
+	if s.tracer != nil {
+		span = s.tracer.startServer(m, s.instance, method, uri)
+	}
 	deadline := time.Now().Add(s.requestTimeout(bus.First(m.Header, bus.HeaderTimeout)))
 	if v := m.Header[bus.HeaderAck]; len(v) > 0 {
 		if d, ok := ackDelay(v[0]); ok {
@@ -346,6 +355,13 @@ func (s *Server) serve(m *nats.Msg) {
 	var ejected time.Duration
 	if s.outcome != nil {
 		ejected = s.outcome(appFailed(w.status, w.err))
+	}
+	if span != nil {
+		o := outcome{status: w.status}
+		if w.err != nil {
+			o = outcome{code: w.err.Code, status: w.err.Status}
+		}
+		endSpan(span, o)
 	}
 	if w.err != nil {
 		s.respondErrorEjected(m, w.err, ejected)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/natsmesh/natsmesh/breaker"
 	"github.com/natsmesh/natsmesh/bus"
@@ -49,6 +50,9 @@ type SidecarConfig struct {
 	DisableBreaker bool
 	AckWait        time.Duration
 	ProbeInterval  time.Duration
+	// TracerProvider, if set, records a client span per outbound call and a
+	// server span per inbound request.
+	TracerProvider trace.TracerProvider
 	Logger         *slog.Logger
 }
 
@@ -111,6 +115,7 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 		Caller: cfg.Service, Prefix: cfg.Prefix, Timeout: cfg.Timeout,
 		Retry: cfg.Retry, Breaker: cfg.Breaker, DisableBreaker: cfg.DisableBreaker,
 		AckWait: cfg.AckWait, ProbeInterval: cfg.ProbeInterval, Logger: cfg.Logger,
+		TracerProvider: cfg.TracerProvider,
 	}); err != nil {
 		return nil, err
 	}
@@ -137,7 +142,7 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 	if s.inbound, err = Serve(nc, s.upstream, ServeConfig{
 		Service: cfg.Service, Instance: cfg.Instance, Prefix: cfg.Prefix,
 		MaxInflight: cfg.MaxInflight, Timeout: cfg.Timeout, Logger: cfg.Logger,
-		Outcome: outcome,
+		Outcome: outcome, TracerProvider: cfg.TracerProvider,
 	}); err != nil {
 		s.ln.Close()
 		s.tr.Close()

@@ -14,6 +14,8 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/natsmesh/natsmesh/breaker"
 	"github.com/natsmesh/natsmesh/bus"
@@ -54,6 +56,9 @@ type TransportConfig struct {
 	// (at most a few per second; the rest are counted); defaults to
 	// slog.Default().
 	Logger *slog.Logger
+	// TracerProvider, if set, records a client span per call, whose trace
+	// context the request carries; nil records nothing.
+	TracerProvider trace.TracerProvider
 }
 
 // Transport is an http.RoundTripper that carries requests for mesh services
@@ -71,6 +76,7 @@ type Transport struct {
 	timeout time.Duration
 	egress  http.RoundTripper
 
+	tracer        *tracer
 	retry         RetryPolicy
 	dests         *destinations
 	openTimeout   time.Duration
@@ -106,6 +112,7 @@ func NewTransport(nc *nats.Conn, cfg TransportConfig) (*Transport, error) {
 		cfg.Logger = slog.Default()
 	}
 	t.logs = newLimitedLog(cfg.Logger, logLinesPerSecond)
+	t.tracer = newTracer(cfg.TracerProvider)
 	t.retry = cfg.Retry
 	t.retry.defaults()
 	t.ackWait, t.probeInterval = cfg.AckWait, cfg.ProbeInterval
@@ -269,7 +276,22 @@ func (t *Transport) call(ctx context.Context, service, method, uri, host string,
 	}
 	h[bus.HeaderAck] = ackAfterValue
 	subject := t.subj.RPC(service)
+	if t.tracer == nil {
+		return t.send(ctx, dest, service, subject, method, h, body, retries, idem, deadline)
+	}
+	span := t.tracer.startClient(ctx, service, subject, method, uri, hdr, h)
+	r, err := t.send(ctx, dest, service, subject, method, h, body, retries, idem, deadline)
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+		span.End()
+		return r, err
+	}
+	endClient(span, &r)
+	return r, nil
+}
 
+// send makes the attempts of a call.
+func (t *Transport) send(ctx context.Context, dest destination, service, subject, method string, h nats.Header, body []byte, retries int, idem bool, deadline time.Time) (reply, error) {
 	var (
 		r   reply
 		o   outcome

@@ -98,7 +98,7 @@ func TestReadmeTour(t *testing.T) {
 		regexp.MustCompile(`web asked greeter and got 200 OK from instance greeter-[0-9a-f]+: hello from greeter \(called by web\)`),
 		regexp.MustCompile(`hello from greeter \(called by web\)`),
 		regexp.MustCompile(`hello from greeter \(called by a client outside the mesh\)`),
-		regexp.MustCompile(`(?m)^greeter +1 +1 +0 +0 *$`),
+		regexp.MustCompile(`(?m)^greeter +1 +1 +0 +0 +0 *$`),
 		regexp.MustCompile(`(?m)^greeter-[0-9a-f]+ +passing +0 `),
 	}
 	if len(tryBlock) != len(want) {

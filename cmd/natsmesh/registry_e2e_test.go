@@ -121,8 +121,8 @@ func TestEndToEndRegistry(t *testing.T) {
 		return nil
 	})
 	out, _, code := natsmesh(t, "services", "--nats", natsURL)
-	if code != 0 || !strings.Contains(out, "SERVICE") || !containsFields(out, "reg", "3", "3", "0", "0") {
-		t.Fatalf("services printed (exit %d):\n%s\nwant a row: reg 3 3 0 0", code, out)
+	if code != 0 || !strings.Contains(out, "SERVICE") || !containsFields(out, "reg", "3", "3", "0", "0", "0") {
+		t.Fatalf("services printed (exit %d):\n%s\nwant a row: reg 3 3 0 0 0", code, out)
 	}
 	for _, in := range insts {
 		meshtest.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {

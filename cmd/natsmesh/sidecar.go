@@ -9,9 +9,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/natsmesh/natsmesh/breaker"
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/proxy"
 	"github.com/natsmesh/natsmesh/registry"
+	"github.com/natsmesh/natsmesh/telemetry"
 )
 
 func runSidecar(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -22,7 +24,12 @@ it listens on --listen for the app's own calls: set HTTP_PROXY=http://<listen>
 in the app and call http://<service>/..., or send requests to <listen> with
 "Host: <service>". Other hosts are forwarded to the outside world unless
 --egress=deny. SIGINT or SIGTERM drains: no new requests, in-flight ones
-finish, then exit 0.`, stderr)
+finish, then exit 0.
+
+Outbound calls are retried when that is safe, guarded by a circuit breaker per
+destination service; the instance ejects itself from its queue groups while
+its app keeps failing. Tracing follows the OTEL_* environment variables
+(OTEL_TRACES_EXPORTER=otlp or console; off by default).`, stderr)
 	var nf natsFlags
 	nf.register(fs)
 	var lf logFlags
@@ -40,6 +47,23 @@ finish, then exit 0.`, stderr)
 	fs.DurationVar(&cfg.HealthCheck.Interval, "health-interval", time.Second, "interval between health checks")
 	fs.IntVar(&cfg.HealthCheck.Fails, "health-fails", 2, "failed checks in a row before the instance stops taking traffic")
 	fs.IntVar(&cfg.HealthCheck.Passes, "health-passes", 2, "passed checks in a row before it takes traffic again")
+	retries := fs.Int("retries", proxy.DefaultRetries, "retries of a failed outbound call (0: none); only failures that are safe to retry are, see README")
+	fs.DurationVar(&cfg.Retry.BackoffBase, "retry-backoff", proxy.DefaultBackoffBase, "first wait before a retry; it doubles, with jitter, up to --retry-backoff-max")
+	fs.DurationVar(&cfg.Retry.BackoffMax, "retry-backoff-max", proxy.DefaultBackoffMax, "longest wait before a retry")
+	fs.DurationVar(&cfg.Retry.PerTryTimeout, "per-try-timeout", 0, "deadline of each attempt, so a timed-out idempotent call can be retried (0: an attempt may use the whole --timeout)")
+	fs.Float64Var(&cfg.Retry.BudgetRatio, "retry-budget", proxy.DefaultBudgetRatio, "retries per destination may be at most this share of its calls over 10s, plus --retry-budget-min")
+	fs.Float64Var(&cfg.Retry.BudgetMinPerSecond, "retry-budget-min", proxy.DefaultBudgetMinPerSecond, "retries per second per destination always allowed by the budget")
+	brk := fs.String("breaker", "on", "circuit breaker per destination service: on or off")
+	fs.IntVar(&cfg.Breaker.ConsecutiveFailures, "breaker-failures", breaker.DefaultConsecutiveFailures, "failures in a row that open the breaker")
+	fs.Float64Var(&cfg.Breaker.FailureRatio, "breaker-ratio", breaker.DefaultFailureRatio, "share of failed calls over --breaker-window that opens the breaker")
+	fs.IntVar(&cfg.Breaker.MinRequests, "breaker-min-requests", breaker.DefaultMinRequests, "calls needed in the window before --breaker-ratio applies")
+	fs.DurationVar(&cfg.Breaker.Window, "breaker-window", breaker.DefaultWindow, "rolling window of --breaker-ratio")
+	fs.DurationVar(&cfg.Breaker.OpenTimeout, "breaker-open", breaker.DefaultOpenTimeout, "how long an open breaker refuses calls before letting probes through")
+	fs.IntVar(&cfg.Breaker.HalfOpenProbes, "breaker-probes", breaker.DefaultHalfOpenProbes, "probe calls that must all succeed to close the breaker again")
+	fs.DurationVar(&cfg.AckWait, "ack-wait", proxy.DefaultAckWait, "a call neither answered nor acknowledged within this is lost with the instance that took it")
+	outlier := fs.Int("outlier-failures", proxy.DefaultOutlierConsecutive, "app failures in a row (5xx, refused, timed out) that eject this instance from its queue groups (0: never)")
+	fs.DurationVar(&cfg.Outlier.BaseEjection, "outlier-ejection", proxy.DefaultBaseEjection, "first ejection time; each repeat adds as much")
+	fs.DurationVar(&cfg.Outlier.MaxEjection, "outlier-max-ejection", proxy.DefaultMaxEjection, "longest ejection time")
 	egress := fs.String("egress", "allow", "calls to hosts outside the mesh: allow or deny")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "longest wait for in-flight requests on shutdown")
 	pos, err := parse(fs, args, stdout)
@@ -48,6 +72,36 @@ finish, then exit 0.`, stderr)
 	}
 	if len(pos) > 0 {
 		return usagef("unexpected argument %q", pos[0])
+	}
+	switch {
+	case *retries < 0:
+		return usagef("--retries %d: use 0 or more", *retries)
+	case *retries == 0:
+		cfg.Retry.Retries = -1
+	default:
+		cfg.Retry.Retries = *retries
+	}
+	if cfg.Retry.BudgetRatio < 0 || cfg.Retry.BudgetMinPerSecond < 0 {
+		return usagef("--retry-budget and --retry-budget-min must not be negative")
+	}
+	switch *brk {
+	case "on":
+	case "off":
+		cfg.DisableBreaker = true
+	default:
+		return usagef("--breaker %q: use on or off", *brk)
+	}
+	if cfg.Breaker.ConsecutiveFailures < 1 || cfg.Breaker.FailureRatio <= 0 || cfg.Breaker.FailureRatio > 1 ||
+		cfg.Breaker.MinRequests < 1 || cfg.Breaker.HalfOpenProbes < 1 {
+		return usagef("--breaker-failures, --breaker-min-requests and --breaker-probes must be at least 1, --breaker-ratio above 0 and at most 1")
+	}
+	switch {
+	case *outlier < 0:
+		return usagef("--outlier-failures %d: use 0 or more", *outlier)
+	case *outlier == 0:
+		cfg.Outlier.Consecutive = -1
+	default:
+		cfg.Outlier.Consecutive = *outlier
 	}
 	switch *egress {
 	case "allow":
@@ -100,6 +154,21 @@ finish, then exit 0.`, stderr)
 	defer nc.Close()
 	if !nc.IsConnected() {
 		log.Warn("NATS is not reachable yet; calls get mesh-unavailable until it is", "nats", nf.cfg.URL)
+	}
+	tracing, err := telemetry.Setup(ctx, telemetry.Config{Service: cfg.Service, Instance: cfg.Instance})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := tracing.Shutdown(sctx); err != nil {
+			log.Warn("traces not flushed", "error", err)
+		}
+	}()
+	if tracing.Enabled() {
+		cfg.TracerProvider = tracing.TracerProvider()
+		log.Info("tracing on", "exporter", tracing.Exporter())
 	}
 	sc, err := proxy.StartSidecar(nc, cfg)
 	if err != nil {
