@@ -5,6 +5,7 @@
 // between the two, and the sidecars' memory.
 //
 //	go run ./bench [-duration 5s] [-conns 1,50] [-rounds 3]
+//	go run ./bench -resilience [-baseline REV] [-conns 50]   # cost of retries, breakers, tracing
 package main
 
 import (
@@ -42,6 +43,8 @@ func main() {
 	connsFlag := flag.String("conns", "1,50", "comma-separated concurrent connections to measure at")
 	size := flag.Int("size", 64, "response body size in bytes")
 	rounds := flag.Int("rounds", 3, "direct and mesh measured one after the other this many times per concurrency")
+	resilience := flag.Bool("resilience", false, "instead: compare the mesh with retries and breakers off, on (the defaults), and on with tracing (sampling off), at the first -conns")
+	baseline := flag.String("baseline", "", "with -resilience: also run the mesh as built from this git revision")
 	flag.Parse()
 	var conns []int
 	for _, c := range strings.Split(*connsFlag, ",") {
@@ -53,6 +56,23 @@ func main() {
 	}
 	if *rounds < 1 {
 		fatalf("-rounds must be at least 1")
+	}
+	if *resilience {
+		var bin string
+		if *baseline != "" {
+			dir, err := os.MkdirTemp("", "natsmesh-baseline")
+			if err != nil {
+				fatalf("%v", err)
+			}
+			defer os.RemoveAll(dir)
+			if bin, err = buildAt(*baseline, dir); err != nil {
+				fatalf("%v", err)
+			}
+		}
+		if err := runVariants(resilienceVariants(bin), conns[0], *duration, *warmup, *size, *rounds); err != nil {
+			fatalf("%v", err)
+		}
+		return
 	}
 	if err := run(conns, *duration, *warmup, *size, *rounds); err != nil {
 		fatalf("%v", err)
@@ -268,6 +288,12 @@ func roundRatios(ps []pair, f func(pair) float64) string {
 	for i, p := range ps {
 		v[i] = f(p)
 	}
+	return medianRange(v)
+}
+
+// medianRange formats the median, lowest and highest of v.
+func medianRange(v []float64) string {
+	v = slices.Clone(v)
 	slices.Sort(v)
 	return fmt.Sprintf("%.2fx [%.2f, %.2f]", v[len(v)/2], v[0], v[len(v)-1])
 }

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/natsmesh/natsmesh/internal/procstat"
+)
+
+// variant is one way of running the mesh: a caller and a callee sidecar of
+// some binary with some flags, serving the app as its own service.
+type variant struct {
+	name   string
+	bin    string // "" is the binary built from this tree
+	args   []string
+	env    []string
+	caller string // the caller's outbound address, once started
+}
+
+// resilienceVariants compare the cost of the resilience features side by
+// side: none (retries and breakers off), the defaults, and the defaults with
+// tracing on and sampling off; and, given a baseline binary, the mesh as
+// that binary runs it.
+func resilienceVariants(baselineBin string) []*variant {
+	var vs []*variant
+	if baselineBin != "" {
+		vs = append(vs, &variant{name: "baseline", bin: baselineBin})
+	}
+	return append(vs,
+		&variant{name: "plain", args: []string{"--retries", "0", "--breaker", "off"}},
+		&variant{name: "default"},
+		&variant{name: "traced", env: []string{"OTEL_TRACES_EXPORTER=console", "OTEL_TRACES_SAMPLER=always_off"}},
+	)
+}
+
+// buildAt builds the natsmesh of git revision ref into dir.
+func buildAt(ref, dir string) (string, error) {
+	src := filepath.Join(dir, "src-"+strings.NewReplacer("/", "_", ":", "_").Replace(ref))
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		return "", err
+	}
+	archive := exec.Command("sh", "-c", fmt.Sprintf("git archive %q | tar -x -C %q", ref, src))
+	archive.Stderr = os.Stderr
+	if err := archive.Run(); err != nil {
+		return "", fmt.Errorf("extract %s (run the benchmark from the repository): %w", ref, err)
+	}
+	bin := filepath.Join(dir, "natsmesh-"+filepath.Base(src))
+	build := exec.Command("go", "build", "-o", bin, "./cmd/natsmesh")
+	build.Dir = src
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		return "", fmt.Errorf("build natsmesh at %s: %w", ref, err)
+	}
+	return bin, nil
+}
+
+// runVariants measures each variant's throughput at conns connections,
+// rounds times, the variants one after the other within each round (in a
+// rotating order, so that drift of the machine's speed hits them alike).
+func runVariants(vs []*variant, conns int, duration, warmup time.Duration, size, rounds int) error {
+	dir, err := os.MkdirTemp("", "natsmesh-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	bin, err := procstat.BuildNatsmesh(dir)
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	var p procs
+	defer p.stopAll()
+	appAddr, _ := freeAddr()
+	natsAddr, _ := freeAddr()
+	natsURL := "nats://" + natsAddr
+	if _, err := p.start(self, []string{appEnv + "=" + appAddr, "NATSMESH_BENCH_SIZE=" + fmt.Sprint(size)}); err != nil {
+		return err
+	}
+	if _, err := p.start(bin, nil, "server", "--listen", natsAddr, "--data", filepath.Join(dir, "data"), "--log-level", "warn"); err != nil {
+		return err
+	}
+	for _, v := range vs {
+		b := v.bin
+		if b == "" {
+			b = bin
+		}
+		service := "app-" + v.name
+		calleeAddr, _ := freeAddr()
+		v.caller, _ = freeAddr()
+		if _, err := p.start(b, v.env, append([]string{"sidecar", "--nats", natsURL, "--service", service, "--upstream", "http://" + appAddr, "--listen", calleeAddr, "--log-level", "warn"}, v.args...)...); err != nil {
+			return err
+		}
+		if _, err := p.start(b, v.env, append([]string{"sidecar", "--nats", natsURL, "--service", "client-" + v.name, "--upstream", "http://" + appAddr, "--listen", v.caller, "--log-level", "warn"}, v.args...)...); err != nil {
+			return err
+		}
+		proxyURL, _ := url.Parse("http://" + v.caller)
+		if err := waitHTTP(newClient(proxyURL, 1), "http://"+service+"/"); err != nil {
+			return fmt.Errorf("variant %s: %w", v.name, err)
+		}
+	}
+
+	fmt.Printf("natsmesh variants: %d-byte responses, %d conns, %s per measurement, %d rounds\n\n", size, conns, duration, rounds)
+	rps := make([][]float64, len(vs)) // [variant][round]
+	for r := 0; r < rounds; r++ {
+		for k := range vs {
+			i := (k + r) % len(vs)
+			v := vs[i]
+			proxyURL, _ := url.Parse("http://" + v.caller)
+			m := load(newClient(proxyURL, conns), "http://app-"+v.name+"/", conns, warmup, duration, nil)
+			if m.errors > 0 {
+				fmt.Printf("warning: %d requests failed through %s\n", m.errors, v.name)
+			}
+			fmt.Printf("round %d  %-9s %10.0f req/s  p50 %s  p99 %s\n", r+1, v.name, m.rps(), fmtDur(m.p(50)), fmtDur(m.p(99)))
+			rps[i] = append(rps[i], m.rps())
+		}
+	}
+	ref := 0
+	for i, v := range vs {
+		if v.name == "plain" {
+			ref = i
+		}
+	}
+	fmt.Printf("\nthroughput relative to %s, per round: median [lowest, highest]\n", vs[ref].name)
+	for i, v := range vs {
+		ratios := make([]float64, rounds)
+		for r := range ratios {
+			ratios[r] = rps[i][r] / rps[ref][r]
+		}
+		fmt.Printf("  %-9s %s\n", v.name, medianRange(ratios))
+	}
+	return nil
+}
