@@ -195,29 +195,49 @@ func (b *Breaker) current(now time.Time) State {
 }
 
 // Allow asks to make a call. On success, done must be called exactly once
-// with the call's result.
+// with the call's result; calls after the first are ignored.
 func (b *Breaker) Allow() (done func(Result), err error) {
+	t, err := b.Try()
+	if err != nil {
+		return nil, err
+	}
+	var once sync.Once
+	return func(r Result) { once.Do(func() { t.Done(r) }) }, nil
+}
+
+// Ticket is a call the breaker let through, for Try's callers.
+type Ticket struct {
+	b   *Breaker
+	gen uint64
+}
+
+// Try is Allow without an allocation, for a proxy's request path: on
+// success, the ticket's Done must be called exactly once with the call's
+// result (more calls would count it again).
+func (b *Breaker) Try() (Ticket, error) {
 	now := b.s.Clock.Now()
 	b.mu.Lock()
 	switch b.current(now) {
 	case Open:
 		b.mu.Unlock()
 		b.notify()
-		return nil, ErrOpen
+		return Ticket{}, ErrOpen
 	case HalfOpen:
 		if b.probes >= b.s.HalfOpenProbes {
 			b.mu.Unlock()
 			b.notify()
-			return nil, ErrTooManyProbes
+			return Ticket{}, ErrTooManyProbes
 		}
 		b.probes++
 	}
 	gen := b.generation
 	b.mu.Unlock()
 	b.notify()
-	var once sync.Once
-	return func(r Result) { once.Do(func() { b.record(gen, r) }) }, nil
+	return Ticket{b: b, gen: gen}, nil
 }
+
+// Done tells the breaker the result of the call.
+func (t Ticket) Done(r Result) { t.b.record(t.gen, r) }
 
 // record counts a result of a call allowed in generation gen: results of
 // calls from before the last state change are ignored.

@@ -209,3 +209,43 @@ func TestSetIsKeyedAndBounded(t *testing.T) {
 		t.Fatal("the open breaker was forgotten while closed ones could go")
 	}
 }
+
+// Try and Ticket.Done behave as Allow and done: tickets count, and a ticket
+// from before a state change is ignored.
+func TestTryTickets(t *testing.T) {
+	clock := meshtest.NewClock()
+	b := breaker.New("svc", breaker.Settings{ConsecutiveFailures: 2, FailureRatio: -1, OpenTimeout: time.Second, HalfOpenProbes: 1, Clock: clock})
+	stale, err := b.Try()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		tk, err := b.Try()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tk.Done(breaker.Failure)
+	}
+	if b.State() != breaker.Open {
+		t.Fatalf("state %s after 2 failed tickets, want open", b.State())
+	}
+	if _, err := b.Try(); !errors.Is(err, breaker.ErrOpen) {
+		t.Fatalf("Try while open: %v, want ErrOpen", err)
+	}
+	clock.Advance(time.Second)
+	probe, err := b.Try()
+	if err != nil {
+		t.Fatalf("Try half-open: %v", err)
+	}
+	if _, err := b.Try(); !errors.Is(err, breaker.ErrTooManyProbes) {
+		t.Fatalf("second Try half-open: %v, want ErrTooManyProbes", err)
+	}
+	stale.Done(breaker.Failure) // from the closed generation: ignored
+	if b.State() != breaker.HalfOpen {
+		t.Fatalf("a stale ticket moved the breaker to %s", b.State())
+	}
+	probe.Done(breaker.Success)
+	if b.State() != breaker.Closed {
+		t.Fatalf("state %s after the probe succeeded, want closed", b.State())
+	}
+}

@@ -56,27 +56,40 @@ func (c natsCarrier) Keys() []string {
 	return keys
 }
 
-var messagingNATS = semconv.MessagingSystemKey.String("nats")
+var (
+	messagingNATS = semconv.MessagingSystemKey.String("nats")
+	clientKind    = trace.WithSpanKind(trace.SpanKindClient)
+	serverKind    = trace.WithSpanKind(trace.SpanKindServer)
+)
 
 // startClient starts the client span of a call: its parent is the trace
 // context of the app's request (a new trace if it has none), and the span's
 // context goes into the request message.
 func (tr *tracer) startClient(ctx context.Context, service, subject, method, uri string, hdr http.Header, msg nats.Header) trace.Span {
 	ctx = propagator.Extract(ctx, propagation.HeaderCarrier(hdr))
-	_, span := tr.t.Start(ctx, method, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(
-		semconv.HTTPRequestMethodKey.String(method),
-		semconv.ServerAddress(service),
-		semconv.URLFull("http://"+service+uri),
-		messagingNATS,
-		semconv.MessagingDestinationName(subject),
-		semconv.MessagingOperationTypeSend,
-	))
-	propagator.Inject(trace.ContextWithSpan(ctx, span), natsCarrier(msg))
+	ctx, span := tr.t.Start(ctx, method, clientKind)
+	// Attributes are set only on spans that are recorded: an unsampled
+	// call pays for no attribute building.
+	if span.IsRecording() {
+		span.SetAttributes(
+			semconv.HTTPRequestMethodKey.String(method),
+			semconv.ServerAddress(service),
+			semconv.URLFull("http://"+service+uri),
+			messagingNATS,
+			semconv.MessagingDestinationName(subject),
+			semconv.MessagingOperationTypeSend,
+		)
+	}
+	propagator.Inject(ctx, natsCarrier(msg))
 	return span
 }
 
 // endClient ends a call's client span with how the call went.
 func endClient(span trace.Span, r *reply) {
+	if !span.IsRecording() {
+		span.End()
+		return
+	}
 	span.SetAttributes(attribute.Int("natsmesh.attempts", r.attempts))
 	if r.attempts > 1 {
 		span.SetAttributes(semconv.HTTPRequestResendCount(r.attempts - 1))
@@ -93,23 +106,30 @@ func endClient(span trace.Span, r *reply) {
 // it in the message, so that the request to the app carries it.
 func (tr *tracer) startServer(m *nats.Msg, instance, method, uri string) trace.Span {
 	ctx := propagator.Extract(context.Background(), natsCarrier(m.Header))
-	path := uri
-	if i := strings.IndexByte(path, '?'); i >= 0 {
-		path = path[:i]
+	ctx, span := tr.t.Start(ctx, method, serverKind)
+	if span.IsRecording() {
+		path := uri
+		if i := strings.IndexByte(path, '?'); i >= 0 {
+			path = path[:i]
+		}
+		span.SetAttributes(
+			semconv.HTTPRequestMethodKey.String(method),
+			semconv.URLPath(path),
+			messagingNATS,
+			semconv.MessagingDestinationName(m.Subject),
+			semconv.ServiceInstanceID(instance),
+		)
 	}
-	_, span := tr.t.Start(ctx, method, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
-		semconv.HTTPRequestMethodKey.String(method),
-		semconv.URLPath(path),
-		messagingNATS,
-		semconv.MessagingDestinationName(m.Subject),
-		semconv.ServiceInstanceID(instance),
-	))
-	propagator.Inject(trace.ContextWithSpan(ctx, span), natsCarrier(m.Header))
+	propagator.Inject(ctx, natsCarrier(m.Header))
 	return span
 }
 
 // endSpan records the outcome of a call on its span.
 func endSpan(span trace.Span, o outcome) {
+	if !span.IsRecording() {
+		span.End()
+		return
+	}
 	if o.status != 0 {
 		span.SetAttributes(semconv.HTTPResponseStatusCode(o.status))
 	}

@@ -299,7 +299,7 @@ func (t *Transport) send(ctx context.Context, dest destination, service, subject
 		err error
 	)
 	for {
-		done, berr := dest.br.Allow()
+		ticket, berr := dest.br.Try()
 		if berr != nil {
 			if r.attempts == 0 {
 				r.err = t.circuitOpen(service)
@@ -311,11 +311,11 @@ func (t *Transport) send(ctx context.Context, dest destination, service, subject
 		r.attempts++
 		r.m, r.err, err = t.attempt(ctx, service, subject, deadline, h, body)
 		if err != nil {
-			done(breaker.Ignore)
+			ticket.Done(breaker.Ignore)
 			return r, err
 		}
 		o = outcomeOf(r.m, r.err)
-		done(o.result())
+		ticket.Done(o.result())
 		if r.attempts > retries || !o.retryable(idem) {
 			break
 		}
