@@ -66,7 +66,9 @@ var (
 // context of the app's request (a new trace if it has none), and the span's
 // context goes into the request message.
 func (tr *tracer) startClient(ctx context.Context, service, subject, method, uri string, hdr http.Header, msg nats.Header) trace.Span {
-	ctx = propagator.Extract(ctx, propagation.HeaderCarrier(hdr))
+	if hdr["Traceparent"] != nil || hdr["Baggage"] != nil {
+		ctx = propagator.Extract(ctx, propagation.HeaderCarrier(hdr))
+	}
 	ctx, span := tr.t.Start(ctx, method, clientKind)
 	// Attributes are set only on spans that are recorded: an unsampled
 	// call pays for no attribute building.
