@@ -70,7 +70,10 @@ func (p *prober) dead(instance string) bool {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		return st.dead
-	case ok && (st.dead || time.Since(st.at) < probeFresh):
+	case ok && time.Since(st.at) < probeFresh:
+		// A result, dead or alive, is reused only while fresh: an
+		// instance can come back under its name (a restart with a fixed
+		// --instance, a reconnect), and its acknowledgement says so.
 		defer p.mu.Unlock()
 		return st.dead
 	case !ok:

@@ -94,11 +94,15 @@ func idempotent(method string, hdr http.Header) bool {
 type outcome struct {
 	code   bus.Code // the mesh failure, if any
 	status int      // the HTTP status otherwise
+	// lost: the caller lost the request itself (the instance holding it
+	// died, or the caller's own NATS connection dropped), as opposed to a
+	// callee answering upstream-lost for its app.
+	lost bool
 }
 
 func outcomeOf(m *nats.Msg, merr *bus.Error) outcome {
 	if merr != nil {
-		return outcome{code: merr.Code, status: merr.Status}
+		return outcome{code: merr.Code, status: merr.Status, lost: merr.Code == bus.UpstreamLost}
 	}
 	if c := bus.First(m.Header, bus.HeaderError); c != "" {
 		return outcome{code: bus.Code(c)}
@@ -142,8 +146,15 @@ func (o outcome) retryable(idem bool) bool {
 // result is what the attempt tells the destination's breaker. Failures are
 // the destination's: timeouts, lost or unreachable apps, overload and 5xx.
 // A missing service, a lost NATS connection or a refused request say nothing
-// about the instances, and are ignored.
+// about the instances, and are ignored. So is a request the caller lost with
+// the instance holding it: one instance dying fails every call it held at
+// once, which would open the breaker for the whole service while its other
+// instances are fine; the calls are retried elsewhere, and NATS stops routing
+// to the dead instance by itself.
 func (o outcome) result() breaker.Result {
+	if o.lost {
+		return breaker.Ignore
+	}
 	switch o.code {
 	case "":
 		if o.status >= 500 || o.status == 0 {

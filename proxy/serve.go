@@ -478,7 +478,10 @@ func tooLargeResponse(maxPayload int64) *bus.Error {
 
 // Drain stops taking requests (the instance leaves its queue group, so new
 // requests go to other instances), lets the requests already received finish,
-// and returns when they have, or when ctx ends.
+// and returns when they have, or when ctx ends. The instance's own subject
+// stays subscribed until then: it answers the liveness probes of the callers
+// whose requests the instance still holds, who would otherwise take it for
+// dead.
 func (s *Server) Drain(ctx context.Context) error {
 	var closed []<-chan nats.SubStatus
 	if s.nc.Status() != nats.CONNECTED {
@@ -488,6 +491,10 @@ func (s *Server) Drain(ctx context.Context) error {
 		s.Stop()
 	}
 	subs := s.stopSubscriptions()
+	var direct *nats.Subscription
+	if n := len(subs); n > 0 && subs[n-1] == s.direct {
+		direct, subs = subs[n-1], subs[:n-1]
+	}
 	for _, sub := range subs {
 		closed = append(closed, sub.StatusChanged(nats.SubscriptionClosed))
 		if err := sub.Drain(); err != nil && !errors.Is(err, nats.ErrBadSubscription) {
@@ -513,10 +520,14 @@ func (s *Server) Drain(ctx context.Context) error {
 	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
-		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("proxy: %d requests still in flight when the drain of %s ended: %w", s.Inflight(), s.instance, ctx.Err())
 	}
+	if direct != nil {
+		// Every request is answered: nothing is left to drain from it.
+		_ = direct.Unsubscribe()
+	}
+	return nil
 }
 
 // Stop unsubscribes at once, without waiting for requests in flight.

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -90,9 +91,12 @@ type Transport struct {
 	status  chan nats.Status
 	upMu    sync.Mutex
 	up      chan struct{} // closed while the connection is up
-	done    chan struct{}
-	wg      sync.WaitGroup
-	once    sync.Once
+	// reconnected is when the connection last came back (unix nanoseconds),
+	// 0 before the first reconnect.
+	reconnected atomic.Int64
+	done        chan struct{}
+	wg          sync.WaitGroup
+	once        sync.Once
 }
 
 var _ http.RoundTripper = (*Transport)(nil)
@@ -178,6 +182,9 @@ func (t *Transport) watchStatus() {
 		case st, ok := <-t.status:
 			if !ok {
 				return
+			}
+			if st == nats.CONNECTED {
+				t.reconnected.Store(time.Now().UnixNano())
 			}
 			t.setUp(st == nats.CONNECTED)
 			if st != nats.CONNECTED {
@@ -316,7 +323,8 @@ func (t *Transport) send(ctx context.Context, dest destination, service, subject
 		}
 		o = outcomeOf(r.m, r.err)
 		ticket.Done(o.result())
-		if r.attempts > retries || !o.retryable(idem) {
+		settling := o.code == bus.NoResponders && t.settling()
+		if !settling && (r.attempts > retries || !o.retryable(idem)) {
 			break
 		}
 		if bo == nil {
@@ -331,7 +339,7 @@ func (t *Transport) send(ctx context.Context, dest destination, service, subject
 			break // no time for another attempt
 		}
 		why := o.String()
-		if !dest.budget.retry(time.Now()) {
+		if !settling && !dest.budget.retry(time.Now()) {
 			t.logs.log(slog.LevelWarn, "retry budget exhausted; not retrying", "service", service, "attempt", r.attempts, "failure", why)
 			break
 		}
@@ -352,6 +360,21 @@ func (t *Transport) send(ctx context.Context, dest destination, service, subject
 		}
 	}
 	return r, nil
+}
+
+// settleTime is how long after a reconnect "no responders" is taken for the
+// callees not being back yet rather than for the service being gone: clients
+// reconnect at different moments (within bus's reconnect wait and jitter), and
+// a callee's subscriptions return with its connection.
+const settleTime = time.Second
+
+// settling reports whether the connection came back within settleTime. Calls
+// then retry "no responders" until settleTime has passed, within their
+// deadline, beyond the retry count and outside the budget: such retries reach
+// no app, so they cannot add to an outage.
+func (t *Transport) settling() bool {
+	at := t.reconnected.Load()
+	return at != 0 && time.Now().UnixNano()-at < int64(settleTime)
 }
 
 // circuitOpen is the failure of a call its destination's breaker refused.

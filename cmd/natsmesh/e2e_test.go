@@ -52,16 +52,27 @@ func TestMain(m *testing.M) {
 
 // runApp is the upstream app: /work?ms=N answers after N ms with its name,
 // the calling service and the request URI, and prints "begin" and "end" lines
-// for requests of 100 ms or more; /healthz answers ok. It exits when its
-// stdin closes, so it never outlives the test that started it.
+// for requests of 100 ms or more; /healthz answers ok. POST /admin/fail?on=1
+// makes /work fail at once with status 500 (or &code=N) until ?on=0, and
+// GET /admin/count answers how many /work requests arrived. It exits when
+// its stdin closes, so it never outlives the test that started it.
 func runApp(name string) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "app %s: %v\n", name, err)
 		os.Exit(1)
 	}
+	var (
+		count    atomic.Int64 // /work requests that arrived
+		failWith atomic.Int64 // status /work fails with; 0: it works
+	)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/work", func(w http.ResponseWriter, r *http.Request) {
+		count.Add(1)
+		if code := failWith.Load(); code != 0 {
+			http.Error(w, "failing on purpose", int(code))
+			return
+		}
 		if ms, _ := strconv.Atoi(r.URL.Query().Get("ms")); ms > 0 {
 			if ms >= 100 {
 				fmt.Printf("begin %s\n", r.RequestURI)
@@ -87,6 +98,19 @@ func runApp(name string) {
 	})
 	mux.HandleFunc("POST /admin/sick", func(w http.ResponseWriter, r *http.Request) {
 		sick.Store(r.URL.Query().Get("on") == "1")
+	})
+	mux.HandleFunc("POST /admin/fail", func(w http.ResponseWriter, r *http.Request) {
+		code := int64(0)
+		if r.URL.Query().Get("on") == "1" {
+			code = http.StatusInternalServerError
+			if c, err := strconv.Atoi(r.URL.Query().Get("code")); err == nil && c >= 500 && c <= 599 {
+				code = int64(c)
+			}
+		}
+		failWith.Store(code)
+	})
+	mux.HandleFunc("GET /admin/count", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%d\n", count.Load())
 	})
 	go func() {
 		_, _ = io.Copy(io.Discard, os.Stdin)
