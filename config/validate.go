@@ -1,0 +1,227 @@
+package config
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/natsmesh/natsmesh/bus"
+)
+
+// MaxTimeout is the longest timeout a config may set, the longest a callee
+// lets any request run.
+const MaxTimeout = 5 * time.Minute
+
+// Limits on the size of a document, so that one config cannot make every
+// proxy's request path slow.
+const (
+	MaxRoutes         = 64
+	MaxSubsets        = 16
+	MaxMatchHeaders   = 16
+	maxHeaderValueLen = 1024
+)
+
+// RetryConditions are the failures Retries.On may name.
+var RetryConditions = []string{
+	string(bus.NoResponders), string(bus.Overloaded), string(bus.MeshUnavailable),
+	string(bus.Timeout), string(bus.UpstreamLost), string(bus.UpstreamUnreachable),
+	"502", "503", "504",
+}
+
+// Problem is one thing wrong with a document: the field, as a path from the
+// document's root (routes[0].split), and what is wrong with it.
+type Problem struct {
+	Path string
+	Msg  string
+}
+
+func (p Problem) String() string {
+	if p.Path == "" {
+		return p.Msg
+	}
+	return p.Path + ": " + p.Msg
+}
+
+type problems []Problem
+
+func (ps *problems) add(path, format string, args ...any) {
+	*ps = append(*ps, Problem{Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+// Validate reports every problem of s; nil means s is valid.
+func (s *Service) Validate() []Problem {
+	var ps problems
+	if s.Service == "" {
+		ps.add("service", "missing; name the service this document configures")
+	} else if err := bus.ValidateName("service", s.Service); err != nil {
+		ps.add("service", "%v", err)
+	}
+	validTimeout(&ps, "timeout", s.Timeout)
+	if r := s.Retries; r != nil {
+		if r.Attempts != nil && (*r.Attempts < 0 || *r.Attempts > 10) {
+			ps.add("retries.attempts", "%d is out of range; use 0 (no retries) to 10", *r.Attempts)
+		}
+		for i, c := range r.On {
+			if !slices.Contains(RetryConditions, c) {
+				ps.add(fmt.Sprintf("retries.on[%d]", i), "unknown condition %q; use one of %s", c, strings.Join(RetryConditions, ", "))
+			}
+		}
+		validTimeout(&ps, "retries.perTryTimeout", r.PerTryTimeout)
+		validTimeout(&ps, "retries.backoff", r.Backoff)
+		validTimeout(&ps, "retries.backoffMax", r.BackoffMax)
+		if r.Backoff > 0 && r.BackoffMax > 0 && r.BackoffMax < r.Backoff {
+			ps.add("retries.backoffMax", "%s is shorter than backoff (%s)", r.BackoffMax, r.Backoff)
+		}
+		if b := r.Budget; b != nil {
+			if b.Ratio != nil && (*b.Ratio < 0 || *b.Ratio > 1) {
+				ps.add("retries.budget.ratio", "%g is out of range; use 0 to 1", *b.Ratio)
+			}
+			if b.MinPerSecond != nil && (*b.MinPerSecond < 0 || *b.MinPerSecond > 1e6) {
+				ps.add("retries.budget.minPerSecond", "%g is out of range; use 0 to 1000000", *b.MinPerSecond)
+			}
+		}
+	}
+	if b := s.Breaker; b != nil {
+		if b.Failures < 0 {
+			ps.add("breaker.failures", "%d is negative", b.Failures)
+		}
+		if b.Ratio < 0 || b.Ratio > 1 {
+			ps.add("breaker.ratio", "%g is out of range; use 0 to 1", b.Ratio)
+		}
+		if b.MinRequests < 0 {
+			ps.add("breaker.minRequests", "%d is negative", b.MinRequests)
+		}
+		validTimeout(&ps, "breaker.window", b.Window)
+		validTimeout(&ps, "breaker.open", b.Open)
+		if b.Probes < 0 || b.Probes > 100 {
+			ps.add("breaker.probes", "%d is out of range; use 1 to 100", b.Probes)
+		}
+	}
+	if lb := s.LoadBalancer; lb != nil {
+		switch {
+		case !slices.Contains(Policies, lb.Policy):
+			ps.add("loadBalancer.policy", "unknown policy %q; use one of %s", lb.Policy, strings.Join(Policies, ", "))
+		case lb.Policy == PolicyRingHash && lb.HashHeader == "":
+			ps.add("loadBalancer.hashHeader", "missing; ring-hash needs the name of the header to hash")
+		case lb.Policy != PolicyRingHash && lb.HashHeader != "":
+			ps.add("loadBalancer.hashHeader", "only ring-hash uses a hash header, and the policy is %s", lb.Policy)
+		}
+		if lb.HashHeader != "" && !validHeaderName(lb.HashHeader) {
+			ps.add("loadBalancer.hashHeader", "%q is not a valid header name", lb.HashHeader)
+		}
+	}
+	if len(s.Routes) > MaxRoutes {
+		ps.add("routes", "%d routes; at most %d are allowed", len(s.Routes), MaxRoutes)
+	}
+	for i := range s.Routes {
+		validRoute(&ps, fmt.Sprintf("routes[%d]", i), &s.Routes[i])
+	}
+	if f := s.Fault; f != nil {
+		if d := f.Delay; d != nil {
+			validPercent(&ps, "fault.delay.percent", d.Percent)
+			if d.Duration <= 0 {
+				ps.add("fault.delay.duration", "missing; say how long to delay, such as 2s")
+			}
+			validTimeout(&ps, "fault.delay.duration", d.Duration)
+		}
+		if a := f.Abort; a != nil {
+			validPercent(&ps, "fault.abort.percent", a.Percent)
+			if a.Status < 400 || a.Status > 599 {
+				ps.add("fault.abort.status", "%d is not an error status; use 400 to 599", a.Status)
+			}
+		}
+	}
+	return ps
+}
+
+func validTimeout(ps *problems, path string, d Duration) {
+	switch {
+	case d < 0:
+		ps.add(path, "%s is negative", d)
+	case d.D() > MaxTimeout:
+		ps.add(path, "%s is longer than the limit of %s", d, MaxTimeout)
+	}
+}
+
+func validPercent(ps *problems, path string, p float64) {
+	if p < 0 || p > 100 {
+		ps.add(path, "%g is out of range; use 0 to 100", p)
+	}
+}
+
+func validRoute(ps *problems, path string, r *Route) {
+	if r.Name != "" {
+		if err := bus.ValidateName("route name", r.Name); err != nil {
+			ps.add(path+".name", "%v", err)
+		}
+	}
+	m := &r.Match
+	if m.PathPrefix != "" && !strings.HasPrefix(m.PathPrefix, "/") {
+		ps.add(path+".match.pathPrefix", "%q does not start with /", m.PathPrefix)
+	}
+	for i, meth := range m.Methods {
+		if meth == "" || meth != strings.ToUpper(meth) || strings.ContainsAny(meth, " \t/:") {
+			ps.add(fmt.Sprintf("%s.match.methods[%d]", path, i), "%q is not an HTTP method in upper case, such as GET", meth)
+		}
+	}
+	if len(m.Headers) > MaxMatchHeaders {
+		ps.add(path+".match.headers", "%d headers; at most %d are allowed", len(m.Headers), MaxMatchHeaders)
+	}
+	for _, name := range sortedKeys(m.Headers) {
+		if !validHeaderName(name) {
+			ps.add(path+".match.headers."+name, "%q is not a valid header name", name)
+		}
+		if len(m.Headers[name]) > maxHeaderValueLen {
+			ps.add(path+".match.headers."+name, "the value is longer than %d bytes", maxHeaderValueLen)
+		}
+	}
+	if len(r.Split) == 0 {
+		ps.add(path+".split", "missing; say which subsets get the route's traffic, such as {v1: 90, v2: 10}")
+		return
+	}
+	if len(r.Split) > MaxSubsets {
+		ps.add(path+".split", "%d subsets; at most %d are allowed", len(r.Split), MaxSubsets)
+	}
+	sum := 0
+	for _, subset := range sortedKeys(r.Split) {
+		w := r.Split[subset]
+		if err := bus.ValidateName("subset", subset); err != nil {
+			ps.add(path+".split."+subset, "%v", err)
+		}
+		if w < 0 || w > 100 {
+			ps.add(path+".split."+subset, "weight %d is out of range; use 0 to 100", w)
+		}
+		sum += w
+	}
+	if sum != 100 {
+		ps.add(path+".split", "weights add up to %d; they must add up to 100", sum)
+	}
+}
+
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+		if !ok {
+			return false
+		}
+	}
+	// Mesh-* headers are the mesh's own, and the sidecar drops them from
+	// apps' requests: a route on them could never match.
+	return !strings.HasPrefix(http.CanonicalHeaderKey(s), "Mesh-")
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
