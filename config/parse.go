@@ -191,7 +191,15 @@ func join(path, name string) string {
 	return path + "." + name
 }
 
+// maxDepth is deeper than any field of the schema: an alias that refers to
+// a mapping it is inside would otherwise be walked forever.
+const maxDepth = 16
+
 func (w *walker) walk(n *yaml.Node, t reflect.Type, path string) {
+	if strings.Count(path, ".")+strings.Count(path, "[") > maxDepth {
+		w.add(n.Line, path, "nested too deeply")
+		return
+	}
 	if n.Kind == yaml.AliasNode {
 		n = n.Alias
 	}

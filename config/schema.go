@@ -8,11 +8,12 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
+// The doc comments of the schema's types and fields are its reference
+// documentation: the field reference of docs/config.md is generated from
+// them, and a test fails when it is out of date.
+
 // Service is the config of one service: how every caller's proxy reaches it.
 // Fields left out keep the caller's defaults (its sidecar flags).
-//
-// The field comments are the reference documentation: docs/config.md is
-// checked against them.
 type Service struct {
 	// Service is the name of the service this document configures.
 	Service string `json:"service" yaml:"service"`
@@ -50,11 +51,13 @@ type Retries struct {
 	// retried within its timeout (default: an attempt may use all the time
 	// left).
 	PerTryTimeout Duration `json:"perTryTimeout,omitempty" yaml:"perTryTimeout,omitempty"`
-	// Backoff is the first wait before a retry, doubling up to BackoffMax
-	// with ±50 % jitter (defaults 25ms and 250ms).
-	Backoff    Duration `json:"backoff,omitempty" yaml:"backoff,omitempty"`
+	// Backoff is the first wait before a retry; the wait doubles with each
+	// retry, with ±50 % jitter (default 25ms).
+	Backoff Duration `json:"backoff,omitempty" yaml:"backoff,omitempty"`
+	// BackoffMax is the longest wait before a retry (default 250ms).
 	BackoffMax Duration `json:"backoffMax,omitempty" yaml:"backoffMax,omitempty"`
-	// Budget bounds retries to a share of the calls.
+	// Budget bounds retries to a share of the calls, so that retries cannot
+	// multiply an outage.
 	Budget *Budget `json:"budget,omitempty" yaml:"budget,omitempty"`
 }
 
@@ -72,13 +75,17 @@ type Budget struct {
 type Breaker struct {
 	// Enabled turns the breaker off when false (default true).
 	Enabled *bool `json:"enabled,omitempty" yaml:"enabled,omitempty"`
-	// Failures in a row that open the breaker (default 5).
+	// Failures is how many failed calls in a row open the breaker
+	// (default 5).
 	Failures int `json:"failures,omitempty" yaml:"failures,omitempty"`
-	// Ratio of failed calls over Window that opens it, once there were
-	// MinRequests calls, 0 to 1 (defaults 0.5, 20 and 10s).
-	Ratio       float64  `json:"ratio,omitempty" yaml:"ratio,omitempty"`
-	MinRequests int      `json:"minRequests,omitempty" yaml:"minRequests,omitempty"`
-	Window      Duration `json:"window,omitempty" yaml:"window,omitempty"`
+	// Ratio is the share of failed calls over the window that opens the
+	// breaker, 0 to 1, once there were minRequests calls (default 0.5).
+	Ratio float64 `json:"ratio,omitempty" yaml:"ratio,omitempty"`
+	// MinRequests is how many calls the window must hold before the ratio
+	// counts (default 20).
+	MinRequests int `json:"minRequests,omitempty" yaml:"minRequests,omitempty"`
+	// Window is how far back the ratio looks (default 10s).
+	Window Duration `json:"window,omitempty" yaml:"window,omitempty"`
 	// Open is how long it stays open before letting probes through
 	// (default 5s).
 	Open Duration `json:"open,omitempty" yaml:"open,omitempty"`
@@ -148,16 +155,21 @@ type Fault struct {
 	Abort *Abort `json:"abort,omitempty" yaml:"abort,omitempty"`
 }
 
-// Delay holds Percent of the calls for Duration before sending them.
+// Delay holds a share of the calls before sending them.
 type Delay struct {
-	Percent  float64  `json:"percent" yaml:"percent"`
+	// Percent is the share of calls delayed, 0 to 100.
+	Percent float64 `json:"percent" yaml:"percent"`
+	// Duration is how long each of them is held (within the call's
+	// timeout).
 	Duration Duration `json:"duration" yaml:"duration"`
 }
 
-// Abort answers Percent of the calls with Status (400 to 599).
+// Abort answers a share of the calls with an error status.
 type Abort struct {
+	// Percent is the share of calls aborted, 0 to 100.
 	Percent float64 `json:"percent" yaml:"percent"`
-	Status  int     `json:"status" yaml:"status"`
+	// Status is the HTTP status they are answered with, 400 to 599.
+	Status int `json:"status" yaml:"status"`
 }
 
 // Duration is a time.Duration written as text: "250ms", "2s", "1m30s".
