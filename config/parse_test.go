@@ -2,6 +2,8 @@ package config_test
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -318,4 +320,24 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Every example file in the repository is valid as it stands.
+func TestExamplesParse(t *testing.T) {
+	files, err := filepath.Glob("../examples/*/*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) == 0 {
+		t.Fatal("no example config files under examples/")
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := config.Parse(f, b); err != nil {
+			t.Errorf("%v", err)
+		}
+	}
 }
