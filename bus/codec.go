@@ -37,6 +37,11 @@ const (
 	// HeaderBreaker, on a failed response, says the state the breaker of the
 	// destination is in when it is not closed.
 	HeaderBreaker = "Mesh-Breaker"
+	// HeaderFault, on a response, says that the caller's proxy injected a
+	// fault into the call, as the service's config asks: "delay" (the call
+	// was held before it was sent), "abort" (it was answered without being
+	// sent) or both.
+	HeaderFault = "Mesh-Fault"
 
 	// escapePrefix carries an HTTP header whose name NATS gives meaning to
 	// (Status, Description, Nats-*) so that nats.go never mistakes an HTTP

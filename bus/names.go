@@ -99,6 +99,17 @@ func (s Subjects) RPC(service string) string { return s.prefix() + ".rpc." + ser
 // QueueGroup is the queue group of service's instances.
 func (s Subjects) QueueGroup(service string) string { return service }
 
+// RPCSubset is the subject the instances of one subset of service subscribe
+// to, in queue group QueueGroupSubset(service, subset), besides RPC(service):
+// a route that picks the subset sends there.
+func (s Subjects) RPCSubset(service, subset string) string {
+	return s.prefix() + ".rpc." + service + "." + subset
+}
+
+// QueueGroupSubset is the queue group of the instances of one subset of
+// service.
+func (s Subjects) QueueGroupSubset(service, subset string) string { return service + "." + subset }
+
 // Inst is the subject only instance subscribes to.
 func (s Subjects) Inst(instance string) string { return s.prefix() + ".inst." + instance }
 

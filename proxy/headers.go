@@ -31,8 +31,9 @@ func init() {
 	}
 }
 
-// addCallHeaders tells the app how its call went: how many attempts it took
-// and, when it failed with the destination's breaker not closed, its state.
+// addCallHeaders tells the app how its call went: how many attempts it took,
+// when it failed with the destination's breaker not closed, its state, and
+// the fault its config injected, if any.
 func addCallHeaders(h http.Header, r *reply) {
 	if r.attempts > 0 {
 		if r.attempts < len(attemptValues) {
@@ -43,5 +44,8 @@ func addCallHeaders(h http.Header, r *reply) {
 	}
 	if r.breaker != breaker.Closed {
 		h[bus.HeaderBreaker] = []string{r.breaker.String()}
+	}
+	if r.fault != nil {
+		h[bus.HeaderFault] = r.fault
 	}
 }

@@ -219,43 +219,111 @@ func (b *budget) retry(now time.Time) bool {
 	return true
 }
 
-// destination is what a Transport keeps per destination service: its
-// breaker and its retry budget.
+// destination is what a Transport keeps per destination (a service, or a
+// subset of one: "reviews", "reviews/v2"): its breaker and its retry budget.
 type destination struct {
 	br     *breaker.Breaker
 	budget *budget
 }
 
-// destinations keeps the destinations of a Transport, at most max of them;
-// beyond that, those whose breakers are closed are forgotten first.
+// destinations are the breakers and retry budgets of a set of destinations,
+// each bounded: beyond their max, those whose breakers are closed are
+// forgotten first, and any budget may be (it only forgets recent counts).
 type destinations struct {
 	breakers *breaker.Set
-	ratio    float64
-	floor    float64
-	max      int
-
-	mu      sync.Mutex
-	budgets map[string]*budget
+	budgets  *budgets
 }
 
-func (d *destinations) get(service string) destination {
-	br := d.breakers.Get(service)
-	d.mu.Lock()
-	b, ok := d.budgets[service]
+func (d destinations) get(key string) destination {
+	return destination{br: d.breakers.Get(key), budget: d.budgets.get(key)}
+}
+
+// budgets keeps at most max retry budgets, one per destination.
+type budgets struct {
+	ratio, floor float64
+	max          int
+
+	mu sync.Mutex
+	m  map[string]*budget
+}
+
+func newBudgets(ratio, floor float64, max int) *budgets {
+	return &budgets{ratio: ratio, floor: floor, max: max, m: make(map[string]*budget)}
+}
+
+func (bs *budgets) get(key string) *budget {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	b, ok := bs.m[key]
 	if !ok {
-		if len(d.budgets) >= d.max {
+		if len(bs.m) >= bs.max {
 			// A forgotten budget only forgets recent counts: drop one.
-			for k := range d.budgets {
-				delete(d.budgets, k)
+			for k := range bs.m {
+				delete(bs.m, k)
 				break
 			}
 		}
-		b = &budget{ratio: d.ratio, floor: d.floor}
-		d.budgets[service] = b
+		b = &budget{ratio: bs.ratio, floor: bs.floor}
+		bs.m[key] = b
 	}
-	d.mu.Unlock()
-	return destination{br: br, budget: b}
+	return b
 }
+
+// retryConds is a set of the failures a config's retries.on names.
+type retryConds uint16
+
+const (
+	condNoResponders retryConds = 1 << iota
+	condOverloaded
+	condMeshUnavailable
+	condTimeout
+	condUpstreamLost
+	condUpstreamUnreachable
+	cond502
+	cond503
+	cond504
+
+	allRetryConds = 1<<iota - 1
+)
+
+// retryCondNames are the names of retries.on (config.RetryConditions).
+var retryCondNames = map[string]retryConds{
+	string(bus.NoResponders): condNoResponders, string(bus.Overloaded): condOverloaded,
+	string(bus.MeshUnavailable): condMeshUnavailable, string(bus.Timeout): condTimeout,
+	string(bus.UpstreamLost): condUpstreamLost, string(bus.UpstreamUnreachable): condUpstreamUnreachable,
+	"502": cond502, "503": cond503, "504": cond504,
+}
+
+// cond is the condition of retries.on the outcome is, 0 if none.
+func (o outcome) cond() retryConds {
+	switch o.code {
+	case bus.NoResponders:
+		return condNoResponders
+	case bus.Overloaded:
+		return condOverloaded
+	case bus.MeshUnavailable:
+		return condMeshUnavailable
+	case bus.Timeout:
+		return condTimeout
+	case bus.UpstreamLost:
+		return condUpstreamLost
+	case bus.UpstreamUnreachable:
+		return condUpstreamUnreachable
+	case "":
+		switch o.status {
+		case http.StatusBadGateway:
+			return cond502
+		case http.StatusServiceUnavailable:
+			return cond503
+		case http.StatusGatewayTimeout:
+			return cond504
+		}
+	}
+	return 0
+}
+
+// allows reports whether the outcome is one of the conditions.
+func (c retryConds) allows(o outcome) bool { return c&o.cond() != 0 }
 
 // String names the failure for logs.
 func (o outcome) String() string {

@@ -292,10 +292,7 @@ func TestOutcomeRules(t *testing.T) {
 // A Transport keeps one budget per destination, and a bounded number.
 func TestDestinationsPerService(t *testing.T) {
 	t.Parallel()
-	d := &destinations{
-		breakers: breaker.NewSet(breaker.Settings{}, 4),
-		ratio:    0.2, max: 4, budgets: make(map[string]*budget),
-	}
+	d := destinations{breakers: breaker.NewSet(breaker.Settings{}, 4), budgets: newBudgets(0.2, 0, 4)}
 	a, b := d.get("a"), d.get("b")
 	if a.budget == b.budget || a.br == b.br {
 		t.Fatalf("services a and b share a budget or a breaker")
@@ -310,9 +307,9 @@ func TestDestinationsPerService(t *testing.T) {
 	for _, svc := range []string{"c", "d", "e", "f", "g"} {
 		d.get(svc)
 	}
-	d.mu.Lock()
-	n := len(d.budgets)
-	d.mu.Unlock()
+	d.budgets.mu.Lock()
+	n := len(d.budgets.m)
+	d.budgets.mu.Unlock()
 	if n > 4 {
 		t.Fatalf("%d budgets kept, want at most 4", n)
 	}

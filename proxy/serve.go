@@ -30,6 +30,11 @@ const DefaultMaxTimeout = 5 * time.Minute
 type ServeConfig struct {
 	// Service is the service this instance belongs to. Required.
 	Service string
+	// Subset, if set, is the subset of the service this instance belongs
+	// to (a version, say): besides the service's queue group it joins the
+	// subset's, <prefix>.rpc.<service>.<subset> in group <service>.<subset>,
+	// where routes that pick the subset send.
+	Subset string
 	// Instance identifies this instance; defaults to "<service>-<random>".
 	Instance string
 	// Prefix is the subject prefix; defaults to bus.DefaultPrefix.
@@ -60,6 +65,7 @@ type Server struct {
 	nc       *nats.Conn
 	h        http.Handler
 	service  string
+	subset   string
 	instance string
 	inst     []string    // Mesh-Instance value, shared by every response
 	ackHdr   nats.Header // the header of every acknowledgement
@@ -72,7 +78,7 @@ type Server struct {
 
 	subj     bus.Subjects
 	subMu    sync.Mutex
-	queue    *nats.Subscription // nil while paused
+	queues   []*nats.Subscription // the service's and the subset's; nil while paused
 	direct   *nats.Subscription
 	stopped  bool
 	inflight atomic.Int64
@@ -87,12 +93,18 @@ type Server struct {
 }
 
 // Serve subscribes the instance to the service's queue group
-// (<prefix>.rpc.<service>, group <service>) and to its own subject
-// (<prefix>.inst.<instance>), and answers each request with h. The connection
-// is the caller's; Drain or Stop the Server before closing it.
+// (<prefix>.rpc.<service>, group <service>), to its subset's if it has one
+// (<prefix>.rpc.<service>.<subset>, group <service>.<subset>) and to its own
+// subject (<prefix>.inst.<instance>), and answers each request with h. The
+// connection is the caller's; Drain or Stop the Server before closing it.
 func Serve(nc *nats.Conn, h http.Handler, cfg ServeConfig) (*Server, error) {
 	if err := bus.ValidateName("service", cfg.Service); err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	if cfg.Subset != "" {
+		if err := bus.ValidateName("subset", cfg.Subset); err != nil {
+			return nil, fmt.Errorf("proxy: %w", err)
+		}
 	}
 	if cfg.Instance == "" {
 		cfg.Instance = NewInstanceID(cfg.Service)
@@ -119,7 +131,7 @@ func Serve(nc *nats.Conn, h http.Handler, cfg ServeConfig) (*Server, error) {
 	}
 	s := &Server{
 		timeout: cfg.Timeout, maxTimeout: cfg.MaxTimeout,
-		nc: nc, h: h, service: cfg.Service, instance: cfg.Instance,
+		nc: nc, h: h, service: cfg.Service, subset: cfg.Subset, instance: cfg.Instance,
 		inst: []string{cfg.Instance}, max: int64(cfg.MaxInflight), log: cfg.Logger,
 		outcome: cfg.Outcome, tracer: newTracer(cfg.TracerProvider),
 	}
@@ -151,49 +163,62 @@ func Serve(nc *nats.Conn, h http.Handler, cfg ServeConfig) (*Server, error) {
 	return s, nil
 }
 
-// subscribeQueue joins the service's queue group; s.subMu is held.
+// subscribeQueue joins the service's queue group and the subset's, if the
+// instance has one; s.subMu is held.
 func (s *Server) subscribeQueue() error {
-	q, err := s.nc.QueueSubscribe(s.subj.RPC(s.service), s.subj.QueueGroup(s.service), s.onMsg)
+	subject, group := s.subj.RPC(s.service), s.subj.QueueGroup(s.service)
+	q, err := s.nc.QueueSubscribe(subject, group, s.onMsg)
 	if err != nil {
-		return fmt.Errorf("proxy: subscribe to %s: %w", s.subj.RPC(s.service), err)
+		return fmt.Errorf("proxy: subscribe to %s: %w", subject, err)
 	}
 	_ = q.SetPendingLimits(64*1024, 256<<20)
-	s.queue = q
+	queues := []*nats.Subscription{q}
+	if s.subset != "" {
+		subject, group = s.subj.RPCSubset(s.service, s.subset), s.subj.QueueGroupSubset(s.service, s.subset)
+		sq, err := s.nc.QueueSubscribe(subject, group, s.onMsg)
+		if err != nil {
+			_ = q.Unsubscribe()
+			return fmt.Errorf("proxy: subscribe to %s: %w", subject, err)
+		}
+		_ = sq.SetPendingLimits(64*1024, 256<<20)
+		queues = append(queues, sq)
+	}
+	s.queues = queues
 	return nil
 }
 
-// Pause takes the instance out of its service's queue group, so NATS sends
-// the service's requests to the other instances; the requests it already
-// received finish. Requests addressed to the instance itself still arrive.
-// Resume undoes it.
+// Pause takes the instance out of its queue groups (the service's and its
+// subset's), so NATS sends their requests to the other instances; the
+// requests it already received finish. Requests addressed to the instance
+// itself still arrive. Resume undoes it.
 func (s *Server) Pause() {
 	s.subMu.Lock()
-	q := s.queue
-	s.queue = nil
+	queues := s.queues
+	s.queues = nil
 	s.subMu.Unlock()
-	if q != nil {
+	for _, q := range queues {
 		if err := q.Drain(); err != nil {
 			_ = q.Unsubscribe()
 		}
 	}
 }
 
-// Resume puts a paused instance back in its queue group. It does nothing
+// Resume puts a paused instance back in its queue groups. It does nothing
 // once the server drains or stops.
 func (s *Server) Resume() error {
 	s.subMu.Lock()
 	defer s.subMu.Unlock()
-	if s.queue != nil || s.stopped {
+	if s.queues != nil || s.stopped {
 		return nil
 	}
 	return s.subscribeQueue()
 }
 
-// Paused reports whether the instance is out of its queue group.
+// Paused reports whether the instance is out of its queue groups.
 func (s *Server) Paused() bool {
 	s.subMu.Lock()
 	defer s.subMu.Unlock()
-	return s.queue == nil
+	return s.queues == nil
 }
 
 // subscriptions are the current subscriptions, and marks the server stopped
@@ -202,17 +227,18 @@ func (s *Server) stopSubscriptions() []*nats.Subscription {
 	s.subMu.Lock()
 	defer s.subMu.Unlock()
 	s.stopped = true
-	var subs []*nats.Subscription
-	for _, sub := range []*nats.Subscription{s.queue, s.direct} {
-		if sub != nil {
-			subs = append(subs, sub)
-		}
+	subs := append([]*nats.Subscription(nil), s.queues...)
+	if s.direct != nil {
+		subs = append(subs, s.direct) // last: Drain relies on it
 	}
 	return subs
 }
 
 // Instance is this instance's id.
 func (s *Server) Instance() string { return s.instance }
+
+// Subset is the subset the instance belongs to, "" if none.
+func (s *Server) Subset() string { return s.subset }
 
 // Inflight is the number of requests being handled now.
 func (s *Server) Inflight() int { return int(s.inflight.Load()) }

@@ -23,7 +23,13 @@ import (
 // SidecarConfig configures one service instance's sidecar. Zero values are
 // the documented defaults.
 type SidecarConfig struct {
-	Service  string // required
+	Service string // required
+	// Subset, if set, puts the instance in a subset of its service (a
+	// version, say), which config routes can send a share of the calls to:
+	// it joins <prefix>.rpc.<service>.<subset> in queue group
+	// <service>.<subset> besides the service's own, and its heartbeats name
+	// the subset.
+	Subset   string
 	Instance string // default "<service>-<random>"
 	Upstream string // the app, http://127.0.0.1:PORT; required
 	// Listen is the outbound listener; default DefaultOutboundListen.
@@ -53,7 +59,12 @@ type SidecarConfig struct {
 	// TracerProvider, if set, records a client span per outbound call and a
 	// server span per inbound request.
 	TracerProvider trace.TracerProvider
-	Logger         *slog.Logger
+	// Configs, if set, delivers the config documents of the services the
+	// app calls, which override Timeout, Retry and Breaker service by
+	// service and add routes, load balancing and faults (see
+	// TransportConfig.Configs).
+	Configs ConfigSource
+	Logger  *slog.Logger
 }
 
 // Sidecar is a running sidecar: the inbound side serving the app to the mesh
@@ -85,6 +96,11 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 	if err := bus.ValidateName("service", cfg.Service); err != nil {
 		return nil, fmt.Errorf("proxy: --service: %w", err)
 	}
+	if cfg.Subset != "" {
+		if err := bus.ValidateName("subset", cfg.Subset); err != nil {
+			return nil, fmt.Errorf("proxy: --subset: %w", err)
+		}
+	}
 	if cfg.Upstream == "" {
 		return nil, errors.New("proxy: --upstream is required: the URL of the app this sidecar serves, for example http://127.0.0.1:8080")
 	}
@@ -115,17 +131,10 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 		Caller: cfg.Service, Prefix: cfg.Prefix, Timeout: cfg.Timeout,
 		Retry: cfg.Retry, Breaker: cfg.Breaker, DisableBreaker: cfg.DisableBreaker,
 		AckWait: cfg.AckWait, ProbeInterval: cfg.ProbeInterval, Logger: cfg.Logger,
-		TracerProvider: cfg.TracerProvider,
+		TracerProvider: cfg.TracerProvider, Configs: cfg.Configs, Follow: true,
 	}); err != nil {
 		return nil, err
 	}
-	view := registry.NewView(registry.ViewConfig{})
-	f, err := registry.NewFollower(nc, view, cfg.Prefix)
-	if err != nil {
-		s.tr.Close()
-		return nil, err
-	}
-	s.tr.callees = &callees{view: view, f: f}
 	var outcome func(bool) time.Duration
 	if cfg.Outlier.Consecutive >= 0 {
 		cfg.Outlier.defaults()
@@ -140,7 +149,7 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 		return nil, fmt.Errorf("proxy: cannot listen on %s for outbound calls (choose another address with --listen): %w", cfg.Listen, err)
 	}
 	if s.inbound, err = Serve(nc, s.upstream, ServeConfig{
-		Service: cfg.Service, Instance: cfg.Instance, Prefix: cfg.Prefix,
+		Service: cfg.Service, Subset: cfg.Subset, Instance: cfg.Instance, Prefix: cfg.Prefix,
 		MaxInflight: cfg.MaxInflight, Timeout: cfg.Timeout, Logger: cfg.Logger,
 		Outcome: outcome, TracerProvider: cfg.TracerProvider,
 	}); err != nil {
@@ -149,7 +158,7 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 		return nil, err
 	}
 	if s.announce, err = registry.NewAnnouncer(nc, registry.AnnouncerConfig{
-		Service: cfg.Service, Instance: s.inbound.Instance(), Prefix: cfg.Prefix,
+		Service: cfg.Service, Subset: cfg.Subset, Instance: s.inbound.Instance(), Prefix: cfg.Prefix,
 		Interval: cfg.Heartbeat, Logger: cfg.Logger, Status: s.status,
 	}); err != nil {
 		s.inbound.Stop()

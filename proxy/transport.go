@@ -60,6 +60,18 @@ type TransportConfig struct {
 	// TracerProvider, if set, records a client span per call, whose trace
 	// context the request carries; nil records nothing.
 	TracerProvider trace.TracerProvider
+	// Configs, if set, delivers the config documents of the services the
+	// Transport calls: their routes, load-balancing policy, faults, timeout,
+	// retries and breaker, which override the fields above service by
+	// service. The first call to a service starts watching its document;
+	// nil uses the fields above for every service.
+	Configs ConfigSource
+	// Follow keeps a registry view of the services the Transport calls
+	// (their heartbeats, from the first call to each on), as a sidecar
+	// does: the round-robin, least-request and ring-hash policies pick
+	// instances from it, and a no-responders failure says what it knows.
+	// Without it those policies fall back to the queue group.
+	Follow bool
 }
 
 // Transport is an http.RoundTripper that carries requests for mesh services
@@ -78,16 +90,24 @@ type Transport struct {
 	egress  http.RoundTripper
 
 	tracer        *tracer
-	retry         RetryPolicy
-	dests         *destinations
-	openTimeout   time.Duration
+	base          policyBase
+	defaults      *policy // of services without a config
 	ackWait       time.Duration
 	probeInterval time.Duration
 	probes        *prober
 	logs          *limitedLog
 
+	configs     ConfigSource
+	cfgs        sync.Map // service → *serviceConfig
+	cfgCount    atomic.Int64
+	watchCtx    context.Context
+	watchCancel context.CancelFunc
+	watchMu     sync.Mutex
+	watchStops  []func()
+	watchErr    sync.Once
+
 	mux     *replyMux
-	callees *callees // set by the sidecar; nil in library mode
+	callees *callees // with Follow; nil otherwise
 	status  chan nats.Status
 	upMu    sync.Mutex
 	up      chan struct{} // closed while the connection is up
@@ -117,8 +137,8 @@ func NewTransport(nc *nats.Conn, cfg TransportConfig) (*Transport, error) {
 	}
 	t.logs = newLimitedLog(cfg.Logger, logLinesPerSecond)
 	t.tracer = newTracer(cfg.TracerProvider)
-	t.retry = cfg.Retry
-	t.retry.defaults()
+	retry := cfg.Retry
+	retry.defaults()
 	t.ackWait, t.probeInterval = cfg.AckWait, cfg.ProbeInterval
 	if t.ackWait <= 0 {
 		t.ackWait = DefaultAckWait
@@ -128,13 +148,6 @@ func NewTransport(nc *nats.Conn, cfg TransportConfig) (*Transport, error) {
 	}
 	t.probes = newProber(nc, subj, t.probeInterval)
 	bs := cfg.Breaker
-	if cfg.DisableBreaker {
-		bs.ConsecutiveFailures, bs.FailureRatio = -1, -1
-	}
-	t.openTimeout = bs.OpenTimeout
-	if t.openTimeout <= 0 {
-		t.openTimeout = breaker.DefaultOpenTimeout
-	}
 	user := bs.OnStateChange
 	bs.OnStateChange = func(name string, from, to breaker.State) {
 		t.logs.always(slog.LevelWarn, "circuit breaker changed state", "service", name, "from", from.String(), "to", to.String())
@@ -142,10 +155,14 @@ func NewTransport(nc *nats.Conn, cfg TransportConfig) (*Transport, error) {
 			user(name, from, to)
 		}
 	}
-	t.dests = &destinations{
-		breakers: breaker.NewSet(bs, breaker.DefaultMaxBreakers),
-		ratio:    t.retry.BudgetRatio, floor: t.retry.BudgetMinPerSecond,
-		max: breaker.DefaultMaxBreakers, budgets: make(map[string]*budget),
+	t.base = policyBase{timeout: t.timeout, retry: retry, breaker: bs, disabled: cfg.DisableBreaker}
+	t.defaults = t.compile("", nil, 0, nil)
+	t.defaults.own = target{}
+	t.defaults.dests.breakers = breaker.NewSet(t.base.breakerSettings(nil), breaker.DefaultMaxBreakers)
+	t.defaults.dests.budgets = newBudgets(retry.BudgetRatio, retry.BudgetMinPerSecond, breaker.DefaultMaxBreakers)
+	if cfg.Configs != nil {
+		t.configs = cfg.Configs
+		t.watchCtx, t.watchCancel = context.WithCancel(context.Background())
 	}
 	t.up = make(chan struct{})
 	close(t.up)
@@ -157,6 +174,12 @@ func NewTransport(nc *nats.Conn, cfg TransportConfig) (*Transport, error) {
 	}
 	if t.mux, err = newReplyMux(nc); err != nil {
 		return nil, fmt.Errorf("proxy: subscribe to reply inbox: %w", err)
+	}
+	if cfg.Follow {
+		if t.callees, err = newCallees(nc, subj); err != nil {
+			t.mux.close()
+			return nil, err
+		}
 	}
 	// When the connection drops, waiting calls can no longer get their
 	// replies: fail them at once instead of letting them wait out the timeout.
@@ -224,6 +247,7 @@ func (t *Transport) upSignal() <-chan struct{} {
 func (t *Transport) Close() error {
 	t.once.Do(func() {
 		close(t.done)
+		t.stopWatches()
 		t.nc.RemoveStatusListener(t.status)
 		t.wg.Wait()
 		t.mux.close()
@@ -236,17 +260,30 @@ func (t *Transport) Close() error {
 }
 
 // reply is the outcome of a call: the reply message or the mesh's failure,
-// how many attempts it took, and the destination's breaker state when the
-// call failed and the breaker is not closed.
+// how many attempts it took, the destination's breaker state when the call
+// failed and the breaker is not closed, and the Mesh-Fault value when the
+// config injected a fault.
 type reply struct {
 	m        *nats.Msg
 	err      *bus.Error
 	attempts int
 	breaker  breaker.State
+	fault    []string
+}
+
+// plan is what a call sends to, decided at its start: the policy, the
+// target (the service or the subset a route picked), and for instance-aware
+// policies the service's instances and the request's hash key.
+type plan struct {
+	p       *policy
+	service string
+	tg      *target
+	eps     *endpoints // nil: the queue group
+	hashKey string
 }
 
 // call is one request to a service, as raw parts: attempts, retried as the
-// retry policy allows, guarded by the destination's breaker. ctx ending
+// service's policy allows, guarded by the destination's breaker. ctx ending
 // returns ctx's error as a Go error.
 func (t *Transport) call(ctx context.Context, service, method, uri, host string, hdr http.Header, body []byte) (reply, error) {
 	// The callers (RoundTrip, Outbound) have answered mesh-unavailable
@@ -257,20 +294,53 @@ func (t *Transport) call(ctx context.Context, service, method, uri, host string,
 		return reply{}, ErrTransportClosed
 	default:
 	}
+	// The policy is read once: every attempt of the call uses this one,
+	// whatever revision arrives meanwhile.
+	p := t.policyFor(service)
 	now := time.Now()
-	deadline := now.Add(t.timeout)
+	deadline := now.Add(p.timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
 	if !now.Before(deadline) {
 		return reply{err: bus.Errorf(bus.Timeout, "the call to %s had no time left before it was sent", service)}, nil
 	}
-	if t.callees != nil {
-		t.callees.note(service)
+	pl := plan{p: p, service: service, tg: &p.own}
+	if len(p.routes) > 0 {
+		if tg := p.routeRequest(method, uri, hdr); tg != nil {
+			pl.tg = tg
+		}
 	}
-	dest := t.dests.get(service)
+	var own target
+	if pl.tg.subject == "" { // the transport's defaults
+		own = serviceTarget(t.subj, service)
+		pl.tg = &own
+	}
+	if t.callees != nil {
+		if eps := t.callees.note(service); eps != nil && p.balance != balanceQueue {
+			pl.eps = eps
+			if p.balance == balanceRingHash {
+				if v := hdr[p.hashHeader]; len(v) > 0 {
+					pl.hashKey = v[0]
+				}
+			}
+		}
+	}
+	var mark []string
+	if p.fault != nil {
+		m, r, err := t.inject(ctx, p.fault, service, deadline)
+		if err != nil {
+			return reply{fault: m}, err
+		}
+		if r != nil {
+			r.fault = m
+			return *r, nil // an aborted call: not sent, not retried, not counted
+		}
+		mark = m
+	}
+	dest := p.dests.get(pl.tg.key)
 	dest.budget.call(now)
-	retries := t.retry.Retries
+	retries := p.retry.Retries
 	if len(body) > RetryBodyLimit {
 		retries = 0 // the body is not kept for a second attempt
 	}
@@ -282,12 +352,14 @@ func (t *Transport) call(ctx context.Context, service, method, uri, host string,
 		h[bus.HeaderCaller] = t.caller
 	}
 	h[bus.HeaderAck] = ackAfterValue
-	subject := t.subj.RPC(service)
 	if t.tracer == nil {
-		return t.send(ctx, dest, service, subject, method, h, body, retries, idem, deadline)
+		r, err := t.send(ctx, &pl, dest, method, h, body, retries, idem, deadline)
+		r.fault = mark
+		return r, err
 	}
-	span := t.tracer.startClient(ctx, service, subject, method, uri, hdr, h)
-	r, err := t.send(ctx, dest, service, subject, method, h, body, retries, idem, deadline)
+	span := t.tracer.startClient(ctx, service, pl.tg.subject, method, uri, hdr, h)
+	r, err := t.send(ctx, &pl, dest, method, h, body, retries, idem, deadline)
+	r.fault = mark
 	if err != nil {
 		span.SetStatus(codes.Error, err.Error())
 		span.End()
@@ -298,25 +370,39 @@ func (t *Transport) call(ctx context.Context, service, method, uri, host string,
 }
 
 // send makes the attempts of a call.
-func (t *Transport) send(ctx context.Context, dest destination, service, subject, method string, h nats.Header, body []byte, retries int, idem bool, deadline time.Time) (reply, error) {
+func (t *Transport) send(ctx context.Context, pl *plan, dest destination, method string, h nats.Header, body []byte, retries int, idem bool, deadline time.Time) (reply, error) {
 	var (
-		r   reply
-		o   outcome
-		bo  *backoff.ExponentialBackOff
-		err error
+		r     reply
+		o     outcome
+		bo    *backoff.ExponentialBackOff
+		err   error
+		avoid *endpoint // the instance the last attempt failed on
 	)
+	p, service := pl.p, pl.service
 	for {
 		ticket, berr := dest.br.Try()
 		if berr != nil {
 			if r.attempts == 0 {
-				r.err = t.circuitOpen(service)
+				r.err = t.circuitOpen(pl)
 				r.breaker = dest.br.State()
 				return r, nil
 			}
 			break // the last attempt's failure stands
 		}
 		r.attempts++
-		r.m, r.err, err = t.attempt(ctx, service, subject, deadline, h, body)
+		subject, instance := pl.tg.subject, ""
+		var ep *endpoint
+		if pl.eps != nil {
+			if ep = pl.eps.pick(p.balance, pl.tg.subset, pl.hashKey, avoid, time.Now().UnixNano()); ep != nil {
+				subject, instance = ep.subject, ep.id
+				ep.inflight.Add(1)
+			}
+		}
+		r.m, r.err, err = t.attempt(ctx, pl, instance, subject, deadline, h, body)
+		if ep != nil {
+			ep.inflight.Add(-1)
+			avoid = ep
+		}
 		if err != nil {
 			ticket.Done(breaker.Ignore)
 			return r, err
@@ -324,13 +410,13 @@ func (t *Transport) send(ctx context.Context, dest destination, service, subject
 		o = outcomeOf(r.m, r.err)
 		ticket.Done(o.result())
 		settling := o.code == bus.NoResponders && t.settling()
-		if !settling && (r.attempts > retries || !o.retryable(idem)) {
+		if !settling && (r.attempts > retries || !o.retryable(idem) || !p.retryOn.allows(o)) {
 			break
 		}
 		if bo == nil {
 			bo = backoff.NewExponentialBackOff(
-				backoff.WithInitialInterval(t.retry.BackoffBase),
-				backoff.WithMaxInterval(t.retry.BackoffMax),
+				backoff.WithInitialInterval(p.retry.BackoffBase),
+				backoff.WithMaxInterval(p.retry.BackoffMax),
 				backoff.WithRandomizationFactor(0.5),
 				backoff.WithMaxElapsedTime(0))
 		}
@@ -378,8 +464,11 @@ func (t *Transport) settling() bool {
 }
 
 // circuitOpen is the failure of a call its destination's breaker refused.
-func (t *Transport) circuitOpen(service string) *bus.Error {
-	return bus.Errorf(bus.CircuitOpen, "calls to %q are failing, so the circuit breaker refuses them for now; it lets a few through again within %s", service, t.openTimeout)
+func (t *Transport) circuitOpen(pl *plan) *bus.Error {
+	if s := pl.tg.subset; s != "" {
+		return bus.Errorf(bus.CircuitOpen, "calls to subset %s of %q are failing, so the circuit breaker refuses them for now; it lets a few through again within %s", s, pl.service, pl.p.openTimeout)
+	}
+	return bus.Errorf(bus.CircuitOpen, "calls to %q are failing, so the circuit breaker refuses them for now; it lets a few through again within %s", pl.service, pl.p.openTimeout)
 }
 
 // pause waits before a retry, then for the NATS connection if it is down,
@@ -417,10 +506,11 @@ func (t *Transport) pause(ctx context.Context, service string, wait time.Duratio
 // the attempt's own timeout. While it waits past the callee's
 // acknowledgement, it probes the instance holding the request, so that a
 // death is noticed within a probe interval (see probe.go).
-func (t *Transport) attempt(ctx context.Context, service, subject string, deadline time.Time, h nats.Header, body []byte) (*nats.Msg, *bus.Error, error) {
+func (t *Transport) attempt(ctx context.Context, pl *plan, instance, subject string, deadline time.Time, h nats.Header, body []byte) (*nats.Msg, *bus.Error, error) {
+	service := pl.service
 	now := time.Now()
 	until := deadline
-	if p := t.retry.PerTryTimeout; p > 0 && now.Add(p).Before(until) {
+	if p := pl.p.retry.PerTryTimeout; p > 0 && now.Add(p).Before(until) {
 		until = now.Add(p)
 	}
 	left := until.Sub(now)
@@ -454,7 +544,7 @@ func (t *Transport) attempt(ctx context.Context, service, subject string, deadli
 				}
 				continue
 			case bus.IsNoResponders(m):
-				return nil, t.noResponders(service), nil
+				return nil, t.noResponders(service, pl.tg.subset, instance), nil
 			}
 			return m, nil, nil
 		case <-timer.C:
@@ -476,9 +566,19 @@ func (t *Transport) attempt(ctx context.Context, service, subject string, deadli
 	}
 }
 
-func (t *Transport) noResponders(service string) *bus.Error {
+func (t *Transport) noResponders(service, subset, instance string) *bus.Error {
+	if instance != "" {
+		return bus.Errorf(bus.NoResponders, "instance %s of service %q, picked by the load balancer, is gone", instance, service)
+	}
+	if subset != "" {
+		why := ""
+		if t.callees != nil {
+			why = t.callees.explain(service, subset)
+		}
+		return bus.Errorf(bus.NoResponders, "no instance serves subset %s of service %q, which its config routes the call to%s; start one with `natsmesh sidecar --service %s --subset %s`", subset, service, why, service, subset)
+	}
 	if t.callees != nil {
-		if why := t.callees.explain(service); why != "" {
+		if why := t.callees.explain(service, ""); why != "" {
 			return bus.Errorf(bus.NoResponders, "no instance of service %q is taking calls%s", service, why)
 		}
 	}

@@ -1,0 +1,30 @@
+package proxy
+
+import "time"
+
+// PassingInstances is how many passing instances of service (or of one of
+// its subsets) the Transport's registry view offers its load balancer now,
+// -1 if it keeps no view of the service.
+func PassingInstances(t *Transport, service, subset string) int {
+	if t.callees == nil {
+		return -1
+	}
+	v, ok := t.callees.followed.Load(service)
+	if !ok {
+		return -1
+	}
+	e := v.(*endpoints)
+	e.checked.Store(0) // look now
+	s := e.current(time.Now().UnixNano())
+	if s == nil {
+		return 0
+	}
+	g := s.all
+	if subset != "" {
+		g = s.subsets[subset]
+	}
+	if g == nil {
+		return 0
+	}
+	return len(g.eps)
+}
