@@ -25,6 +25,8 @@ Commands:
   services  list the services on the mesh
   instances list the instances of a service
   watch     print registry events as they happen
+  apply     store config for services (routes, retries, ...) from a YAML file
+  config    read, roll back or delete the config of services
 
 Run "natsmesh <command> --help" for a command's flags.
 `
@@ -39,6 +41,8 @@ var commands = map[string]command{
 	"services":  runServices,
 	"instances": runInstances,
 	"watch":     runWatch,
+	"apply":     runApply,
+	"config":    runConfig,
 }
 
 func main() {

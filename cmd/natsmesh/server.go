@@ -2,10 +2,16 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/config"
 	"github.com/natsmesh/natsmesh/registry"
 )
 
@@ -13,13 +19,15 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs := newFlagSet("server", "server [flags]", `
 Runs the NATS server the mesh travels on, embedded, with JetStream on, and the
 mesh's registry service, which follows every instance's heartbeats and answers
-natsmesh services, instances and watch. Every other command connects to it
-(--nats, default nats://127.0.0.1:4222). Stop it with Ctrl-C or SIGTERM.
+natsmesh services, instances and watch. It creates the JetStream KV bucket
+natsmesh apply stores config in (mesh_config) if it is missing. Every other
+command connects to it (--nats, default nats://127.0.0.1:4222). Stop it with
+Ctrl-C or SIGTERM.
 
 With --nats URL it runs no NATS server of its own: it serves the registry on
-that NATS server or cluster instead. Run several for availability: one at a
-time publishes events (a lease in JetStream decides which), and another takes
-over within seconds when it dies.`, stderr)
+that NATS server or cluster instead, and creates the config bucket there. Run
+several for availability: one at a time publishes events (a lease in
+JetStream decides which), and another takes over within seconds when it dies.`, stderr)
 	listen := fs.String("listen", bus.DefaultListen, "address to listen on for NATS clients (port 0 picks a free one)")
 	data := fs.String("data", bus.DefaultDataDir(), "directory for JetStream data")
 	prefix := prefixFlag(fs)
@@ -71,6 +79,9 @@ over within seconds when it dies.`, stderr)
 		return err
 	}
 	defer nc.Close()
+	if err := createConfigBucket(ctx, nc, *prefix, embedded, log); err != nil {
+		return err
+	}
 	reg, err := registry.StartService(nc, registry.ServiceConfig{Prefix: *prefix, Logger: log})
 	if err != nil {
 		return err
@@ -85,5 +96,31 @@ over within seconds when it dies.`, stderr)
 	}
 	<-ctx.Done()
 	log.Info("shutting down")
+	return nil
+}
+
+// createConfigBucket makes the mesh's config bucket if it is missing. On an
+// embedded server it must succeed; on someone else's NATS without JetStream
+// the mesh runs without stored config, and the server says so.
+func createConfigBucket(ctx context.Context, nc *nats.Conn, prefix string, embedded bool, log *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := config.CreateStore(ctx, nc, prefix)
+	switch {
+	case err == nil:
+	case !embedded && errors.Is(err, config.ErrNoJetStream):
+		log.Warn("no JetStream on this NATS: natsmesh apply cannot store config, and proxies run on their defaults", "error", err)
+		return nil
+	case !embedded:
+		log.Warn("config bucket not available; natsmesh apply will fail until it is", "error", err)
+		return nil
+	default:
+		return err
+	}
+	kept, err := st.HistoryKept(ctx)
+	if err == nil && kept < config.MinHistory {
+		log.Warn("the config bucket keeps fewer revisions than natsmesh config rollback expects", "bucket", st.Bucket(), "history", kept, "want", config.History)
+	}
+	log.Info("config bucket ready", "bucket", st.Bucket(), "history", kept)
 	return nil
 }
