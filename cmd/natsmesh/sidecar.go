@@ -11,6 +11,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/breaker"
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/config"
 	"github.com/natsmesh/natsmesh/proxy"
 	"github.com/natsmesh/natsmesh/registry"
 	"github.com/natsmesh/natsmesh/telemetry"
@@ -29,13 +30,21 @@ finish, then exit 0.
 Outbound calls are retried when that is safe, guarded by a circuit breaker per
 destination service; the instance ejects itself from its queue groups while
 its app keeps failing. Tracing follows the OTEL_* environment variables
-(OTEL_TRACES_EXPORTER=otlp or console; off by default).`, stderr)
+(OTEL_TRACES_EXPORTER=otlp or console; off by default).
+
+The config of each service the app calls (natsmesh apply) applies live: its
+routes, load-balancing policy, faults, and its timeout, retries and breaker,
+which override the flags below for calls to that service. --subset puts the
+instance in a subset (a version, say) that routes can send a share of the
+calls to: it then takes both the service's calls and those routed to its
+subset.`, stderr)
 	var nf natsFlags
 	nf.register(fs)
 	var lf logFlags
 	lf.register(fs)
 	var cfg proxy.SidecarConfig
 	fs.StringVar(&cfg.Service, "service", "", "service name (required): lowercase letters, digits, '-' or '_'")
+	fs.StringVar(&cfg.Subset, "subset", "", "subset of the service this instance is in, for example v2: routes of the service's config that pick v2 reach it (default: none; it takes only the service's unrouted calls)")
 	fs.StringVar(&cfg.Instance, "instance", "", "instance id (default <service>-<random>)")
 	fs.StringVar(&cfg.Upstream, "upstream", "", "URL of the app, for example http://127.0.0.1:8080 (required)")
 	fs.StringVar(&cfg.Listen, "listen", proxy.DefaultOutboundListen, "address of the outbound proxy the app calls through")
@@ -116,6 +125,11 @@ its app keeps failing. Tracing follows the OTEL_* environment variables
 	if err := bus.ValidateName("service", cfg.Service); err != nil {
 		return usagef("--service: %v", err)
 	}
+	if cfg.Subset != "" {
+		if err := bus.ValidateName("subset", cfg.Subset); err != nil {
+			return usagef("--subset: %v", err)
+		}
+	}
 	if cfg.Instance != "" {
 		if err := bus.ValidateName("instance", cfg.Instance); err != nil {
 			return usagef("--instance: %v", err)
@@ -170,11 +184,14 @@ its app keeps failing. Tracing follows the OTEL_* environment variables
 		cfg.TracerProvider = tracing.TracerProvider()
 		log.Info("tracing on", "exporter", tracing.Exporter())
 	}
+	if cfg.Configs, err = config.NewWatcher(nc, cfg.Prefix, log); err != nil {
+		return err
+	}
 	sc, err := proxy.StartSidecar(nc, cfg)
 	if err != nil {
 		return err
 	}
-	log.Info("sidecar ready", "service", cfg.Service, "instance", sc.Instance(),
+	log.Info("sidecar ready", "service", cfg.Service, "subset", cfg.Subset, "instance", sc.Instance(),
 		"upstream", cfg.Upstream, "outbound", sc.OutboundAddr().String(), "nats", nf.cfg.URL)
 	fmt.Fprintf(stdout, "sidecar %s: serving %s, outbound proxy on http://%s\n", sc.Instance(), cfg.Upstream, sc.OutboundAddr())
 	<-ctx.Done()
