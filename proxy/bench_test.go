@@ -16,10 +16,20 @@ import (
 
 // BenchmarkSidecarToSidecar measures one call app → caller sidecar → NATS →
 // callee sidecar → app, all in this process, through real sockets: as
-// configured by default, with retries and breakers off, and with tracing on
-// and sampling off.
+// configured by default, with retries and breakers off, with tracing on and
+// sampling off, and with a config of five routes for the callee, whose last
+// route (the one every call takes) splits between two subsets.
 func BenchmarkSidecarToSidecar(b *testing.B) {
 	b.Run("default", func(b *testing.B) { benchSidecars(b, func(*proxy.SidecarConfig) {}) })
+	b.Run("routes", func(b *testing.B) {
+		cfgs := newMemConfigs()
+		cfgs.apply(b, benchRoutes)
+		benchSidecars(b, func(c *proxy.SidecarConfig) {
+			if c.Service == "client" {
+				c.Configs = cfgs
+			}
+		})
+	})
 	b.Run("plain", func(b *testing.B) {
 		benchSidecars(b, func(c *proxy.SidecarConfig) { c.Retry.Retries = -1; c.DisableBreaker = true })
 	})
@@ -30,6 +40,22 @@ func BenchmarkSidecarToSidecar(b *testing.B) {
 	})
 }
 
+// benchRoutes has five routes; the benchmark's calls match none but the
+// last, so every call tries them all.
+const benchRoutes = `
+service: app
+routes:
+  - match: {headers: {x-user: jason}}
+    split: {v2: 100}
+  - match: {pathPrefix: /admin, methods: [POST, PUT]}
+    split: {v2: 100}
+  - match: {pathPrefix: /api/, headers: {x-canary: "yes"}}
+    split: {v1: 50, v2: 50}
+  - match: {methods: [DELETE]}
+    split: {v1: 100}
+  - split: {v1: 50, v2: 50}
+`
+
 func benchSidecars(b *testing.B, mod func(*proxy.SidecarConfig)) {
 	s := meshtest.RunServer(b)
 	body := make([]byte, 64)
@@ -38,8 +64,8 @@ func benchSidecars(b *testing.B, mod func(*proxy.SidecarConfig)) {
 		_, _ = w.Write(body)
 	}))
 	b.Cleanup(app.Close)
-	start := func(service string) *proxy.Sidecar {
-		cfg := proxy.SidecarConfig{Service: service, Upstream: app.URL, Listen: "127.0.0.1:0"}
+	start := func(service, subset string) *proxy.Sidecar {
+		cfg := proxy.SidecarConfig{Service: service, Subset: subset, Upstream: app.URL, Listen: "127.0.0.1:0", Logger: testLogger()}
 		mod(&cfg)
 		sc, err := proxy.StartSidecar(meshtest.Connect(b, s), cfg)
 		if err != nil {
@@ -48,8 +74,12 @@ func benchSidecars(b *testing.B, mod func(*proxy.SidecarConfig)) {
 		b.Cleanup(func() { _ = sc.Shutdown(b.Context()) })
 		return sc
 	}
-	start("app")
-	caller := start("client")
+	// The callee's instances are in subsets v1 and v2, which only the
+	// routes use; the other runs reach them through the service's queue
+	// group.
+	start("app", "v1")
+	start("app", "v2")
+	caller := start("client", "")
 	pu, _ := url.Parse("http://" + caller.OutboundAddr().String())
 	c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu), MaxIdleConnsPerHost: 256}}
 	b.ReportAllocs()

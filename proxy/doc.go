@@ -12,6 +12,12 @@
 //     with egress to non-mesh hosts;
 //   - Sidecar, the process that combines them for one service instance.
 //
+// A Transport given a ConfigSource applies each service's config document
+// (package config) to the calls it makes to that service: routes that split
+// traffic between subsets, the load-balancing policy, fault injection, and
+// the timeout, retries and breaker. A document is compiled once per revision
+// into an immutable policy that a call reads once, at its start.
+//
 // Failures made by the mesh are answered as HTTP responses carrying a
 // Mesh-Error header and a one-sentence body; see bus.Code.
 package proxy
