@@ -41,7 +41,9 @@ func BenchmarkSidecarToSidecar(b *testing.B) {
 }
 
 // benchRoutes has five routes; the benchmark's calls match none but the
-// last, so every call tries them all.
+// last, so every call tries them all. The last splits evenly between the two
+// instances, as the queue group spreads the other runs' calls over them, so
+// that the runs differ only in how the caller picks the subject.
 const benchRoutes = `
 service: app
 routes:

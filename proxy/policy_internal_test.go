@@ -20,7 +20,7 @@ func testTransport(retry RetryPolicy, bs breaker.Settings, disabled bool) *Trans
 	}
 }
 
-func parseDoc(t *testing.T, yaml string) *config.Service {
+func parseDoc(t testing.TB, yaml string) *config.Service {
 	t.Helper()
 	docs, err := config.Parse("test.yaml", []byte(yaml))
 	if err != nil {

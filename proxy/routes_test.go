@@ -413,3 +413,20 @@ func TestConfigWatchLifecycle(t *testing.T) {
 		t.Fatalf("%d watches left after Close", n)
 	}
 }
+
+// Subset names are checked like every other name before they reach a
+// subject.
+func TestSubsetNameValidated(t *testing.T) {
+	t.Parallel()
+	s := meshtest.RunServer(t)
+	nc := meshtest.Connect(t, s)
+	for _, bad := range []string{"V2", "v2.x", "*", ">", "a b"} {
+		_, err := proxy.StartSidecar(nc, proxy.SidecarConfig{Service: "reviews", Subset: bad, Upstream: "http://127.0.0.1:1", Listen: "127.0.0.1:0"})
+		if err == nil || !strings.Contains(err.Error(), "--subset") {
+			t.Errorf("sidecar subset %q: err = %v, want a --subset error", bad, err)
+		}
+		if _, err := proxy.Serve(nc, http.NotFoundHandler(), proxy.ServeConfig{Service: "reviews", Subset: bad}); err == nil {
+			t.Errorf("Serve accepted subset %q", bad)
+		}
+	}
+}
