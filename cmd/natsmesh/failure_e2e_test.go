@@ -118,6 +118,7 @@ type call struct {
 	attempts    int    // Mesh-Attempts; 0 when absent
 	ejected     string // Mesh-Ejected
 	breaker     string // Mesh-Breaker
+	fault       string // Mesh-Fault
 }
 
 func (c call) ok() bool       { return c.err == nil && c.status == http.StatusOK }
@@ -160,6 +161,7 @@ func meshCall(hc *http.Client, outbound, service, method, uri string) call {
 	c.attempts, _ = strconv.Atoi(resp.Header.Get(bus.HeaderAttempts))
 	c.ejected = resp.Header.Get(bus.HeaderEjected)
 	c.breaker = resp.Header.Get(bus.HeaderBreaker)
+	c.fault = resp.Header.Get("Mesh-Fault")
 	return c
 }
 

@@ -56,7 +56,7 @@ func TestReadmeTour(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs README commands, which build binaries; skipped with -short")
 	}
-	for _, p := range []string{"4222", "8080", "8081", "15001", "15002", "15003", "15004"} {
+	for _, p := range []string{"4222", "8080", "8081", "8082", "15001", "15002", "15003", "15004", "15005"} {
 		l, err := net.Listen("tcp", "127.0.0.1:"+p)
 		if err != nil {
 			if os.Getenv("CI") != "" {
@@ -82,6 +82,7 @@ func TestReadmeTour(t *testing.T) {
 	startBlock := readmeBlock(t, readme, "<!-- readme-test: start -->")
 	tryBlock := readmeBlock(t, readme, "<!-- readme-test: try -->")
 	scaleBlock := readmeBlock(t, readme, "<!-- readme-test: scale -->")
+	trafficBlock := readmeBlock(t, readme, "<!-- readme-test: traffic -->")
 
 	goCmd, err := goTool()
 	if err != nil {
@@ -99,7 +100,7 @@ func TestReadmeTour(t *testing.T) {
 		regexp.MustCompile(`hello from greeter \(called by web\)`),
 		regexp.MustCompile(`hello from greeter \(called by a client outside the mesh\)`),
 		regexp.MustCompile(`(?m)^greeter +1 +1 +0 +0 +0 *$`),
-		regexp.MustCompile(`(?m)^greeter-[0-9a-f]+ +passing +0 `),
+		regexp.MustCompile(`(?m)^greeter-[0-9a-f]+ +v1 +passing +0 `),
 	}
 	if len(tryBlock) != len(want) {
 		t.Fatalf("README.md's try block has %d commands; this test knows %d", len(tryBlock), len(want))
@@ -123,7 +124,7 @@ func TestReadmeTour(t *testing.T) {
 	}
 	watch := runBackground(t, root, env, strings.Join(bg, "\n")+"\nwait\n")
 	meshtest.CheckFor(t, 30*time.Second, 200*time.Millisecond, runMatching(root, env, fg[0],
-		regexp.MustCompile(`(?ms)^greeter-[0-9a-f]+ +passing.*^greeter-[0-9a-f]+ +passing.*^greeter-[0-9a-f]+ +passing`)))
+		regexp.MustCompile(`(?ms)^greeter-[0-9a-f]+ +\S+ +passing.*^greeter-[0-9a-f]+ +\S+ +passing.*^greeter-[0-9a-f]+ +\S+ +passing`)))
 	meshtest.CheckFor(t, 10*time.Second, 100*time.Millisecond, func() error {
 		// Each instance is either in watch's first snapshot or an up event,
 		// depending on whether it registered before watch started.
@@ -145,6 +146,41 @@ func TestReadmeTour(t *testing.T) {
 		}
 		return nil
 	})
+
+	// Traffic management: a v2 greeter, the canary applied and seen in
+	// effect, then a new revision, the history and a rollback.
+	bg, fg = nil, nil
+	for _, line := range trafficBlock {
+		if strings.HasSuffix(line, "&") {
+			bg = append(bg, line)
+		} else {
+			fg = append(fg, line)
+		}
+	}
+	wantTraffic := []*regexp.Regexp{
+		regexp.MustCompile(`(?m)^greeter: applied revision 1$`),
+		regexp.MustCompile(`hello from greeter-v2 \(called by web\)`),
+		regexp.MustCompile(`(?s)# greeter: revision 1,.*x-user: jason.*v1: 90`),
+		regexp.MustCompile(`(?m)^greeter: applied revision 2$`),
+		regexp.MustCompile(`(?ms)^1 .*put.*^2 .*put`),
+		regexp.MustCompile(`greeter: rolled back to revision 1 as revision 3`),
+	}
+	if len(bg) != 2 || len(fg) != len(wantTraffic) {
+		t.Fatalf("README.md's traffic block changed (%q); update this test", trafficBlock)
+	}
+	runBackground(t, root, env, strings.Join(bg, "\n")+"\nwait\n")
+	meshtest.CheckFor(t, 30*time.Second, 200*time.Millisecond, runMatching(root, env, "bin/natsmesh instances greeter",
+		regexp.MustCompile(`(?m)^greeter-[0-9a-f]+ +v2 +passing `)))
+	for i, line := range fg {
+		if strings.Contains(line, " apply ") || strings.Contains(line, " rollback ") {
+			// Writes run once: each makes a revision.
+			if err := runMatching(root, env, line, wantTraffic[i])(); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		meshtest.CheckFor(t, 10*time.Second, 100*time.Millisecond, runMatching(root, env, line, wantTraffic[i]))
+	}
 }
 
 // runMatching returns a check that runs a README line and wants it to exit 0

@@ -111,10 +111,14 @@ process, and when each was last heard from.`, stderr)
 		return json.NewEncoder(stdout).Encode(snap)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "INSTANCE\tHEALTH\tINFLIGHT\tHOST\tPID\tUP\tLAST SEEN")
+	fmt.Fprintln(tw, "INSTANCE\tSUBSET\tHEALTH\tINFLIGHT\tHOST\tPID\tUP\tLAST SEEN")
 	now := time.Now()
 	for _, in := range snap.Services[pos[0]] {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s ago\n", in.Instance, in.Health, in.Inflight, in.Host, in.PID,
+		subset := in.Subset
+		if subset == "" {
+			subset = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s ago\n", in.Instance, subset, in.Health, in.Inflight, in.Host, in.PID,
 			now.Sub(in.Started).Round(time.Second), now.Sub(in.LastSeen).Round(time.Millisecond))
 	}
 	return tw.Flush()
