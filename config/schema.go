@@ -99,8 +99,9 @@ const (
 	// PolicyQueue lets NATS pick: the queue group of the service (or
 	// subset), which prefers instances on the caller's own server.
 	PolicyQueue = "queue"
-	// PolicyLeastRequest picks the less busy of two random instances, by
-	// their heartbeats' in-flight counts and the caller's own.
+	// PolicyLeastRequest picks the cheaper of two random instances: the
+	// fewer requests in flight, weighted by the caller's latency estimate
+	// of each.
 	PolicyLeastRequest = "least-request"
 	// PolicyRoundRobin takes the instances in turn.
 	PolicyRoundRobin = "round-robin"

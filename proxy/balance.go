@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"math"
 	"math/rand/v2"
 	"sort"
 	"strconv"
@@ -29,6 +30,10 @@ const (
 	refreshEvery = int64(250 * time.Millisecond)
 	// ringPoints is how many points each instance has on a hash ring.
 	ringPoints = 160
+	// rttDecay is the time constant over which an instance's latency
+	// estimate fades when no call measures it, so that an instance avoided
+	// for being slow is tried again after a while.
+	rttDecay = 10 * time.Second
 )
 
 // endpoint is one instance a caller may pick.
@@ -36,9 +41,38 @@ type endpoint struct {
 	id, subset, subject string
 	hbInflight          atomic.Int64 // from its latest heartbeat
 	inflight            atomic.Int64 // the caller's own attempts to it now
+	rtt, rttAt          atomic.Int64 // the latency estimate (ns), and when it was measured (unix ns)
 }
 
-func (e *endpoint) load() int64 { return e.hbInflight.Load() + e.inflight.Load() }
+// load is the instance's requests in flight as best known: its heartbeat's
+// count (which includes this caller's, but is up to an interval old) or the
+// caller's own, whichever is higher.
+func (e *endpoint) load() int64 { return max(e.hbInflight.Load(), e.inflight.Load()) }
+
+// observe updates the instance's latency estimate with one attempt's: a
+// slower attempt raises it at once, faster ones lower it gradually (a peak
+// EWMA, as in Finagle and Linkerd). Concurrent updates may lose one another,
+// which only makes the estimate a little older.
+func (e *endpoint) observe(d time.Duration, now int64) {
+	old, cur := e.rtt.Load(), int64(d)
+	if old != 0 && cur < old {
+		cur = old + (cur-old)/8
+	}
+	e.rtt.Store(cur)
+	e.rttAt.Store(now)
+}
+
+// cost is what least-request compares: the instance's requests in flight,
+// plus one, times its latency estimate, which fades over rttDecay without
+// new measurements. An instance not measured yet costs least, so that it
+// is tried.
+func (e *endpoint) cost(now int64) float64 {
+	rtt := float64(e.rtt.Load())
+	if age := now - e.rttAt.Load(); rtt > 0 && age > 0 {
+		rtt *= math.Exp(-float64(age) / float64(rttDecay))
+	}
+	return (rtt + 1) * float64(e.load()+1)
+}
 
 // group is the passing instances of a service, or of one of its subsets,
 // sorted by id; immutable, and kept by the next refresh while its members
@@ -176,8 +210,8 @@ func (e *endpoints) pick(b balancePolicy, subset, key string, avoid *endpoint, n
 		}
 		return eps[i]
 	case balanceLeastRequest:
-		// Power of two choices: two distinct instances at random, the less
-		// busy one wins.
+		// Power of two choices: two distinct instances at random, the one
+		// with the lower cost (requests in flight weighted by latency) wins.
 		i := rand.IntN(n)
 		j := rand.IntN(n - 1)
 		if j >= i {
@@ -189,7 +223,7 @@ func (e *endpoints) pick(b balancePolicy, subset, key string, avoid *endpoint, n
 			return c
 		case c == avoid:
 			return a
-		case c.load() < a.load():
+		case c.cost(now) < a.cost(now):
 			return c
 		}
 		return a

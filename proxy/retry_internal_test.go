@@ -444,3 +444,44 @@ func TestOutlierEjectionTimes(t *testing.T) {
 		t.Fatalf("the last passing instance changed its rotation")
 	}
 }
+
+// least-request's cost: requests in flight weighted by a peak-EWMA latency
+// that rises at once, falls gradually and fades without measurements.
+func TestEndpointCost(t *testing.T) {
+	now := time.Now().UnixNano()
+	fresh, fast, slow := &endpoint{}, &endpoint{}, &endpoint{}
+	fast.observe(2*time.Millisecond, now)
+	slow.observe(20*time.Millisecond, now)
+	if !(fresh.cost(now) < fast.cost(now) && fast.cost(now) < slow.cost(now)) {
+		t.Fatalf("costs unmeasured %g, fast %g, slow %g: want them in that order", fresh.cost(now), fast.cost(now), slow.cost(now))
+	}
+	// Busy enough, the fast instance costs more than the idle slow one.
+	fast.inflight.Store(12)
+	if fast.cost(now) <= slow.cost(now) {
+		t.Errorf("fast with 12 in flight costs %g, slow idle %g: want the fast one dearer", fast.cost(now), slow.cost(now))
+	}
+	fast.inflight.Store(0)
+	// The heartbeat's count and the caller's own are not added: the
+	// heartbeat's includes the caller's.
+	fast.hbInflight.Store(3)
+	fast.inflight.Store(2)
+	if fast.load() != 3 {
+		t.Errorf("load %d with 3 in the heartbeat and 2 of the caller's, want 3", fast.load())
+	}
+	// A slower measurement counts at once; faster ones pull it down by an
+	// eighth of the difference each.
+	fast.observe(10*time.Millisecond, now)
+	if got := time.Duration(fast.rtt.Load()); got != 10*time.Millisecond {
+		t.Errorf("after a 10ms attempt the estimate is %s, want 10ms", got)
+	}
+	fast.observe(2*time.Millisecond, now)
+	if got := time.Duration(fast.rtt.Load()); got != 9*time.Millisecond {
+		t.Errorf("after a 2ms attempt the estimate is %s, want 9ms", got)
+	}
+	// Unmeasured for a time constant, the slow instance's cost fades to
+	// about a third.
+	later := now + int64(rttDecay)
+	if ratio := slow.cost(later) / slow.cost(now); ratio < 0.36 || ratio > 0.38 {
+		t.Errorf("after %s without measurements the cost is %.2f of what it was, want 1/e", rttDecay, ratio)
+	}
+}

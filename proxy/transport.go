@@ -398,9 +398,17 @@ func (t *Transport) send(ctx context.Context, pl *plan, dest destination, method
 				ep.inflight.Add(1)
 			}
 		}
+		var sent time.Time
+		if ep != nil && p.balance == balanceLeastRequest {
+			sent = time.Now()
+		}
 		r.m, r.err, err = t.attempt(ctx, pl, instance, subject, deadline, h, body)
 		if ep != nil {
 			ep.inflight.Add(-1)
+			if !sent.IsZero() {
+				now := time.Now()
+				ep.observe(now.Sub(sent), now.UnixNano())
+			}
 			avoid = ep
 		}
 		if err != nil {
