@@ -323,3 +323,33 @@ fault:
 		t.Errorf("%d calls reached an app, want the %d that were not aborted", reached, n-aborted)
 	}
 }
+
+// Against a NATS server without JetStream, sidecars run on their flags:
+// calls to several services work, and the caller says once that it cannot
+// watch configs.
+func TestTrafficWithoutJetStream(t *testing.T) {
+	natsURL := runNATSWithoutJetStream(t)
+	var insts []*instance
+	for _, svc := range []string{"alpha", "beta"} {
+		insts = append(insts, startInstance(t, natsURL, svc, svc+"-a"))
+	}
+	_, appURL := startApp(t, "web")
+	caller, outbound := startSidecar(t, natsURL, "web", "web-a", appURL)
+	waitServing(t, outbound, "alpha", insts[:1])
+	waitServing(t, outbound, "beta", insts[1:])
+	hc := &http.Client{Timeout: 10 * time.Second}
+	for range 20 {
+		for _, svc := range []string{"alpha", "beta"} {
+			if c := meshCall(hc, outbound, svc, http.MethodGet, "/work?ms=0"); !c.ok() {
+				t.Fatalf("without JetStream: %s", c)
+			}
+		}
+	}
+	logs := caller.stderr.String()
+	if n := strings.Count(logs, "cannot watch service configs"); n != 1 {
+		t.Errorf("the caller said %d times that it cannot watch configs, want once:\n%s", n, logs)
+	}
+	if !strings.Contains(logs, "has no JetStream") {
+		t.Errorf("the caller's warning does not say JetStream is missing:\n%s", logs)
+	}
+}
