@@ -322,6 +322,33 @@ fault:
 	if reached != n-aborted {
 		t.Errorf("%d calls reached an app, want the %d that were not aborted", reached, n-aborted)
 	}
+
+	// The chaos example: some calls delayed by a second, some aborted.
+	e.apply(t, examples+"greeter-chaos.yaml")
+	meshtest.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+		if c := e.get(); !strings.Contains(c.fault, "delay") {
+			return fmt.Errorf("no delay yet: %s", c)
+		}
+		return nil
+	})
+	faulted := map[string]int{}
+	for _, c := range e.many(80, nil) {
+		switch {
+		case strings.Contains(c.fault, "abort") && c.status == http.StatusServiceUnavailable:
+			faulted["abort"]++
+		case !c.ok():
+			t.Fatalf("under greeter-chaos.yaml a call neither succeeded nor was aborted: %s", c)
+		case c.fault == "delay":
+			faulted["delay"]++
+			if c.took < time.Second {
+				t.Errorf("a delayed call took %s, want at least the 1s delay", c.took)
+			}
+		}
+	}
+	t.Logf("greeter-chaos.yaml: %v of 80 calls", faulted)
+	if faulted["abort"] == 0 || faulted["delay"] == 0 {
+		t.Errorf("greeter-chaos.yaml: %v of 80 calls faulted, want some delayed and some aborted", faulted)
+	}
 }
 
 // Against a NATS server without JetStream, sidecars run on their flags:
