@@ -6,6 +6,7 @@
 //
 //	go run ./bench [-duration 5s] [-conns 1,50] [-rounds 3]
 //	go run ./bench -resilience [-baseline REV] [-conns 50]   # cost of retries, breakers, tracing
+//	go run ./bench -routes [-conns 50]                       # cost of a 5-route config
 package main
 
 import (
@@ -45,6 +46,7 @@ func main() {
 	rounds := flag.Int("rounds", 3, "direct and mesh measured one after the other this many times per concurrency")
 	resilience := flag.Bool("resilience", false, "instead: compare the mesh with retries and breakers off, on (the defaults), and on with tracing (sampling off), at the first -conns")
 	baseline := flag.String("baseline", "", "with -resilience: also run the mesh as built from this git revision")
+	routes := flag.Bool("routes", false, "instead: compare the mesh with no config for the service and with a 5-route config applied, at the first -conns")
 	flag.Parse()
 	var conns []int
 	for _, c := range strings.Split(*connsFlag, ",") {
@@ -56,6 +58,12 @@ func main() {
 	}
 	if *rounds < 1 {
 		fatalf("-rounds must be at least 1")
+	}
+	if *routes {
+		if err := runVariants(routeVariants(), conns[0], *duration, *warmup, *size, *rounds); err != nil {
+			fatalf("%v", err)
+		}
+		return
 	}
 	if *resilience {
 		var bin string

@@ -19,7 +19,12 @@ type variant struct {
 	bin    string // "" is the binary built from this tree
 	args   []string
 	env    []string
-	caller string // the caller's outbound address, once started
+	// calleeArgs are added to the callee's flags; config, if set, is a
+	// config document applied for the service (%s is its name) before the
+	// measurements.
+	calleeArgs []string
+	config     string
+	caller     string // the caller's outbound address, once started
 }
 
 // resilienceVariants compare the cost of the resilience features side by
@@ -36,6 +41,27 @@ func resilienceVariants(baselineBin string) []*variant {
 		&variant{name: "default"},
 		&variant{name: "traced", env: []string{"OTEL_TRACES_EXPORTER=console", "OTEL_TRACES_SAMPLER=always_off"}},
 	)
+}
+
+// routeVariants compare a service with no config to one whose config has 5
+// routes, the first four of which never match the benchmark's requests, so
+// that every call goes through the whole list to the catch-all split.
+func routeVariants() []*variant {
+	return []*variant{
+		{name: "none", calleeArgs: []string{"--subset", "v1"}},
+		{name: "routed", calleeArgs: []string{"--subset", "v1"}, config: `service: %s
+routes:
+  - match: {headers: {x-user: jason}}
+    split: {v1: 100}
+  - match: {pathPrefix: /api/v2}
+    split: {v1: 100}
+  - match: {methods: [POST, PUT], pathPrefix: /orders}
+    split: {v1: 100}
+  - match: {headers: {x-canary: "1", x-region: eu}}
+    split: {v1: 100}
+  - split: {v1: 100}
+`},
+	}
 }
 
 // buildAt builds the natsmesh of git revision ref into dir.
@@ -95,8 +121,14 @@ func runVariants(vs []*variant, conns int, duration, warmup time.Duration, size,
 		service := "app-" + v.name
 		calleeAddr, _ := freeAddr()
 		v.caller, _ = freeAddr()
-		if _, err := p.start(b, v.env, append([]string{"sidecar", "--nats", natsURL, "--service", service, "--upstream", "http://" + appAddr, "--listen", calleeAddr, "--log-level", "warn"}, v.args...)...); err != nil {
+		calleeArgs := append(append([]string{"sidecar", "--nats", natsURL, "--service", service, "--upstream", "http://" + appAddr, "--listen", calleeAddr, "--log-level", "warn"}, v.args...), v.calleeArgs...)
+		if _, err := p.start(b, v.env, calleeArgs...); err != nil {
 			return err
+		}
+		if v.config != "" {
+			if err := applyConfig(bin, natsURL, filepath.Join(dir, v.name+".yaml"), fmt.Sprintf(v.config, service)); err != nil {
+				return fmt.Errorf("variant %s: %w", v.name, err)
+			}
 		}
 		if _, err := p.start(b, v.env, append([]string{"sidecar", "--nats", natsURL, "--service", "client-" + v.name, "--upstream", "http://" + appAddr, "--listen", v.caller, "--log-level", "warn"}, v.args...)...); err != nil {
 			return err
@@ -122,7 +154,7 @@ func runVariants(vs []*variant, conns int, duration, warmup time.Duration, size,
 			rps[i] = append(rps[i], m.rps())
 		}
 	}
-	ref := 0
+	ref := 0 // the first variant, or "plain"
 	for i, v := range vs {
 		if v.name == "plain" {
 			ref = i
@@ -137,4 +169,23 @@ func runVariants(vs []*variant, conns int, duration, warmup time.Duration, size,
 		fmt.Printf("  %-9s %s\n", v.name, medianRange(ratios))
 	}
 	return nil
+}
+
+// applyConfig applies a config document with `natsmesh apply`, retrying
+// while the server's config bucket is not there yet.
+func applyConfig(bin, natsURL, file, doc string) error {
+	if err := os.WriteFile(file, []byte(doc), 0o644); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, err := exec.Command(bin, "apply", "-f", file, "--nats", natsURL).CombinedOutput()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("natsmesh apply: %v: %s", err, out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
