@@ -15,10 +15,10 @@ import (
 // variant is one way of running the mesh: a caller and a callee sidecar of
 // some binary with some flags, serving the app as its own service.
 type variant struct {
-	name   string
-	bin    string // "" is the binary built from this tree
-	args   []string
-	env    []string
+	name string
+	bin  string // "" is the binary built from this tree
+	args []string
+	env  []string
 	// calleeArgs are added to the callee's flags; config, if set, is a
 	// config document applied for the service (%s is its name) before the
 	// measurements.
