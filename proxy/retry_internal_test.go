@@ -13,6 +13,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/breaker"
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/config"
 )
 
 // budgetEpoch is a fixed instant for the budget's explicit times; its second
@@ -483,5 +484,36 @@ func TestEndpointCost(t *testing.T) {
 	later := now + int64(rttDecay)
 	if ratio := slow.cost(later) / slow.cost(now); ratio < 0.36 || ratio > 0.38 {
 		t.Errorf("after %s without measurements the cost is %.2f of what it was, want 1/e", rttDecay, ratio)
+	}
+}
+
+// BenchmarkRouteRequest is the routing a call does with a 5-route config
+// whose first four routes do not match: the whole list, then the split.
+func BenchmarkRouteRequest(b *testing.B) {
+	docs, err := config.Parse("bench.yaml", []byte(`service: reviews
+routes:
+  - match: {headers: {x-user: jason}}
+    split: {v1: 100}
+  - match: {pathPrefix: /api/v2}
+    split: {v1: 100}
+  - match: {methods: [POST, PUT], pathPrefix: /orders}
+    split: {v1: 100}
+  - match: {headers: {x-canary: "1", x-region: eu}}
+    split: {v1: 100}
+  - split: {v1: 90, v2: 10}
+`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := &policy{}
+	for i := range docs[0].Routes {
+		p.routes = append(p.routes, compileRoute(bus.Subjects{}, "reviews", &docs[0].Routes[i]))
+	}
+	hdr := http.Header{"Accept": {"*/*"}, "User-Agent": {"bench"}, "X-User": {"alice"}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if p.routeRequest(http.MethodGet, "/reviews/1?x=1", hdr) == nil {
+			b.Fatal("no route")
+		}
 	}
 }
