@@ -1227,6 +1227,22 @@ func TestDrainingHolderIsAlive(t *testing.T) {
 		}
 		return nil
 	})
+	// A caller that picked the instance before hearing it leave (an
+	// instance-aware balancer sends to its own subject) is answered
+	// no-responders at once, which any method retries elsewhere.
+	direct := meshtest.Connect(t, s)
+	meshtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		msg := &nats.Msg{Subject: "mesh.inst." + callee.Instance(), Header: nats.Header{}}
+		bus.EncodeRequest(msg.Header, http.MethodPost, "/late", "svc", http.Header{})
+		m, err := direct.RequestMsg(msg, 200*time.Millisecond)
+		if err != nil {
+			return fmt.Errorf("a request to the draining instance's own subject: %v", err)
+		}
+		if got := m.Header.Get(bus.HeaderError); got != string(bus.NoResponders) {
+			return fmt.Errorf("a request to the draining instance's own subject got Mesh-Error %q, want no-responders", got)
+		}
+		return nil
+	})
 	// The held call is not answered while the app works on it, however
 	// many probes its caller sends (10 probe intervals here).
 	select {

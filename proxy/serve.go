@@ -292,7 +292,12 @@ func (s *Server) onMsg(m *nats.Msg) {
 	if s.closed {
 		s.admit.Unlock()
 		s.inflight.Add(-1)
-		return // the instance has stopped; the caller's deadline answers
+		// The instance has drained; only its own subject still delivers, to
+		// a caller that picked it before hearing it leave. The request never
+		// reached the app, which no-responders says: any method is retried,
+		// elsewhere, and the breaker does not count it.
+		s.respondError(m, bus.Errorf(bus.NoResponders, "instance %s of %s is shutting down and takes no new requests", s.instance, s.service))
+		return
 	}
 	s.wg.Add(1)
 	s.admit.Unlock()
