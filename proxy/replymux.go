@@ -28,7 +28,9 @@ func newReplyMux(nc *nats.Conn) (*replyMux, error) {
 		prefix:  nc.NewInbox() + ".",
 		pending: make(map[uint64]chan *nats.Msg),
 	}
-	m.chans.New = func() any { return make(chan *nats.Msg, 1) }
+	// Room for an acknowledgement and the reply that may follow it before
+	// the waiting call has read the first.
+	m.chans.New = func() any { return make(chan *nats.Msg, 2) }
 	sub, err := nc.Subscribe(m.prefix+"*", m.deliver)
 	if err != nil {
 		return nil, err
@@ -64,9 +66,8 @@ func (m *replyMux) release(id uint64, ch chan *nats.Msg) {
 	m.mu.Lock()
 	delete(m.pending, id)
 	m.mu.Unlock()
-	select {
-	case <-ch:
-	default:
+	for len(ch) > 0 {
+		<-ch
 	}
 	m.chans.Put(ch)
 }
@@ -83,7 +84,7 @@ func (m *replyMux) deliver(msg *nats.Msg) {
 	if ch, ok := m.pending[id]; ok {
 		select {
 		case ch <- msg:
-		default: // a duplicate or late reply; the first one wins
+		default: // a duplicate or late reply; the first ones win
 		}
 	}
 	m.mu.Unlock()
