@@ -14,6 +14,7 @@ import (
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/proxy"
+	"github.com/natsmesh/natsmesh/registry"
 )
 
 // subsetApp is an instance of a service in a subset, served in library
@@ -428,5 +429,50 @@ func TestSubsetNameValidated(t *testing.T) {
 		if _, err := proxy.Serve(nc, http.NotFoundHandler(), proxy.ServeConfig{Service: "reviews", Subset: bad}); err == nil {
 			t.Errorf("Serve accepted subset %q", bad)
 		}
+	}
+}
+
+// The last passing instance of a subset does not eject itself while other
+// subsets' instances pass: a route may send its calls there only.
+func TestOutlierLastOfSubsetStays(t *testing.T) {
+	t.Parallel()
+	s := meshtest.RunServer(t)
+	view := registry.NewView(registry.ViewConfig{})
+	f, err := registry.Follow(meshtest.Connect(t, s), view, "", "reviews")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.Stop)
+	startCallee(t, s, "reviews", okApp, func(c *proxy.SidecarConfig) { c.Subset = "v1"; c.Heartbeat = 100 * time.Millisecond })
+	_, v2 := startCallee(t, s, "reviews", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}), func(c *proxy.SidecarConfig) {
+		c.Subset, c.Heartbeat, c.Outlier.Consecutive = "v2", 100*time.Millisecond, 3
+	})
+	// Both pass in the registry (the v2 sidecar's own view hears the same
+	// heartbeats): before the fix, v2 counted v1 as another passing one.
+	meshtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		n := 0
+		for _, in := range view.Snapshot("reviews").Services["reviews"] {
+			if in.Health == registry.Passing {
+				n++
+			}
+		}
+		if n != 2 {
+			return fmt.Errorf("%d passing instances, want 2", n)
+		}
+		return nil
+	})
+	cfgs := newMemConfigs()
+	cfgs.apply(t, "service: reviews\nretries: {attempts: 0}\nbreaker: {enabled: false}\nroutes:\n  - match: {headers: {x-user: jason}}\n    split: {v2: 100}\n")
+	hc := configClient(t, s, cfgs, nil)
+	for i := range 8 {
+		status, _, h := callBody(t, hc, "http://reviews/", "x-user", "jason")
+		if status != http.StatusServiceUnavailable || h.Get(bus.HeaderError) != "" || h.Get(bus.HeaderEjected) != "" {
+			t.Fatalf("call %d: status %d Mesh-Error %q Mesh-Ejected %q, want the app's own 503 and no ejection", i, status, h.Get(bus.HeaderError), h.Get(bus.HeaderEjected))
+		}
+	}
+	if v2.Inbound().Paused() {
+		t.Fatal("the only v2 instance left its queue groups")
 	}
 }

@@ -248,12 +248,13 @@ func (s *Sidecar) rotate() {
 	s.announce.Beat()
 }
 
-// othersPassing counts the instances of the sidecar's service, other than
-// its own, that the registry shows passing.
+// othersPassing counts the other instances that the registry shows passing
+// and that could take this one's calls: of its subset, when it has one (a
+// route may send there only), else of its service.
 func (s *Sidecar) othersPassing() int {
 	n := 0
 	for _, in := range s.tr.callees.view.Snapshot(s.cfg.Service).Services[s.cfg.Service] {
-		if in.Instance != s.inbound.Instance() && in.Health == registry.Passing {
+		if in.Instance != s.inbound.Instance() && in.Health == registry.Passing && (s.cfg.Subset == "" || in.Subset == s.cfg.Subset) {
 			n++
 		}
 	}
