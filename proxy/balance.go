@@ -42,7 +42,18 @@ type endpoint struct {
 	hbInflight          atomic.Int64 // from its latest heartbeat
 	inflight            atomic.Int64 // the caller's own attempts to it now
 	rtt, rttAt          atomic.Int64 // the latency estimate (ns), and when it was measured (unix ns)
+	// goneUntil (unix ns): NATS answered "no responders" on the instance's
+	// subject, so it is gone, though the registry lists it until it expires
+	// (3 heartbeat intervals); it is not picked until then.
+	goneUntil atomic.Int64
 }
+
+// goneFor is how long an instance found gone is not picked: about as long as
+// the registry takes to expire a dead instance by default. An instance that
+// was only reconnecting is back in the choice after it.
+const goneFor = 3 * time.Second
+
+func (e *endpoint) gone(now int64) bool { return e.goneUntil.Load() > now }
 
 // load is the instance's requests in flight as best known: its heartbeat's
 // count (which includes this caller's, but is up to an interval old) or the
@@ -184,7 +195,8 @@ func (e *endpoints) rebuild(prev *instanceSet, now int64) *instanceSet {
 
 // pick chooses an instance of the service (subset "") or of one subset, as
 // the policy says, avoiding the instance the previous attempt failed on when
-// another is there; nil when the view has none.
+// another is there, and instances found gone; nil when the view has none (the
+// call goes to the queue group).
 func (e *endpoints) pick(b balancePolicy, subset, key string, avoid *endpoint, now int64) *endpoint {
 	s := e.current(now)
 	if s == nil {
@@ -199,17 +211,12 @@ func (e *endpoints) pick(b balancePolicy, subset, key string, avoid *endpoint, n
 	}
 	eps := g.eps
 	n := len(eps)
-	if n == 1 {
-		return eps[0]
-	}
-	switch b {
-	case balanceRoundRobin:
-		i := int(e.next.Add(1) % uint64(n))
-		if eps[i] == avoid {
-			i = (i + 1) % n
-		}
-		return eps[i]
-	case balanceLeastRequest:
+	switch {
+	case n == 1:
+		return firstUsable(eps, 0, avoid, now)
+	case b == balanceRoundRobin:
+		return firstUsable(eps, int(e.next.Add(1)%uint64(n)), avoid, now)
+	case b == balanceLeastRequest:
 		// Power of two choices: two distinct instances at random, the one
 		// with the lower cost (requests in flight weighted by latency) wins.
 		i := rand.IntN(n)
@@ -218,25 +225,42 @@ func (e *endpoints) pick(b balancePolicy, subset, key string, avoid *endpoint, n
 			j++
 		}
 		a, c := eps[i], eps[j]
+		ua, uc := usable(a, avoid, now), usable(c, avoid, now)
 		switch {
-		case a == avoid:
+		case ua && uc && c.cost(now) < a.cost(now):
 			return c
-		case c == avoid:
+		case ua:
 			return a
-		case c.cost(now) < a.cost(now):
+		case uc:
 			return c
 		}
-		return a
-	case balanceRingHash:
-		if key != "" {
-			return g.hashRing().get(hashKey(key), avoid)
+	case b == balanceRingHash && key != "":
+		return g.hashRing().get(hashKey(key), avoid, now)
+	}
+	return firstUsable(eps, rand.IntN(n), avoid, now)
+}
+
+// usable reports whether ep may take a call: not the instance to avoid, and
+// not found gone.
+func usable(ep, avoid *endpoint, now int64) bool { return ep != avoid && !ep.gone(now) }
+
+// firstUsable is the first usable instance from eps[start] on, round the
+// list; else the avoided one if it is not gone (the only one left); else nil.
+func firstUsable(eps []*endpoint, start int, avoid *endpoint, now int64) *endpoint {
+	n := len(eps)
+	for k := range n {
+		if ep := eps[(start+k)%n]; usable(ep, avoid, now) {
+			return ep
 		}
 	}
-	i := rand.IntN(n)
-	if eps[i] == avoid {
-		i = (i + 1) % n
+	if avoid != nil && !avoid.gone(now) {
+		for _, ep := range eps {
+			if ep == avoid {
+				return ep
+			}
+		}
 	}
-	return eps[i]
+	return nil
 }
 
 // hashRing is a consistent-hash ring with ringPoints points per instance: a
@@ -272,9 +296,10 @@ func newHashRing(eps []*endpoint) *hashRing {
 	return r
 }
 
-// get returns the instance that owns hash h, or, if that is avoid, the next
-// other instance on the ring.
-func (r *hashRing) get(h uint64, avoid *endpoint) *endpoint {
+// get returns the instance that owns hash h or, if that is avoid or gone, the
+// next usable instance on the ring (where the key moves when its instance
+// leaves); the avoided one if it is the only one left; nil if all are gone.
+func (r *hashRing) get(h uint64, avoid *endpoint, now int64) *endpoint {
 	lo, hi := 0, len(r.points)
 	for lo < hi {
 		m := int(uint(lo+hi) >> 1)
@@ -285,12 +310,11 @@ func (r *hashRing) get(h uint64, avoid *endpoint) *endpoint {
 		}
 	}
 	for k := 0; k < len(r.points); k++ {
-		ep := r.eps[r.owners[(lo+k)%len(r.points)]]
-		if ep != avoid {
+		if ep := r.eps[r.owners[(lo+k)%len(r.points)]]; usable(ep, avoid, now) {
 			return ep
 		}
 	}
-	return r.eps[r.owners[lo%len(r.points)]]
+	return firstUsable(r.eps, 0, avoid, now)
 }
 
 // hashKey is 64-bit FNV-1a with a final mix, the same in every process, so

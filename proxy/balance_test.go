@@ -219,3 +219,36 @@ func TestBalanceFallsBackToQueue(t *testing.T) {
 		}
 	}
 }
+
+// An instance whose subscriptions are gone while the registry still lists
+// it (a crash, until its heartbeats expire) costs one retried call, not a
+// retry on every call that picks it.
+func TestBalanceSkipsGoneInstance(t *testing.T) {
+	t.Parallel()
+	for _, lb := range []string{"{policy: least-request}", "{policy: round-robin}", "{policy: ring-hash, hashHeader: x-user}"} {
+		t.Run(lb, func(t *testing.T) {
+			t.Parallel()
+			s := meshtest.RunServer(t)
+			scs := startInstances(t, s, "carts", 4, nil)
+			_, hc := balancedTransport(t, s, "carts", lb, 4)
+			victim := scs[0]
+			victim.Inbound().Stop() // it still heartbeats passing
+			retried := 0
+			for i := range 200 {
+				code, body, h := callBody(t, hc, "http://carts/", "X-User", fmt.Sprintf("user-%d", i))
+				if code != http.StatusOK {
+					t.Fatalf("call %d: %d %s", i, code, body)
+				}
+				if h.Get(bus.HeaderInstance) == victim.Instance() {
+					t.Fatalf("call %d was answered by the stopped instance", i)
+				}
+				if h.Get(bus.HeaderAttempts) != "1" {
+					retried++
+				}
+			}
+			if retried > 1 {
+				t.Errorf("%d of 200 calls needed a retry after one instance went away, want at most 1", retried)
+			}
+		})
+	}
+}

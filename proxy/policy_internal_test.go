@@ -260,9 +260,9 @@ func TestHashRing(t *testing.T) {
 	const keys = 3000
 	for k := 0; k < keys; k++ {
 		h := hashKey(fmt.Sprintf("user-%d", k))
-		before, after := r3.get(h, nil), r2.get(h, nil)
+		before, after := r3.get(h, nil, 0), r2.get(h, nil, 0)
 		counts[before.id]++
-		if r3.get(h, nil) != before {
+		if r3.get(h, nil, 0) != before {
 			t.Fatal("the same key reached two instances")
 		}
 		if before.id != "b-2" && after != before {
@@ -272,7 +272,7 @@ func TestHashRing(t *testing.T) {
 			moved[after.id]++
 		}
 		// Avoiding its instance sends a key to the one it would move to.
-		if alt := r3.get(h, before); alt == before {
+		if alt := r3.get(h, before, 0); alt == before {
 			t.Fatal("get avoided nothing")
 		} else if before.id == "b-2" && alt != after {
 			t.Fatalf("key %d: the retry goes to %s, the ring without b-2 to %s", k, alt.id, after.id)
@@ -285,6 +285,24 @@ func TestHashRing(t *testing.T) {
 	}
 	if moved["a-1"] == 0 || moved["c-3"] == 0 {
 		t.Errorf("the keys of the instance that left all went to one: %v", moved)
+	}
+	// An instance found gone gives its keys to where they would move; when
+	// all are gone, there is no pick (the call goes to the queue group).
+	now := time.Now().UnixNano()
+	three[1].goneUntil.Store(now + int64(time.Second))
+	for k := 0; k < 300; k++ {
+		h := hashKey(fmt.Sprintf("user-%d", k))
+		if got, want := r3.get(h, nil, now), r2.get(h, nil, now); got != want {
+			t.Fatalf("key %d: %s with b-2 gone, want %s as without it", k, got.id, want.id)
+		}
+	}
+	three[0].goneUntil.Store(now + int64(time.Second))
+	three[2].goneUntil.Store(now + int64(time.Second))
+	if ep := r3.get(hashKey("x"), nil, now); ep != nil {
+		t.Errorf("all gone: picked %s, want none", ep.id)
+	}
+	if ep := r3.get(hashKey("x"), nil, now+int64(2*time.Second)); ep == nil {
+		t.Error("the gone mark does not wear off")
 	}
 }
 

@@ -405,7 +405,13 @@ func (t *Transport) send(ctx context.Context, pl *plan, dest destination, method
 		r.m, r.err, err = t.attempt(ctx, pl, instance, subject, deadline, h, body)
 		if ep != nil {
 			ep.inflight.Add(-1)
-			if !sent.IsZero() {
+			switch {
+			case r.err != nil && r.err.Code == bus.NoResponders:
+				// The instance is gone; its heartbeats have not expired yet.
+				ep.goneUntil.Store(time.Now().Add(goneFor).UnixNano())
+			case !sent.IsZero() && (r.m != nil || r.err != nil && r.err.Code == bus.Timeout):
+				// Only answers and timeouts measure an instance's latency: a
+				// failure that comes at once is not a fast instance.
 				now := time.Now()
 				ep.observe(now.Sub(sent), now.UnixNano())
 			}
