@@ -162,7 +162,14 @@ func scalarField(m *yaml.Node, key string) string {
 type walker struct {
 	lines map[string]int
 	probs []LineProblem
+	nodes int // walked so far, aliases expanded
 }
+
+// maxNodes bounds the nodes a document may expand to: anchors and aliases can
+// make a small file stand for a huge document (yaml.v3 guards its own
+// decoding against that, but the walk comes first). A valid document, with
+// its limits on routes, subsets and headers, is far smaller.
+const maxNodes = 20000
 
 func (w *walker) add(line int, path, format string, args ...any) {
 	w.probs = append(w.probs, LineProblem{Line: line, Problem: Problem{Path: path, Msg: fmt.Sprintf(format, args...)}})
@@ -196,6 +203,12 @@ func join(path, name string) string {
 const maxDepth = 16
 
 func (w *walker) walk(n *yaml.Node, t reflect.Type, path string) {
+	if w.nodes++; w.nodes > maxNodes {
+		if w.nodes == maxNodes+1 {
+			w.add(n.Line, path, "the document expands to more than %d fields and values (through aliases?); a service's config is much smaller", maxNodes)
+		}
+		return
+	}
 	if strings.Count(path, ".")+strings.Count(path, "[") > maxDepth {
 		w.add(n.Line, path, "nested too deeply")
 		return

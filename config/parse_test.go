@@ -153,6 +153,15 @@ routes:
     split: {v1: 100}
 `, "mesh.yaml:5: service reviews: routes[0].match.headers.match: want a single value, not a mapping\n" +
 			"mesh.yaml:6: service reviews: routes[0].match.headers.split: want a single value, not a mapping"},
+		{"not a number", `
+service: ratings
+fault:
+  delay: {percent: .nan, duration: 1s}
+breaker: {ratio: .nan}
+retries: {budget: {ratio: .inf}}
+`, "mesh.yaml:6: service ratings: retries.budget.ratio: +Inf is out of range; use 0 to 1\n" +
+			"mesh.yaml:5: service ratings: breaker.ratio: NaN is out of range; use 0 to 1\n" +
+			"mesh.yaml:4: service ratings: fault.delay.percent: NaN is out of range; use 0 to 100"},
 		{"a field twice", `
 service: reviews
 timeout: 1s
@@ -256,6 +265,20 @@ breaker: {enabled: false}
 }
 
 func TestParseLimits(t *testing.T) {
+	// Aliases that make a small file stand for a huge document are refused
+	// quickly.
+	var a strings.Builder
+	a.WriteString("m: &m [" + strings.Repeat("GET, ", 2000) + "GET]\nr: &r {split: {v1: 100}, match: {methods: *m}}\nservice: reviews\nroutes: [")
+	a.WriteString(strings.Repeat("*r, ", 2000) + "*r]\n")
+	start := time.Now()
+	_, err := config.Parse("alias.yaml", []byte(a.String()))
+	if err == nil || !strings.Contains(err.Error(), "expands to more than 20000 fields and values") {
+		t.Errorf("an alias bomb: %v", err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("an alias bomb took %s to refuse", took)
+	}
+
 	big := "service: x\n# " + strings.Repeat("x", config.MaxFileSize) + "\n"
 	if _, err := config.Parse("big.yaml", []byte(big)); err == nil || !strings.Contains(err.Error(), "at most 1048576") {
 		t.Errorf("a file over the limit: %v", err)
@@ -265,7 +288,7 @@ func TestParseLimits(t *testing.T) {
 	for range config.MaxRoutes + 1 {
 		b.WriteString("  - split: {v1: 100}\n")
 	}
-	_, err := config.Parse("many.yaml", []byte(b.String()))
+	_, err = config.Parse("many.yaml", []byte(b.String()))
 	if want := "many.yaml:2: service x: routes: 65 routes; at most 64 are allowed"; err == nil || err.Error() != want {
 		t.Errorf("too many routes: %v, want %s", err, want)
 	}

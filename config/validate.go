@@ -21,6 +21,7 @@ const (
 	MaxRoutes         = 64
 	MaxSubsets        = 16
 	MaxMatchHeaders   = 16
+	maxMethods        = 16
 	maxHeaderValueLen = 1024
 )
 
@@ -76,10 +77,10 @@ func (s *Service) Validate() []Problem {
 			ps.add("retries.backoffMax", "%s is shorter than backoff (%s)", r.BackoffMax, r.Backoff)
 		}
 		if b := r.Budget; b != nil {
-			if b.Ratio != nil && (*b.Ratio < 0 || *b.Ratio > 1) {
+			if b.Ratio != nil && !inRange(*b.Ratio, 0, 1) {
 				ps.add("retries.budget.ratio", "%g is out of range; use 0 to 1", *b.Ratio)
 			}
-			if b.MinPerSecond != nil && (*b.MinPerSecond < 0 || *b.MinPerSecond > 1e6) {
+			if b.MinPerSecond != nil && !inRange(*b.MinPerSecond, 0, 1e6) {
 				ps.add("retries.budget.minPerSecond", "%g is out of range; use 0 to 1000000", *b.MinPerSecond)
 			}
 		}
@@ -88,7 +89,7 @@ func (s *Service) Validate() []Problem {
 		if b.Failures < 0 {
 			ps.add("breaker.failures", "%d is negative", b.Failures)
 		}
-		if b.Ratio < 0 || b.Ratio > 1 {
+		if !inRange(b.Ratio, 0, 1) {
 			ps.add("breaker.ratio", "%g is out of range; use 0 to 1", b.Ratio)
 		}
 		if b.MinRequests < 0 {
@@ -137,6 +138,9 @@ func (s *Service) Validate() []Problem {
 	return ps
 }
 
+// inRange reports whether lo <= x <= hi; NaN is in no range.
+func inRange(x, lo, hi float64) bool { return x >= lo && x <= hi }
+
 func validTimeout(ps *problems, path string, d Duration) {
 	switch {
 	case d < 0:
@@ -147,7 +151,7 @@ func validTimeout(ps *problems, path string, d Duration) {
 }
 
 func validPercent(ps *problems, path string, p float64) {
-	if p < 0 || p > 100 {
+	if !inRange(p, 0, 100) {
 		ps.add(path, "%g is out of range; use 0 to 100", p)
 	}
 }
@@ -161,6 +165,9 @@ func validRoute(ps *problems, path string, r *Route) {
 	m := &r.Match
 	if m.PathPrefix != "" && !strings.HasPrefix(m.PathPrefix, "/") {
 		ps.add(path+".match.pathPrefix", "%q does not start with /", m.PathPrefix)
+	}
+	if len(m.Methods) > maxMethods {
+		ps.add(path+".match.methods", "%d methods; at most %d are allowed", len(m.Methods), maxMethods)
 	}
 	for i, meth := range m.Methods {
 		if meth == "" || meth != strings.ToUpper(meth) || strings.ContainsAny(meth, " \t/:") {
