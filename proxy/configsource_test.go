@@ -20,6 +20,7 @@ type memConfigs struct {
 	rev      uint64
 	watchers map[string]map[int]func(*config.Service, uint64)
 	nextID   int
+	failing  error // Watch fails with it while set
 }
 
 var _ proxy.ConfigSource = (*memConfigs)(nil)
@@ -34,6 +35,9 @@ func newMemConfigs() *memConfigs {
 func (m *memConfigs) Watch(ctx context.Context, service string, apply func(*config.Service, uint64)) (func(), error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.failing != nil {
+		return nil, m.failing
+	}
 	if m.watchers[service] == nil {
 		m.watchers[service] = map[int]func(*config.Service, uint64){}
 	}

@@ -28,3 +28,11 @@ func PassingInstances(t *Transport, service, subset string) int {
 	}
 	return len(g.eps)
 }
+
+// SetRewatchAfter sets how long a service whose config watch failed runs on
+// the defaults before it is watched again, and returns a func restoring it.
+func SetRewatchAfter(d time.Duration) func() {
+	old := rewatchAfter
+	rewatchAfter = d
+	return func() { rewatchAfter = old }
+}

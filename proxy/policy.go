@@ -239,7 +239,15 @@ type serviceConfig struct {
 	ready   chan struct{} // closed once Watch has returned
 	isReady atomic.Bool
 	mu      sync.Mutex // orders applies
+	// retryAt (unix ns) is set when Watch failed: the service runs on the
+	// defaults, and the first call after retryAt watches it again.
+	retryAt atomic.Int64
 }
+
+// rewatchAfter is how long a service whose watch failed (no JetStream, or
+// JetStream not answering for a moment) runs on the defaults before a call
+// tries to watch it again.
+var rewatchAfter = 30 * time.Second
 
 // policyFor returns the policy a call to service uses. The first call to a
 // service starts watching its document and waits until the watch has
@@ -261,6 +269,9 @@ func (t *Transport) policyFor(service string) *policy {
 		case <-sc.ready:
 		case <-t.done:
 		}
+	}
+	if r := sc.retryAt.Load(); r != 0 && time.Now().UnixNano() > r && t.cfgs.CompareAndDelete(service, sc) {
+		t.cfgCount.Add(-1) // the next call watches again
 	}
 	return sc.p.Load()
 }
@@ -290,6 +301,7 @@ func (t *Transport) watch(service string) any {
 		t.watchErr.Do(func() {
 			t.logs.always(slog.LevelWarn, "cannot watch service configs; calls use the defaults", "service", service, "error", err)
 		})
+		sc.retryAt.Store(time.Now().Add(rewatchAfter).UnixNano())
 		return sc
 	}
 	t.watchMu.Lock()

@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -475,4 +476,33 @@ func TestOutlierLastOfSubsetStays(t *testing.T) {
 	if v2.Inbound().Paused() {
 		t.Fatal("the only v2 instance left its queue groups")
 	}
+}
+
+// A service whose config watch failed (JetStream missing or not answering
+// for a moment) runs on the defaults, and is watched again a while later:
+// it does not stay on the defaults for the Transport's lifetime.
+//
+// Not parallel: it changes how long that while is.
+func TestConfigWatchRetried(t *testing.T) {
+	defer proxy.SetRewatchAfter(100 * time.Millisecond)()
+	s := meshtest.RunServer(t)
+	serveHandler(t, s, okApp, proxy.ServeConfig{Service: "reviews"})
+	cfgs := newMemConfigs()
+	cfgs.apply(t, "service: reviews\nfault:\n  abort: {percent: 100, status: 418}\n")
+	cfgs.mu.Lock()
+	cfgs.failing = errors.New("the NATS server has no JetStream")
+	cfgs.mu.Unlock()
+	hc := configClient(t, s, cfgs, nil)
+	if status, body, _ := callBody(t, hc, "http://reviews/"); status != http.StatusOK {
+		t.Fatalf("with the watch failing: %d %q, want the defaults (200)", status, body)
+	}
+	cfgs.mu.Lock()
+	cfgs.failing = nil
+	cfgs.mu.Unlock()
+	meshtest.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+		if status, _, h := callBody(t, hc, "http://reviews/"); status != http.StatusTeapot || h.Get(bus.HeaderFault) != "abort" {
+			return fmt.Errorf("status %d, Mesh-Fault %q: the document is not applied yet", status, h.Get(bus.HeaderFault))
+		}
+		return nil
+	})
 }
