@@ -88,13 +88,20 @@ delete documents; docs/config.md describes the fields.`, stderr)
 	}
 	var ae *config.ApplyError
 	if errors.As(err, &ae) {
+		conflict := errors.Is(err, config.ErrConflict)
 		for _, s := range ae.NotApplied {
+			if s == ae.Service && !conflict {
+				// The write failed without an answer saying why: it may
+				// have been stored all the same.
+				fmt.Fprintf(stdout, "%s: may or may not have been applied\n", s)
+				continue
+			}
 			fmt.Fprintf(stdout, "%s: not applied\n", s)
 		}
-		if errors.Is(err, config.ErrConflict) {
+		if conflict {
 			fmt.Fprintf(stderr, "natsmesh apply: someone else changed %s meanwhile, so it and the services after it were not applied; re-run apply after checking `natsmesh config get %s`\n", ae.Service, ae.Service)
 		} else {
-			fmt.Fprintf(stderr, "natsmesh apply: writing %s failed, so it and the services after it were not applied: %s\n", ae.Service, sentence(ae.Err))
+			fmt.Fprintf(stderr, "natsmesh apply: writing %s failed (%s), so the services after it were not applied; check `natsmesh config get %s` and re-run apply\n", ae.Service, sentence(ae.Err), ae.Service)
 		}
 		return exitError(1)
 	}
