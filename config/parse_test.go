@@ -122,7 +122,17 @@ routes:
   - match:
       headers: {mesh-caller: x}
     split: {v1: 100}
-`, `mesh.yaml:5: service reviews: routes[0].match.headers.mesh-caller: "mesh-caller" is not a valid header name`},
+`, `mesh.yaml:5: service reviews: routes[0].match.headers.mesh-caller: Mesh-Caller is one of the mesh's own headers, which apps cannot send`},
+		{"hash on Host", `
+service: reviews
+loadBalancer: {policy: ring-hash, hashHeader: host}
+`, `mesh.yaml:3: service reviews: loadBalancer.hashHeader: Host names the service itself; use another header`},
+		{"header name with a space", `
+service: reviews
+routes:
+  - match: {headers: {"x user": a}}
+    split: {v1: 100}
+`, `mesh.yaml:4: service reviews: routes[0].match.headers.x user: "x user" is not a valid header name`},
 		{"lower-case method", `
 service: reviews
 routes:

@@ -110,8 +110,10 @@ func (s *Service) Validate() []Problem {
 		case lb.Policy != PolicyRingHash && lb.HashHeader != "":
 			ps.add("loadBalancer.hashHeader", "only ring-hash uses a hash header, and the policy is %s", lb.Policy)
 		}
-		if lb.HashHeader != "" && !validHeaderName(lb.HashHeader) {
-			ps.add("loadBalancer.hashHeader", "%q is not a valid header name", lb.HashHeader)
+		if lb.HashHeader != "" {
+			if why := headerProblem(lb.HashHeader); why != "" {
+				ps.add("loadBalancer.hashHeader", "%s", why)
+			}
 		}
 	}
 	if len(s.Routes) > MaxRoutes {
@@ -178,8 +180,8 @@ func validRoute(ps *problems, path string, r *Route) {
 		ps.add(path+".match.headers", "%d headers; at most %d are allowed", len(m.Headers), MaxMatchHeaders)
 	}
 	for _, name := range sortedKeys(m.Headers) {
-		if !validHeaderName(name) {
-			ps.add(path+".match.headers."+name, "%q is not a valid header name", name)
+		if why := headerProblem(name); why != "" {
+			ps.add(path+".match.headers."+name, "%s", why)
 		}
 		if len(m.Headers[name]) > maxHeaderValueLen {
 			ps.add(path+".match.headers."+name, "the value is longer than %d bytes", maxHeaderValueLen)
@@ -208,20 +210,26 @@ func validRoute(ps *problems, path string, r *Route) {
 	}
 }
 
-func validHeaderName(s string) bool {
-	if s == "" {
-		return false
-	}
+// headerProblem says what is wrong with a header name to match or hash on,
+// "" if nothing.
+func headerProblem(s string) string {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 		if !ok {
-			return false
+			return fmt.Sprintf("%q is not a valid header name", s)
 		}
 	}
-	// Mesh-* headers are the mesh's own, and the sidecar drops them from
-	// apps' requests: a route on them could never match.
-	return !strings.HasPrefix(http.CanonicalHeaderKey(s), "Mesh-")
+	switch c := http.CanonicalHeaderKey(s); {
+	case s == "":
+		return "the header name is empty"
+	case strings.HasPrefix(c, "Mesh-"):
+		// The sidecar drops Mesh-* headers from apps' requests.
+		return fmt.Sprintf("%s is one of the mesh's own headers, which apps cannot send", c)
+	case c == "Host":
+		return "Host names the service itself; use another header"
+	}
+	return ""
 }
 
 func sortedKeys[V any](m map[string]V) []string {
