@@ -43,6 +43,24 @@ const (
 	// sent) or both.
 	HeaderFault = "Mesh-Fault"
 
+	// Streams: a body that does not fit one message travels as a head and
+	// chunks (docs/architecture.md, "Large and streaming bodies").
+
+	// HeaderStream is "1" on a request or response head whose body follows
+	// in chunks; on a message from the caller to the callee's own subject
+	// (a chunk, a credit or a cancel) it is the call's reply subject, which
+	// names the call.
+	HeaderStream = "Mesh-Stream"
+	// HeaderSeq numbers the chunks of one body: 1, 2, 3...
+	HeaderSeq = "Mesh-Seq"
+	// HeaderEnd marks the last chunk of a body.
+	HeaderEnd = "Mesh-End"
+	// HeaderCredit grants the sender of a body that many more bytes.
+	HeaderCredit = "Mesh-Credit"
+	// HeaderCancel, from the caller, tells the callee to stop: the client
+	// went away or the caller gave up.
+	HeaderCancel = "Mesh-Cancel"
+
 	// escapePrefix carries an HTTP header whose name NATS gives meaning to
 	// (Status, Description, Nats-*) so that nats.go never mistakes an HTTP
 	// response for a NATS status message, nor the server a payload header for

@@ -713,6 +713,7 @@ func TestCodeStatus(t *testing.T) {
 		{bus.UpstreamLost, "upstream-lost", 502, false},
 		{bus.BadRequest, "bad-request", 400, false},
 		{bus.Forbidden, "forbidden", 403, false},
+		{bus.NotSupported, "not-supported", 501, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.wire, func(t *testing.T) {

@@ -23,6 +23,7 @@ const (
 	UpstreamLost        Code = "upstream-lost"
 	BadRequest          Code = "bad-request"
 	Forbidden           Code = "forbidden"
+	NotSupported        Code = "not-supported"
 )
 
 // Status is the HTTP status a code is answered with. too-large is 413 for a
@@ -41,6 +42,8 @@ func (c Code) Status() int {
 		return http.StatusBadRequest
 	case Forbidden:
 		return http.StatusForbidden
+	case NotSupported:
+		return http.StatusNotImplemented
 	}
 	return http.StatusBadGateway
 }

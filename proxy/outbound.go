@@ -53,26 +53,43 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	if isUpgrade(r.Header) {
+		writeError(w, r, notSupportedUpgrade(r.Header))
+		return
+	}
 	if e := o.t.unavailable(); e != nil {
 		writeError(w, r, e)
 		return
 	}
 	buf := getBuf()
 	defer putBuf(buf)
-	if berr := readBody(r, buf, o.t.nc.MaxPayload()); berr != nil {
+	uri := requestURI(r)
+	rb, berr := o.t.takeBody(r.Body, r.ContentLength, r.Header, len(uri)+len(r.Host), buf)
+	if berr != nil {
 		if berr.Code == bus.TooLarge {
 			w.Header().Set("Connection", "close") // the rest of the body is not read
 		}
 		writeError(w, r, berr)
 		return
 	}
-	res, err := o.t.call(r.Context(), service, r.Method, requestURI(r), r.Host, r.Header, buf.Bytes())
+	body := buf.Bytes()
+	if rb != nil {
+		body = nil
+	}
+	res, err := o.t.call(r.Context(), service, r.Method, uri, r.Host, r.Header, body, rb)
 	if err != nil {
 		return // the client went away; there is nobody to answer
 	}
 	addCallHeaders(w.Header(), &res)
 	if res.err != nil {
+		if rb != nil && res.err.Code == bus.TooLarge {
+			w.Header().Set("Connection", "close")
+		}
 		writeError(w, r, res.err)
+		return
+	}
+	if res.st != nil {
+		writeStream(w, r, res.m, res.st)
 		return
 	}
 	writeMessage(w, r, res.m)

@@ -5,7 +5,12 @@ import (
 	"sync"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/natsmesh/natsmesh/bus"
 )
+
+// replyChanCap is the room of an ordinary call's channel.
+const replyChanCap = 2
 
 // replyMux receives the replies to every request a Transport sends on one
 // wildcard inbox subscription, the way nats.go's own request multiplexer does,
@@ -30,7 +35,7 @@ func newReplyMux(nc *nats.Conn) (*replyMux, error) {
 	}
 	// Room for an acknowledgement and the reply that may follow it before
 	// the waiting call has read the first.
-	m.chans.New = func() any { return make(chan *nats.Msg, 2) }
+	m.chans.New = func() any { return make(chan *nats.Msg, replyChanCap) }
 	sub, err := nc.Subscribe(m.prefix+"*", m.deliver)
 	if err != nil {
 		return nil, err
@@ -48,7 +53,16 @@ func newReplyMux(nc *nats.Conn) (*replyMux, error) {
 // register returns a new reply subject, the channel its reply arrives on, and
 // the id to release it with.
 func (m *replyMux) register() (string, chan *nats.Msg, uint64) {
-	ch := m.chans.Get().(chan *nats.Msg)
+	return m.registerChan(m.chans.Get().(chan *nats.Msg))
+}
+
+// registerStream registers a call whose request body streams: the callee's
+// credits and replies arrive on a channel with room for a window of chunks.
+func (m *replyMux) registerStream() (string, chan *nats.Msg, uint64) {
+	return m.registerChan(make(chan *nats.Msg, streamChanCap))
+}
+
+func (m *replyMux) registerChan(ch chan *nats.Msg) (string, chan *nats.Msg, uint64) {
 	m.mu.Lock()
 	m.next++
 	id := m.next
@@ -66,10 +80,22 @@ func (m *replyMux) release(id uint64, ch chan *nats.Msg) {
 	m.mu.Lock()
 	delete(m.pending, id)
 	m.mu.Unlock()
+	if cap(ch) != replyChanCap {
+		return // a stream's: not reused
+	}
 	for len(ch) > 0 {
 		<-ch
 	}
 	m.chans.Put(ch)
+}
+
+// current is the channel the messages of call id arrive on now: after a
+// response head that announces a stream, its chunks arrive on a channel of
+// their own (see deliver).
+func (m *replyMux) current(id uint64) chan *nats.Msg {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.pending[id]
 }
 
 func (m *replyMux) deliver(msg *nats.Msg) {
@@ -82,6 +108,12 @@ func (m *replyMux) deliver(msg *nats.Msg) {
 	}
 	m.mu.Lock()
 	if ch, ok := m.pending[id]; ok {
+		if cap(ch) == replyChanCap && msg.Header[bus.HeaderStream] != nil {
+			// A response head: a window of chunks may follow at once,
+			// more than the call's channel holds. They go to a channel
+			// with room for them, which the call takes with current.
+			m.pending[id] = make(chan *nats.Msg, streamChanCap)
+		}
 		select {
 		case ch <- msg:
 		default: // a duplicate or late reply; the first ones win

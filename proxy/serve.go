@@ -82,6 +82,7 @@ type Server struct {
 	direct   *nats.Subscription
 	stopped  bool
 	inflight atomic.Int64
+	streams  sync.Map       // reply subject → *calleeStream, of streamed calls
 	wg       sync.WaitGroup // requests being served
 	admit    sync.Mutex     // orders wg.Add before the final wg.Wait
 	closed   bool
@@ -273,6 +274,12 @@ func (s *Server) recordFailure(msg string) {
 // onMsg runs on the subscription's delivery goroutine: it only admits the
 // request and hands it to a goroutine of its own, bounded by MaxInflight.
 func (s *Server) onMsg(m *nats.Msg) {
+	if v := m.Header[bus.HeaderStream]; len(v) > 0 && v[0] != "1" {
+		// A chunk, credit or cancel of a streamed call, to the
+		// instance's own subject.
+		s.onStreamMsg(v[0], m)
+		return
+	}
 	if m.Reply == "" {
 		s.malformed.Add(1) // nobody to answer
 		return
@@ -361,16 +368,22 @@ func (s *Server) serve(m *nats.Msg) {
 	if s.tracer != nil {
 		span = s.tracer.startServer(m, s.instance, method, uri)
 	}
-	deadline := time.Now().Add(s.requestTimeout(bus.First(m.Header, bus.HeaderTimeout)))
+	timeout := s.requestTimeout(bus.First(m.Header, bus.HeaderTimeout))
+	deadline := time.Now().Add(timeout)
+	var ack *time.Timer
 	if v := m.Header[bus.HeaderAck]; len(v) > 0 {
 		if d, ok := ackDelay(v[0]); ok {
 			reply := m.Reply
-			t := time.AfterFunc(d, func() { s.ack(reply) })
-			defer t.Stop()
+			ack = time.AfterFunc(d, func() { s.ack(reply) })
+			defer ack.Stop()
 		}
 	}
-	w := responseWriter{buf: getBuf(), limit: s.nc.MaxPayload()}
+	w := responseWriter{buf: getBuf(), limit: s.nc.MaxPayload(), srv: s, req: m, method: method, ack: ack, idle: timeout}
 	defer putBuf(w.buf)
+	defer w.closeStream()
+	if v := m.Header[bus.HeaderStream]; len(v) > 0 {
+		s.openRequestStream(&w, m)
+	}
 	if u, ok := s.h.(*Upstream); ok {
 		// The sidecar's path: straight from the message to the app, with no
 		// http.Request or context in between.
@@ -383,8 +396,8 @@ func (s *Server) serve(m *nats.Msg) {
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}
-	var ejected time.Duration
-	if s.outcome != nil {
+	ejected := w.ejected
+	if s.outcome != nil && !w.outcomeDone && !w.callerFailed() {
 		ejected = s.outcome(appFailed(w.status, w.err))
 	}
 	if span != nil {
@@ -393,6 +406,10 @@ func (s *Server) serve(m *nats.Msg) {
 			o = outcome{code: w.err.Code, status: w.err.Status}
 		}
 		endSpan(span, o)
+	}
+	if w.streaming {
+		s.finishStream(&w)
+		return
 	}
 	if w.err != nil {
 		s.respondErrorEjected(m, w.err, ejected)
@@ -480,8 +497,16 @@ func (s *Server) handleMsg(deadline time.Time, w *responseWriter, m *nats.Msg, m
 		req.ContentLength = int64(len(m.Data))
 		req.Body = io.NopCloser(bytes.NewReader(m.Data))
 	}
+	if w.reqBody != nil {
+		req.ContentLength = w.reqLen
+		req.Body = io.NopCloser(w.reqBody)
+	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
+	if w.cs != nil {
+		w.cs.setHook(cancel) // the caller cancelling ends the request's context
+	}
+	w.onCancel = cancel
 	return s.handle(w, req.WithContext(ctx))
 }
 

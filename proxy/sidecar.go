@@ -40,6 +40,9 @@ type SidecarConfig struct {
 	// Timeout is the default deadline of calls (default 15 s): of the app's
 	// outbound calls, and of inbound requests that carry no Mesh-Timeout.
 	Timeout time.Duration
+	// MaxBody limits the request bodies of the app's outbound calls
+	// (default DefaultMaxBody); see TransportConfig.MaxBody.
+	MaxBody int64
 	// DenyEgress refuses outbound calls to hosts outside the mesh.
 	DenyEgress bool
 	// Heartbeat is the interval of the instance's heartbeats (default 1 s).
@@ -128,7 +131,7 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 		s.egress = NewEgress(cfg.Instance, cfg.Logger)
 	}
 	if s.tr, err = NewTransport(nc, TransportConfig{
-		Caller: cfg.Service, Prefix: cfg.Prefix, Timeout: cfg.Timeout,
+		Caller: cfg.Service, Prefix: cfg.Prefix, Timeout: cfg.Timeout, MaxBody: cfg.MaxBody,
 		Retry: cfg.Retry, Breaker: cfg.Breaker, DisableBreaker: cfg.DisableBreaker,
 		AckWait: cfg.AckWait, ProbeInterval: cfg.ProbeInterval, Logger: cfg.Logger,
 		TracerProvider: cfg.TracerProvider, Configs: cfg.Configs, Follow: true,

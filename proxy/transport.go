@@ -66,6 +66,10 @@ type TransportConfig struct {
 	// service. The first call to a service starts watching its document;
 	// nil uses the fields above for every service.
 	Configs ConfigSource
+	// MaxBody limits request bodies (default DefaultMaxBody): a larger
+	// Content-Length is answered 413 too-large before the body is read, and
+	// a body of unknown length that grows past it is aborted.
+	MaxBody int64
 	// Follow keeps a registry view of the services the Transport calls
 	// (their heartbeats, from the first call to each on), as a sidecar
 	// does: the round-robin, least-request and ring-hash policies pick
@@ -88,6 +92,7 @@ type Transport struct {
 	caller  []string
 	timeout time.Duration
 	egress  http.RoundTripper
+	maxBody int64
 
 	tracer        *tracer
 	base          policyBase
@@ -128,9 +133,12 @@ func NewTransport(nc *nats.Conn, cfg TransportConfig) (*Transport, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Transport{nc: nc, subj: subj, timeout: cfg.Timeout, egress: cfg.Egress, done: make(chan struct{})}
+	t := &Transport{nc: nc, subj: subj, timeout: cfg.Timeout, egress: cfg.Egress, maxBody: cfg.MaxBody, done: make(chan struct{})}
 	if t.timeout <= 0 {
 		t.timeout = DefaultTimeout
+	}
+	if t.maxBody <= 0 {
+		t.maxBody = DefaultMaxBody
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -265,6 +273,7 @@ func (t *Transport) Close() error {
 // config injected a fault.
 type reply struct {
 	m        *nats.Msg
+	st       *respStream // the body of m, when it streams; the receiver closes it
 	err      *bus.Error
 	attempts int
 	breaker  breaker.State
@@ -280,12 +289,14 @@ type plan struct {
 	tg      *target
 	eps     *endpoints // nil: the queue group
 	hashKey string
+	rb      *reqStream // the request body, when it streams
 }
 
 // call is one request to a service, as raw parts: attempts, retried as the
 // service's policy allows, guarded by the destination's breaker. ctx ending
-// returns ctx's error as a Go error.
-func (t *Transport) call(ctx context.Context, service, method, uri, host string, hdr http.Header, body []byte) (reply, error) {
+// returns ctx's error as a Go error. rb, if not nil, is a body that streams
+// (body is then empty).
+func (t *Transport) call(ctx context.Context, service, method, uri, host string, hdr http.Header, body []byte, rb *reqStream) (reply, error) {
 	// The callers (RoundTrip, Outbound) have answered mesh-unavailable
 	// already, before reading the body; a drop from here on fails the
 	// publish or, once sent, the wait.
@@ -305,7 +316,7 @@ func (t *Transport) call(ctx context.Context, service, method, uri, host string,
 	if !now.Before(deadline) {
 		return reply{err: bus.Errorf(bus.Timeout, "the call to %s had no time left before it was sent", service)}, nil
 	}
-	pl := plan{p: p, service: service, tg: &p.own}
+	pl := plan{p: p, service: service, tg: &p.own, rb: rb}
 	if len(p.routes) > 0 {
 		if tg := p.routeRequest(method, uri, hdr); tg != nil {
 			pl.tg = tg
@@ -352,6 +363,13 @@ func (t *Transport) call(ctx context.Context, service, method, uri, host string,
 		h[bus.HeaderCaller] = t.caller
 	}
 	h[bus.HeaderAck] = ackAfterValue
+	if rb != nil {
+		h[bus.HeaderStream] = oneValue
+		delete(h, "Content-Length")
+		if rb.length >= 0 {
+			h["Content-Length"] = []string{strconv.FormatInt(rb.length, 10)}
+		}
+	}
 	if t.tracer == nil {
 		r, err := t.send(ctx, &pl, dest, method, h, body, retries, idem, deadline)
 		r.fault = mark
@@ -402,7 +420,7 @@ func (t *Transport) send(ctx context.Context, pl *plan, dest destination, method
 		if ep != nil && p.balance == balanceLeastRequest {
 			sent = time.Now()
 		}
-		r.m, r.err, err = t.attempt(ctx, pl, instance, subject, deadline, h, body)
+		r.m, r.st, r.err, err = t.attempt(ctx, pl, instance, subject, deadline, h, body)
 		if ep != nil {
 			ep.inflight.Add(-1)
 			switch {
@@ -423,6 +441,9 @@ func (t *Transport) send(ctx context.Context, pl *plan, dest destination, method
 		}
 		o = outcomeOf(r.m, r.err)
 		ticket.Done(o.result())
+		if r.st != nil || (pl.rb != nil && pl.rb.sent) {
+			break // a stream is never retried halfway, nor a body once it went
+		}
 		settling := o.code == bus.NoResponders && t.settling()
 		if !settling && (r.attempts > retries || !o.retryable(idem) || !p.retryOn.allows(o)) {
 			break
@@ -519,8 +540,11 @@ func (t *Transport) pause(ctx context.Context, service string, wait time.Duratio
 // attempt sends the request once and waits for its reply, until deadline or
 // the attempt's own timeout. While it waits past the callee's
 // acknowledgement, it probes the instance holding the request, so that a
-// death is noticed within a probe interval (see probe.go).
-func (t *Transport) attempt(ctx context.Context, pl *plan, instance, subject string, deadline time.Time, h nats.Header, body []byte) (*nats.Msg, *bus.Error, error) {
+// death is noticed within a probe interval (see probe.go). A request body
+// that streams is sent once the instance that took the head grants credit;
+// a reply whose body streams comes with its respStream, which then owns the
+// call's reply subject.
+func (t *Transport) attempt(ctx context.Context, pl *plan, instance, subject string, deadline time.Time, h nats.Header, body []byte) (*nats.Msg, *respStream, *bus.Error, error) {
 	service := pl.service
 	now := time.Now()
 	until := deadline
@@ -529,54 +553,111 @@ func (t *Transport) attempt(ctx context.Context, pl *plan, instance, subject str
 	}
 	left := until.Sub(now)
 	if left <= 0 {
-		return nil, bus.Errorf(bus.Timeout, "the call to %s had no time left before it was sent", service), nil
+		return nil, nil, bus.Errorf(bus.Timeout, "the call to %s had no time left before it was sent", service), nil
 	}
-	replyTo, ch, id := t.mux.register()
-	defer t.mux.release(id, ch)
+	rb := pl.rb
+	var (
+		replyTo string
+		ch      chan *nats.Msg
+		id      uint64
+	)
+	if rb == nil {
+		replyTo, ch, id = t.mux.register()
+	} else {
+		replyTo, ch, id = t.mux.registerStream()
+	}
+	owned := false // by the respStream returned
+	defer func() {
+		if !owned {
+			t.mux.release(id, ch)
+		}
+	}()
 	// Rounded up, so that the callee gives up no earlier than the caller.
 	h[bus.HeaderTimeout] = []string{strconv.FormatInt(int64((left+time.Millisecond-1)/time.Millisecond), 10)}
 	msg := &nats.Msg{Subject: subject, Reply: replyTo, Header: h, Data: body}
 	if err := t.nc.PublishMsg(msg); err != nil {
-		return nil, publishError(err, service, t.nc.MaxPayload()), nil
+		return nil, nil, publishError(err, service, t.nc.MaxPayload()), nil
 	}
 
 	timer := time.NewTimer(min(left, t.ackWait))
 	defer timer.Stop()
-	holder := "" // the instance that acknowledged the request
-	for {
-		select {
-		case m := <-ch:
-			switch {
-			case m == nil && t.isClosed():
-				return nil, nil, ErrTransportClosed
-			case m == nil:
-				return nil, bus.Errorf(bus.UpstreamLost, "the NATS connection dropped while waiting for %s to answer; the request may or may not have been processed", service), nil
-			case m.Header[bus.HeaderAck] != nil:
-				if holder == "" {
-					holder = bus.First(m.Header, bus.HeaderInstance)
-					timer.Reset(min(time.Until(until), t.probeInterval))
-				}
-				continue
-			case bus.IsNoResponders(m):
-				return nil, t.noResponders(service, pl.tg.subset, instance), nil
-			}
-			return m, nil, nil
-		case <-timer.C:
-			switch {
-			case !time.Now().Before(until):
-				return nil, bus.Errorf(bus.Timeout, "service %q did not answer within %s", service, left.Round(time.Millisecond)), nil
-			case holder == "":
-				return nil, bus.Errorf(bus.UpstreamLost, "no instance of %q acknowledged the request within %s, so the one that took it is presumed gone; the request may or may not have been processed", service, t.ackWait), nil
-			case t.probes.dead(holder):
-				return nil, bus.Errorf(bus.UpstreamLost, "instance %s of %q went away while holding the request; it may or may not have been processed", holder, service), nil
-			}
-			timer.Reset(min(time.Until(until), t.probeInterval))
-		case <-ctx.Done():
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return nil, bus.Errorf(bus.Timeout, "service %q did not answer within %s", service, left.Round(time.Millisecond)), nil
-			}
-			return nil, nil, ctx.Err()
+	holder := ""      // the instance that acknowledged the request
+	uploaded := false // the streamed body went (or failed)
+	// A request body that went is cancelled at the callee when the call
+	// ends without its answer.
+	cancel := func() {
+		if uploaded && holder != "" {
+			t.cancelAt(holder, replyTo)
 		}
+	}
+	var early *nats.Msg // an answer that came while the body was sent
+	for {
+		var m *nats.Msg
+		if early != nil {
+			m, early = early, nil
+		} else {
+			select {
+			case m = <-ch:
+			case <-timer.C:
+				switch {
+				case !time.Now().Before(until):
+					cancel()
+					return nil, nil, bus.Errorf(bus.Timeout, "service %q did not answer within %s", service, left.Round(time.Millisecond)), nil
+				case holder == "":
+					return nil, nil, bus.Errorf(bus.UpstreamLost, "no instance of %q acknowledged the request within %s, so the one that took it is presumed gone; the request may or may not have been processed", service, t.ackWait), nil
+				case t.probes.dead(holder):
+					return nil, nil, bus.Errorf(bus.UpstreamLost, "instance %s of %q went away while holding the request; it may or may not have been processed", holder, service), nil
+				}
+				timer.Reset(min(time.Until(until), t.probeInterval))
+				continue
+			case <-ctx.Done():
+				cancel()
+				if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+					return nil, nil, bus.Errorf(bus.Timeout, "service %q did not answer within %s", service, left.Round(time.Millisecond)), nil
+				}
+				return nil, nil, nil, ctx.Err()
+			}
+		}
+		switch {
+		case m == nil && t.isClosed():
+			return nil, nil, nil, ErrTransportClosed
+		case m == nil:
+			return nil, nil, bus.Errorf(bus.UpstreamLost, "the NATS connection dropped while waiting for %s to answer; the request may or may not have been processed", service), nil
+		case m.Header[bus.HeaderCredit] != nil && m.Header[bus.HeaderStatus] == nil:
+			if rb == nil || uploaded {
+				continue // a late credit
+			}
+			// The instance that took the head grants credit: it holds
+			// the call, and the body goes to it.
+			uploaded = true
+			holder = bus.First(m.Header, bus.HeaderInstance)
+			credit, _ := strconv.ParseInt(bus.First(m.Header, bus.HeaderCredit), 10, 64)
+			answer, e, err := t.upload(ctx, pl, rb, ch, replyTo, holder, credit, left)
+			if err != nil || e != nil {
+				cancel()
+				return nil, nil, e, err
+			}
+			early = answer
+			// The call's timeout counts from the end of its body.
+			until = time.Now().Add(left)
+			timer.Reset(min(left, t.probeInterval))
+			continue
+		case m.Header[bus.HeaderAck] != nil:
+			if holder == "" {
+				holder = bus.First(m.Header, bus.HeaderInstance)
+				timer.Reset(min(time.Until(until), t.probeInterval))
+			}
+			continue
+		case m.Header[bus.HeaderSeq] != nil:
+			continue // a chunk of a response already given up
+		case bus.IsNoResponders(m):
+			return nil, nil, t.noResponders(service, pl.tg.subset, instance), nil
+		}
+		if m.Header[bus.HeaderStream] != nil && m.Header[bus.HeaderError] == nil {
+			owned = true
+			return m, t.newRespStream(id, ch, replyTo, m, service, left), nil, nil
+		}
+		return m, nil, nil, nil
 	}
 }
 
@@ -635,27 +716,6 @@ func putBuf(b *bytes.Buffer) {
 	bufPool.Put(b)
 }
 
-// readBody reads r's body into buf, refusing bodies over limit bytes.
-func readBody(r *http.Request, buf *bytes.Buffer, limit int64) *bus.Error {
-	if r.Body == nil || r.Body == http.NoBody {
-		return nil
-	}
-	if r.ContentLength > limit {
-		return tooLargeRequest(limit)
-	}
-	if r.ContentLength > 0 {
-		buf.Grow(int(r.ContentLength))
-	}
-	n, err := buf.ReadFrom(io.LimitReader(r.Body, limit+1))
-	if err != nil {
-		return bus.Errorf(bus.BadRequest, "cannot read the request body: %v", err)
-	}
-	if n > limit {
-		return tooLargeRequest(limit)
-	}
-	return nil
-}
-
 // RoundTrip implements http.RoundTripper.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	host := req.URL.Host
@@ -679,25 +739,44 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		closeBody(req)
 		return errorResponse(req, e, ""), nil
 	}
-	buf := getBuf()
-	defer putBuf(buf)
-	if berr := readBody(req, buf, t.nc.MaxPayload()); berr != nil {
+	if isUpgrade(req.Header) {
 		closeBody(req)
-		return errorResponse(req, berr, ""), nil
+		return errorResponse(req, notSupportedUpgrade(req.Header), ""), nil
 	}
-	closeBody(req)
 	reqHost := req.Host
 	if reqHost == "" {
 		reqHost = req.URL.Host
 	}
-	r, err := t.call(req.Context(), service, req.Method, req.URL.RequestURI(), reqHost, req.Header, buf.Bytes())
+	uri := req.URL.RequestURI()
+	buf := getBuf()
+	defer putBuf(buf)
+	length := req.ContentLength
+	if length == 0 {
+		length = -1 // a body with ContentLength 0 is of unknown length
+	}
+	rb, berr := t.takeBody(req.Body, length, req.Header, len(uri)+len(reqHost), buf)
+	if berr != nil {
+		closeBody(req)
+		return errorResponse(req, berr, ""), nil
+	}
+	body := buf.Bytes()
+	if rb != nil {
+		body = nil
+		defer closeBody(req)
+	} else {
+		closeBody(req)
+	}
+	r, err := t.call(req.Context(), service, req.Method, uri, reqHost, req.Header, body, rb)
 	if err != nil {
 		return nil, err
 	}
 	var resp *http.Response
-	if r.err != nil {
+	switch {
+	case r.err != nil:
 		resp = errorResponse(req, r.err, "")
-	} else {
+	case r.st != nil:
+		resp = streamResponse(req, r.m, r.st)
+	default:
 		resp = messageResponse(req, r.m)
 	}
 	addCallHeaders(resp.Header, &r)

@@ -180,7 +180,9 @@ func (u *Upstream) forward(ctx context.Context, deadline time.Time, method, uri,
 		return e
 	}
 	for attempt := 0; ; attempt++ {
-		pc, reused, err := u.get(ctx, deadline, attempt > 0)
+		// A streamed request body cannot be sent twice: it goes on a new
+		// connection, which the app cannot have closed meanwhile.
+		pc, reused, err := u.get(ctx, deadline, attempt > 0 || w.reqBody != nil)
 		if err != nil {
 			return u.failure(ctx, deadline, err)
 		}
@@ -210,6 +212,12 @@ func (u *Upstream) forward(ctx context.Context, deadline time.Time, method, uri,
 // exchange writes the request on pc and reads the response. It reports how
 // many bytes of the request reached the connection and whether any response
 // byte was read; pc goes back to the pool only on success.
+//
+// For a Server's call (w.srv set) a request body may stream in (w.reqBody)
+// and the response body may stream out (see streamBody); a cancel by the
+// caller closes the connection, and while a body streams each read or write
+// on the connection is bounded by the call's timeout as an idle timeout
+// instead of the call's deadline.
 func (u *Upstream) exchange(ctx context.Context, deadline time.Time, pc *upstreamConn, method, uri, host string, hdr nats.Header, body []byte, w *responseWriter) (sent int64, read bool, err error) {
 	_ = pc.c.SetDeadline(deadline)
 	stop := func() bool { return true }
@@ -217,8 +225,15 @@ func (u *Upstream) exchange(ctx context.Context, deadline time.Time, pc *upstrea
 		stop = context.AfterFunc(ctx, func() { _ = pc.c.SetDeadline(aLongTimeAgo) })
 		defer stop()
 	}
+	if w.cs != nil && w.cs.setHook(func() { pc.c.Close() }) {
+		return 0, false, cancelledError()
+	}
 	pc.cw.n = 0
-	err = writeRequest(pc.bw, method, uri, host, u.host, hdr, body)
+	if w.reqBody != nil {
+		err = u.sendBody(pc, method, uri, host, hdr, w)
+	} else {
+		err = writeRequest(pc.bw, method, uri, host, u.host, hdr, body)
+	}
 	sent = pc.cw.n
 	if err != nil {
 		return sent, false, err
@@ -239,18 +254,149 @@ func (u *Upstream) exchange(ctx context.Context, deadline time.Time, pc *upstrea
 	}
 	w.header = resp.Header
 	w.WriteHeader(resp.StatusCode)
-	if _, err := w.ReadFrom(resp.Body); err != nil {
+	if w.srv != nil && method != http.MethodHead && bodyAllowed(resp.StatusCode) &&
+		(resp.ContentLength < 0 || isEventStream(resp.Header) || !fitsMessage(resp.Header, 0, resp.ContentLength, w.limit)) {
+		if err := u.streamBody(pc, resp, w); err != nil {
+			return sent, read, err
+		}
+	} else if _, err := w.readInline(resp.Body); err != nil {
 		return sent, read, err
 	}
-	// Back to the pool only if the cancellation hook can no longer fire on
-	// it, and with no deadline left on it.
-	if resp.Close || !stop() {
+	// Back to the pool only if the cancellation hooks can no longer fire
+	// on it, and with no deadline left on it.
+	if resp.Close || !stop() || (w.cs != nil && w.cs.setHook(nil)) {
 		pc.c.Close()
 		return sent, read, nil
 	}
 	_ = pc.c.SetDeadline(time.Time{})
 	u.put(pc)
 	return sent, read, nil
+}
+
+// isEventStream reports whether a response is a stream of server-sent
+// events, which always streams: each event goes as soon as the app sends it.
+func isEventStream(h http.Header) bool {
+	ct := h.Get("Content-Type")
+	return len(ct) >= len("text/event-stream") && strings.EqualFold(ct[:len("text/event-stream")], "text/event-stream")
+}
+
+// sendBody writes a request whose body streams in: the head, then each
+// chunk as it arrives (chunked encoding when its length is unknown), with
+// each write bounded by the idle timeout. The call's timeout for the
+// response counts from the body's end.
+func (u *Upstream) sendBody(pc *upstreamConn, method, uri, host string, hdr nats.Header, w *responseWriter) error {
+	_ = pc.c.SetDeadline(time.Now().Add(w.idle))
+	if err := writeHead(pc.bw, method, uri, host, u.host, hdr, w.reqLen, w.reqLen < 0); err != nil {
+		return err
+	}
+	if err := pc.bw.Flush(); err != nil {
+		return err
+	}
+	var total int64
+	var num [20]byte
+	for {
+		data, err := w.reqBody.nextChunk()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		total += int64(len(data))
+		if w.reqLen >= 0 && total > w.reqLen {
+			return bus.Errorf(bus.BadRequest, "the request body is longer than its Content-Length of %d", w.reqLen)
+		}
+		_ = pc.c.SetWriteDeadline(time.Now().Add(w.idle))
+		if w.reqLen < 0 {
+			pc.bw.Write(strconv.AppendInt(num[:0], int64(len(data)), 16))
+			pc.bw.WriteString("\r\n")
+		}
+		pc.bw.Write(data)
+		if w.reqLen < 0 {
+			pc.bw.WriteString("\r\n")
+		}
+		if err := pc.bw.Flush(); err != nil {
+			return err
+		}
+	}
+	if w.reqLen >= 0 && total != w.reqLen {
+		return bus.Errorf(bus.BadRequest, "the request body ended after %d of its %d bytes", total, w.reqLen)
+	}
+	if w.reqLen < 0 {
+		pc.bw.WriteString("0\r\n\r\n")
+	}
+	if err := pc.bw.Flush(); err != nil {
+		return err
+	}
+	_ = pc.c.SetDeadline(time.Now().Add(w.idle))
+	return nil
+}
+
+// streamBody passes the app's response body on. A body of unknown length
+// that ends within its first reads still goes inline; any other goes as a
+// head with the first bytes, then a chunk per read, each read from the app
+// bounded by the idle timeout rather than the call's deadline, so that a
+// long download or event stream lives while it moves.
+func (u *Upstream) streamBody(pc *upstreamConn, resp *http.Response, w *responseWriter) error {
+	bp := getChunk()
+	defer putChunk(bp)
+	buf := (*bp)[:chunkSize(w.limit)]
+	eof := false
+	if !isEventStream(resp.Header) {
+		// The first read, and what has arrived with it.
+		n := 0
+		for n < len(buf) {
+			_ = pc.c.SetReadDeadline(time.Now().Add(w.idle))
+			k, err := resp.Body.Read(buf[n:])
+			n += k
+			if err == io.EOF {
+				eof = true
+				break
+			}
+			if err != nil {
+				return err
+			}
+			if pc.br.Buffered() == 0 {
+				break
+			}
+		}
+		if eof && resp.ContentLength < 0 && fitsMessage(resp.Header, 0, int64(n), w.limit) {
+			w.buf.Write(buf[:n])
+			return nil
+		}
+		w.buf.Write(buf[:n])
+	}
+	if e := w.startStream(); e != nil {
+		return e
+	}
+	if w.cs.setHook(func() { pc.c.Close() }) {
+		return cancelledError()
+	}
+	for !eof {
+		_ = pc.c.SetReadDeadline(time.Now().Add(w.idle))
+		n := 0
+		var err error
+		for n < len(buf) {
+			var k int
+			k, err = resp.Body.Read(buf[n:])
+			n += k
+			if err != nil || pc.br.Buffered() == 0 {
+				break
+			}
+		}
+		if n > 0 {
+			if e := w.snd.write(buf[:n]); e != nil {
+				return e
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 var aLongTimeAgo = time.Unix(1, 0)
@@ -376,6 +522,20 @@ func (u *Upstream) put(pc *upstreamConn) {
 // writeRequest writes an HTTP/1.1 request. Hop-by-hop headers were removed
 // when the request entered the mesh; Host and Content-Length are written here.
 func writeRequest(bw *bufio.Writer, method, uri, host, defaultHost string, hdr map[string][]string, body []byte) error {
+	length := int64(len(body))
+	if length == 0 && method != http.MethodPost && method != http.MethodPut && method != http.MethodPatch {
+		length = -1
+	}
+	if err := writeHead(bw, method, uri, host, defaultHost, hdr, length, false); err != nil {
+		return err
+	}
+	bw.Write(body)
+	return bw.Flush()
+}
+
+// writeHead writes a request's line and headers, with Content-Length when
+// length is not negative, else Transfer-Encoding: chunked if chunked.
+func writeHead(bw *bufio.Writer, method, uri, host, defaultHost string, hdr map[string][]string, length int64, chunked bool) error {
 	if host == "" {
 		host = defaultHost
 	}
@@ -409,15 +569,17 @@ func writeRequest(bw *bufio.Writer, method, uri, host, defaultHost string, hdr m
 			bw.WriteString("\r\n")
 		}
 	}
-	if len(body) > 0 || method == http.MethodPost || method == http.MethodPut || method == http.MethodPatch {
+	switch {
+	case length >= 0:
 		var num [20]byte
 		bw.WriteString("Content-Length: ")
-		bw.Write(strconv.AppendInt(num[:0], int64(len(body)), 10))
+		bw.Write(strconv.AppendInt(num[:0], length, 10))
 		bw.WriteString("\r\n")
+	case chunked:
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
 	}
 	bw.WriteString("\r\n")
-	bw.Write(body)
-	return bw.Flush()
+	return nil
 }
 
 // validRequestLine guards against a message that would smuggle a second

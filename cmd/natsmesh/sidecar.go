@@ -51,6 +51,7 @@ subset.`, stderr)
 	prefix := prefixFlag(fs)
 	fs.IntVar(&cfg.MaxInflight, "max-inflight", proxy.DefaultMaxInflight, "inbound requests handled at once; more are answered 503 overloaded")
 	fs.DurationVar(&cfg.Timeout, "timeout", proxy.DefaultTimeout, "default deadline of calls: the app's outbound calls, and inbound requests that carry none")
+	fs.Int64Var(&cfg.MaxBody, "max-body", proxy.DefaultMaxBody, "largest request body, in bytes, the app may send through the mesh; larger ones are answered 413 too-large (bodies over one NATS message stream in chunks)")
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", registry.DefaultInterval, "interval of the instance's heartbeats; it expires from the registry after 3 missed ones")
 	fs.StringVar(&cfg.HealthCheck.Path, "health-path", "", "path of the app's health check, for example /healthz; while it fails the instance takes no traffic (default: no checks)")
 	fs.DurationVar(&cfg.HealthCheck.Interval, "health-interval", time.Second, "interval between health checks")
@@ -89,6 +90,9 @@ subset.`, stderr)
 		cfg.Retry.Retries = -1
 	default:
 		cfg.Retry.Retries = *retries
+	}
+	if cfg.MaxBody < 1 {
+		return usagef("--max-body %d: use 1 or more bytes", cfg.MaxBody)
 	}
 	if cfg.Retry.BudgetRatio < 0 || cfg.Retry.BudgetMinPerSecond < 0 {
 		return usagef("--retry-budget and --retry-budget-min must not be negative")
