@@ -54,8 +54,9 @@ func TestMain(m *testing.M) {
 // the calling service and the request URI, and prints "begin" and "end" lines
 // for requests of 100 ms or more; /healthz answers ok. POST /admin/fail?on=1
 // makes /work fail at once with status 500 (or &code=N) until ?on=0, and
-// GET /admin/count answers how many /work requests arrived. It exits when
-// its stdin closes, so it never outlives the test that started it.
+// GET /admin/count answers how many /work requests arrived; the endpoints
+// for large and streaming bodies are addStreamRoutes's. It exits when its
+// stdin closes, so it never outlives the test that started it.
 func runApp(name string) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -112,6 +113,7 @@ func runApp(name string) {
 	mux.HandleFunc("GET /admin/count", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%d\n", count.Load())
 	})
+	addStreamRoutes(mux)
 	go func() {
 		_, _ = io.Copy(io.Discard, os.Stdin)
 		os.Exit(0)
