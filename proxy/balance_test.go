@@ -234,6 +234,7 @@ func TestBalanceSkipsGoneInstance(t *testing.T) {
 			victim := scs[0]
 			victim.Inbound().Stop() // it still heartbeats passing
 			retried := 0
+			start := time.Now()
 			for i := range 200 {
 				code, body, h := callBody(t, hc, "http://carts/", "X-User", fmt.Sprintf("user-%d", i))
 				if code != http.StatusOK {
@@ -246,8 +247,11 @@ func TestBalanceSkipsGoneInstance(t *testing.T) {
 					retried++
 				}
 			}
-			if retried > 1 {
-				t.Errorf("%d of 200 calls needed a retry after one instance went away, want at most 1", retried)
+			// The instance still heartbeats, so the registry never drops it:
+			// it is tried again, once, each time its gone mark wears off.
+			allowed := 1 + int(time.Since(start)/(3*time.Second))
+			if retried > allowed {
+				t.Errorf("%d of 200 calls needed a retry after one instance went away (in %s), want at most %d", retried, time.Since(start).Round(time.Millisecond), allowed)
 			}
 		})
 	}
