@@ -509,6 +509,16 @@ func rawExchange(t *testing.T, addr, head string, body func(w io.Writer) error) 
 // writeChunked writes size bytes of the pattern in the chunked encoding, in
 // chunks of 64 KiB, and the last chunk.
 func writeChunked(w io.Writer, size int64) error {
+	if err := writeChunkedPart(w, size); err != nil {
+		return err
+	}
+	_, err := io.WriteString(w, "0\r\n\r\n")
+	return err
+}
+
+// writeChunkedPart writes size bytes of the pattern in the chunked encoding,
+// in chunks of 64 KiB, without the last chunk.
+func writeChunkedPart(w io.Writer, size int64) error {
 	bw := bufio.NewWriterSize(w, 70<<10)
 	src, buf := newPattern(size), make([]byte, 64<<10)
 	for {
@@ -522,7 +532,6 @@ func writeChunked(w io.Writer, size int64) error {
 			return err
 		}
 	}
-	bw.WriteString("0\r\n\r\n")
 	return bw.Flush()
 }
 
@@ -720,7 +729,9 @@ func readEvent(br *bufio.Reader) (id, data string, err error) {
 // TestStreamClientDisconnect closes the client's connection in the middle of
 // a response and checks that the app's handler ends within 1 s: while it is
 // writing a 1 GiB download (its write fails), and while it waits in an event
-// stream that has nothing to send (its request's context ends).
+// stream that has nothing to send (its request's context ends). Then in the
+// middle of a request body, declared or chunked: the app's read of the body
+// fails within 1 s.
 func TestStreamClientDisconnect(t *testing.T) {
 	const within = time.Second
 	m := startStreamMesh(t, natsmeshBin(t))
@@ -759,6 +770,48 @@ func TestStreamClientDisconnect(t *testing.T) {
 			took := time.Unix(0, rec.Ended).Sub(closed)
 			t.Logf("the app's handler ended %s after the client went away (%d written; write error %q, context %q)",
 				took.Round(time.Millisecond), rec.N, rec.Err, rec.Ctx)
+			if took > within {
+				t.Errorf("the app's handler ended %s after the client went away, want within %s", took.Round(time.Millisecond), within)
+			}
+		})
+	}
+	// The other way: the client goes away in the middle of a request body
+	// the app is reading (declared 50 MiB, or chunked); the app's body must
+	// fail (never end as if complete) within 1 s.
+	for _, chunked := range []bool{false, true} {
+		t.Run(fmt.Sprintf("upload_chunked_%v", chunked), func(t *testing.T) {
+			id := fmt.Sprintf("dc-upload-%v", chunked)
+			conn, err := net.DialTimeout("tcp", m.outbound, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+			if chunked {
+				fmt.Fprintf(conn, "POST /stream/upload?id=%s HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n\r\n", id, streamService)
+				err = writeChunkedPart(conn, 4*mib)
+			} else {
+				fmt.Fprintf(conn, "POST /stream/upload?id=%s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n", id, streamService, 50*mib)
+				_, err = io.Copy(conn, newPattern(4*mib))
+			}
+			if err != nil {
+				t.Fatalf("send the first 4 MiB of the body: %v", err)
+			}
+			meshtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+				if _, ok := m.record(t, id); !ok {
+					return fmt.Errorf("request %s did not reach the app", id)
+				}
+				return nil
+			})
+			closed := time.Now()
+			conn.Close()
+			rec := m.waitEnded(t, id, 10*time.Second)
+			took := time.Unix(0, rec.Ended).Sub(closed)
+			t.Logf("the app's handler ended %s after the client went away (%d bytes read; body error %q, context %q)",
+				took.Round(time.Millisecond), rec.N, rec.Err, rec.Ctx)
+			if rec.Err == "" {
+				t.Errorf("the app read %d bytes and its body ended without an error, want it to fail", rec.N)
+			}
 			if took > within {
 				t.Errorf("the app's handler ended %s after the client went away, want within %s", took.Round(time.Millisecond), within)
 			}
