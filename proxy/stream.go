@@ -18,12 +18,12 @@ import (
 const (
 	// streamWindow is the credit a receiver grants at the start: the most
 	// a sender may have sent and not had credited back.
-	streamWindow = 1 << 20
+	streamWindow = 4 << 20
 	// creditBatch is how much a receiver lets its consumer take before it
 	// credits it back: two credit messages per window.
 	creditBatch = streamWindow / 2
 	// maxChunk is the largest chunk (less when max_payload is small).
-	maxChunk = 128 << 10
+	maxChunk = 512 << 10
 	// minCharge is what a chunk costs at least against the window, so that
 	// a window is at most streamWindow/minCharge messages however small the
 	// chunks (a server-sent event each): the receiver's channel is bounded

@@ -319,7 +319,7 @@ func TestStreamHolderDiesNotRetried(t *testing.T) {
 	c := sidecarClient(t, formProxy, caller, "frontend")
 	pr, pw := io.Pipe()
 	go func() {
-		pw.Write(make([]byte, 4<<20)) // more than the app reads and a window: the caller waits for credit
+		pw.Write(make([]byte, 12<<20)) // more than the app reads and a window (4 MiB): the caller waits for credit
 		<-hold.release
 		pw.Close()
 	}()
