@@ -229,8 +229,16 @@ func (u *Upstream) exchange(ctx context.Context, deadline time.Time, pc *upstrea
 		return 0, false, cancelledError()
 	}
 	pc.cw.n = 0
+	partial := false // the app answered before the whole body was sent
 	if w.reqBody != nil {
 		err = u.sendBody(pc, method, uri, host, hdr, w)
+		if errors.Is(err, errEarlyAnswer) || err != nil && !isBusError(err) && answered(pc, earlyAnswerWait) {
+			// The app answered without reading the whole body (its own
+			// 401 or 413, say) and may have closed: its answer is what the
+			// client gets, as from a direct call.
+			partial, err = true, nil
+			_ = pc.c.SetDeadline(deadline)
+		}
 	} else {
 		err = writeRequest(pc.bw, method, uri, host, u.host, hdr, body)
 	}
@@ -264,7 +272,7 @@ func (u *Upstream) exchange(ctx context.Context, deadline time.Time, pc *upstrea
 	}
 	// Back to the pool only if the cancellation hooks can no longer fire
 	// on it, and with no deadline left on it.
-	if resp.Close || !stop() || (w.cs != nil && w.cs.setHook(nil)) {
+	if resp.Close || partial || !stop() || (w.cs != nil && w.cs.setHook(nil)) {
 		pc.c.Close()
 		return sent, read, nil
 	}
@@ -278,6 +286,31 @@ func (u *Upstream) exchange(ctx context.Context, deadline time.Time, pc *upstrea
 func isEventStream(h http.Header) bool {
 	ct := h.Get("Content-Type")
 	return len(ct) >= len("text/event-stream") && strings.EqualFold(ct[:len("text/event-stream")], "text/event-stream")
+}
+
+// errEarlyAnswer stops sending a request body: the app has answered.
+var errEarlyAnswer = errors.New("proxy: the app answered before reading the whole request body")
+
+// earlyAnswerWait is how long a failed write of a request body waits for an
+// answer the app may have sent before it closed the connection.
+const earlyAnswerWait = 100 * time.Millisecond
+
+// answered reports whether the app has sent response bytes on pc, waiting
+// up to wait for them (0: a look at what has arrived, bounded by a few
+// microseconds). It leaves the read deadline unset.
+func answered(pc *upstreamConn, wait time.Duration) bool {
+	if pc.br.Buffered() > 0 {
+		return true
+	}
+	_ = pc.c.SetReadDeadline(time.Now().Add(max(wait, 20*time.Microsecond)))
+	_, err := pc.br.Peek(1)
+	_ = pc.c.SetReadDeadline(time.Time{})
+	return err == nil
+}
+
+func isBusError(err error) bool {
+	var e *bus.Error
+	return errors.As(err, &e)
 }
 
 // sendBody writes a request whose body streams in: the head, then each
@@ -305,6 +338,9 @@ func (u *Upstream) sendBody(pc *upstreamConn, method, uri, host string, hdr nats
 		total += int64(len(data))
 		if w.reqLen >= 0 && total > w.reqLen {
 			return bus.Errorf(bus.BadRequest, "the request body is longer than its Content-Length of %d", w.reqLen)
+		}
+		if answered(pc, 0) {
+			return errEarlyAnswer
 		}
 		_ = pc.c.SetWriteDeadline(time.Now().Add(w.idle))
 		if w.reqLen < 0 {
