@@ -40,19 +40,21 @@ func feed(msgs []*nats.Msg, credits *[]int64) *chunkReader {
 func TestChunkReaderCreditsInHalfWindows(t *testing.T) {
 	var msgs []*nats.Msg
 	var want []byte
-	for i := 1; i <= 20; i++ {
+	// A window and a quarter in 64 KiB chunks.
+	n := int(streamWindow/(64<<10)) * 5 / 4
+	for i := 1; i <= n; i++ {
 		b := bytes.Repeat([]byte{byte(i)}, 64<<10)
 		want = append(want, b...)
 		msgs = append(msgs, chunkMsg(i, b, "", ""))
 	}
-	msgs = append(msgs, chunkMsg(21, nil, bus.HeaderEnd, "1"))
+	msgs = append(msgs, chunkMsg(n+1, nil, bus.HeaderEnd, "1"))
 	var credits []int64
 	got, err := io.ReadAll(feed(msgs, &credits))
 	if err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("read %d bytes, err %v; want %d bytes", len(got), err, len(want))
 	}
-	// 20 chunks of 64 KiB: a credit of half a window after each 8, none
-	// for the last 4 (the sender has room for them).
+	// A credit of half a window after each half window, none for the last
+	// quarter (the sender has room for it).
 	if len(credits) != 2 || credits[0] != creditBatch || credits[1] != creditBatch {
 		t.Fatalf("credits %v, want two of %d", credits, creditBatch)
 	}
