@@ -53,18 +53,27 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	if isUpgrade(r.Header) {
-		writeError(w, r, notSupportedUpgrade(r.Header))
+	forward(o.t, w, r, service, r.Host, r.Header)
+}
+
+// forward carries r to service through t and writes the answer to w, or the
+// mesh's failure: upgrades refused, the body read into one message or
+// streamed, the reply streamed to the client when its body does. host and
+// hdr are what the service is sent as the request's Host and headers (the
+// codec drops hop-by-hop and Mesh-* ones).
+func forward(t *Transport, w http.ResponseWriter, r *http.Request, service, host string, hdr http.Header) {
+	if isUpgrade(hdr) {
+		writeError(w, r, notSupportedUpgrade(hdr))
 		return
 	}
-	if e := o.t.unavailable(); e != nil {
+	if e := t.unavailable(); e != nil {
 		writeError(w, r, e)
 		return
 	}
 	buf := getBuf()
 	defer putBuf(buf)
 	uri := requestURI(r)
-	rb, berr := o.t.takeBody(r.Body, r.ContentLength, r.Header, len(uri)+len(r.Host), buf)
+	rb, berr := t.takeBody(r.Body, r.ContentLength, hdr, len(uri)+len(host), buf)
 	if berr != nil {
 		if berr.Code == bus.TooLarge {
 			w.Header().Set("Connection", "close") // the rest of the body is not read
@@ -76,7 +85,7 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if rb != nil {
 		body = nil
 	}
-	res, err := o.t.call(r.Context(), service, r.Method, uri, r.Host, r.Header, body, rb)
+	res, err := t.call(r.Context(), service, r.Method, uri, host, hdr, body, rb)
 	if err != nil {
 		return // the client went away; there is nobody to answer
 	}
