@@ -37,7 +37,7 @@ func (a *app) headers() []http.Header {
 // startApp serves a bookinfo app on a real socket behind a sidecar of its
 // own (in subset version, for reviews), its calls going out through that
 // sidecar. wrap, if not nil, wraps the app's handler.
-func startApp(t *testing.T, s *bus.Server, service, version string, wrap func(http.Handler) http.Handler) *app {
+func startApp(t *testing.T, s *bus.Server, configs proxy.ConfigSource, service, version string, wrap func(http.Handler) http.Handler) *app {
 	t.Helper()
 	ts := httptest.NewUnstartedServer(nil)
 	cfg := proxy.SidecarConfig{
@@ -45,6 +45,7 @@ func startApp(t *testing.T, s *bus.Server, service, version string, wrap func(ht
 		Upstream: "http://" + ts.Listener.Addr().String(),
 		Listen:   "127.0.0.1:0",
 		Logger:   slog.New(slog.DiscardHandler),
+		Configs:  configs,
 	}
 	if service == "reviews" {
 		cfg.Subset = version
@@ -82,11 +83,18 @@ func startApp(t *testing.T, s *bus.Server, service, version string, wrap func(ht
 // service or service:version.
 func bookinfoMesh(t *testing.T, apps ...string) map[string]*app {
 	t.Helper()
+	return bookinfoMeshWith(t, nil, apps...)
+}
+
+// bookinfoMeshWith is bookinfoMesh with the sidecars taking their config
+// documents from configs.
+func bookinfoMeshWith(t *testing.T, configs proxy.ConfigSource, apps ...string) map[string]*app {
+	t.Helper()
 	s := meshtest.RunServer(t)
 	out := make(map[string]*app)
 	for _, name := range apps {
 		service, version, _ := strings.Cut(name, ":")
-		out[name] = startApp(t, s, service, version, nil)
+		out[name] = startApp(t, s, configs, service, version, nil)
 	}
 	return out
 }
@@ -204,8 +212,8 @@ func TestProductPageWithoutReviewsAndDetails(t *testing.T) {
 func TestProductPageTimesOutOnSlowReviews(t *testing.T) {
 	t.Parallel()
 	s := meshtest.RunServer(t)
-	startApp(t, s, "details", "", nil)
-	startApp(t, s, "reviews", "v1", func(h http.Handler) http.Handler {
+	startApp(t, s, nil, "details", "", nil)
+	startApp(t, s, nil, "reviews", "v1", func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			select {
 			case <-time.After(bookinfo.ProductPageTimeout + 300*time.Millisecond):
@@ -214,7 +222,7 @@ func TestProductPageTimesOutOnSlowReviews(t *testing.T) {
 			h.ServeHTTP(w, r)
 		})
 	})
-	pp := startApp(t, s, "productpage", "", nil)
+	pp := startApp(t, s, nil, "productpage", "", nil)
 	meshtest.CheckFor(t, 4*time.Second, 20*time.Millisecond, func() error {
 		_, body := get(t, pp.URL+"/productpage", nil)
 		if !strings.Contains(body, "PublisherA") {
@@ -295,8 +303,8 @@ func TestEndpoints(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name, service, version, path string
-		status                      int
-		want                        string
+		status                       int
+		want                         string
 	}{
 		{"root redirects", "productpage", "", "/", http.StatusFound, ""},
 		{"details", "details", "", "/details/1", http.StatusOK, `"ISBN-10": "1234567890"`},
