@@ -21,6 +21,7 @@ Usage:
 Commands:
   server    run the embedded NATS server (JetStream on) the mesh uses
   sidecar   put an HTTP app on the mesh and give it an outbound proxy
+  gateway   take HTTP traffic from outside the mesh to services by host and path
   call      call a mesh service once and print the response body
   services  list the services on the mesh
   instances list the instances of a service
@@ -37,6 +38,7 @@ type command func(ctx context.Context, args []string, stdout, stderr io.Writer) 
 var commands = map[string]command{
 	"server":    runServer,
 	"sidecar":   runSidecar,
+	"gateway":   runGateway,
 	"call":      runCall,
 	"services":  runServices,
 	"instances": runInstances,

@@ -9,7 +9,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/natsmesh/natsmesh/breaker"
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/config"
 	"github.com/natsmesh/natsmesh/proxy"
@@ -57,20 +56,8 @@ subset.`, stderr)
 	fs.DurationVar(&cfg.HealthCheck.Interval, "health-interval", time.Second, "interval between health checks")
 	fs.IntVar(&cfg.HealthCheck.Fails, "health-fails", 2, "failed checks in a row before the instance stops taking traffic")
 	fs.IntVar(&cfg.HealthCheck.Passes, "health-passes", 2, "passed checks in a row before it takes traffic again")
-	retries := fs.Int("retries", proxy.DefaultRetries, "retries of a failed outbound call (0: none); only failures that are safe to retry are, see README")
-	fs.DurationVar(&cfg.Retry.BackoffBase, "retry-backoff", proxy.DefaultBackoffBase, "first wait before a retry; it doubles, with jitter, up to --retry-backoff-max")
-	fs.DurationVar(&cfg.Retry.BackoffMax, "retry-backoff-max", proxy.DefaultBackoffMax, "longest wait before a retry")
-	fs.DurationVar(&cfg.Retry.PerTryTimeout, "per-try-timeout", 0, "deadline of each attempt, so a timed-out idempotent call can be retried (0: an attempt may use the whole --timeout)")
-	fs.Float64Var(&cfg.Retry.BudgetRatio, "retry-budget", proxy.DefaultBudgetRatio, "retries per destination may be at most this share of its calls over 10s, plus --retry-budget-min")
-	fs.Float64Var(&cfg.Retry.BudgetMinPerSecond, "retry-budget-min", proxy.DefaultBudgetMinPerSecond, "retries per second per destination always allowed by the budget")
-	brk := fs.String("breaker", "on", "circuit breaker per destination service: on or off")
-	fs.IntVar(&cfg.Breaker.ConsecutiveFailures, "breaker-failures", breaker.DefaultConsecutiveFailures, "failures in a row that open the breaker")
-	fs.Float64Var(&cfg.Breaker.FailureRatio, "breaker-ratio", breaker.DefaultFailureRatio, "share of failed calls over --breaker-window that opens the breaker")
-	fs.IntVar(&cfg.Breaker.MinRequests, "breaker-min-requests", breaker.DefaultMinRequests, "calls needed in the window before --breaker-ratio applies")
-	fs.DurationVar(&cfg.Breaker.Window, "breaker-window", breaker.DefaultWindow, "rolling window of --breaker-ratio")
-	fs.DurationVar(&cfg.Breaker.OpenTimeout, "breaker-open", breaker.DefaultOpenTimeout, "how long an open breaker refuses calls before letting probes through")
-	fs.IntVar(&cfg.Breaker.HalfOpenProbes, "breaker-probes", breaker.DefaultHalfOpenProbes, "probe calls that must all succeed to close the breaker again")
-	fs.DurationVar(&cfg.AckWait, "ack-wait", proxy.DefaultAckWait, "a call neither answered nor acknowledged within this is lost with the instance that took it")
+	var calls callFlags
+	calls.register(fs)
 	outlier := fs.Int("outlier-failures", proxy.DefaultOutlierConsecutive, "app failures in a row (5xx, refused, timed out) that eject this instance from its queue groups (0: never)")
 	fs.DurationVar(&cfg.Outlier.BaseEjection, "outlier-ejection", proxy.DefaultBaseEjection, "first ejection time; each repeat adds as much")
 	fs.DurationVar(&cfg.Outlier.MaxEjection, "outlier-max-ejection", proxy.DefaultMaxEjection, "longest ejection time")
@@ -83,30 +70,12 @@ subset.`, stderr)
 	if len(pos) > 0 {
 		return usagef("unexpected argument %q", pos[0])
 	}
-	switch {
-	case *retries < 0:
-		return usagef("--retries %d: use 0 or more", *retries)
-	case *retries == 0:
-		cfg.Retry.Retries = -1
-	default:
-		cfg.Retry.Retries = *retries
+	if err := calls.check(); err != nil {
+		return err
 	}
-	if cfg.MaxBody < 1 {
-		return usagef("--max-body %d: use 1 or more bytes", cfg.MaxBody)
-	}
-	if cfg.Retry.BudgetRatio < 0 || cfg.Retry.BudgetMinPerSecond < 0 {
-		return usagef("--retry-budget and --retry-budget-min must not be negative")
-	}
-	switch *brk {
-	case "on":
-	case "off":
-		cfg.DisableBreaker = true
-	default:
-		return usagef("--breaker %q: use on or off", *brk)
-	}
-	if cfg.Breaker.ConsecutiveFailures < 1 || cfg.Breaker.FailureRatio <= 0 || cfg.Breaker.FailureRatio > 1 ||
-		cfg.Breaker.MinRequests < 1 || cfg.Breaker.HalfOpenProbes < 1 {
-		return usagef("--breaker-failures, --breaker-min-requests and --breaker-probes must be at least 1, --breaker-ratio above 0 and at most 1")
+	cfg.Retry, cfg.Breaker, cfg.DisableBreaker, cfg.AckWait = calls.Retry, calls.Breaker, calls.DisableBreaker, calls.AckWait
+	if err := checkMaxBody(cfg.MaxBody); err != nil {
+		return err
 	}
 	switch {
 	case *outlier < 0:
