@@ -19,6 +19,7 @@ Usage:
   natsmesh <command> [flags]
 
 Commands:
+  demo      run bookinfo on the mesh in one process, to see what it does
   server    run the embedded NATS server (JetStream on) the mesh uses
   sidecar   put an HTTP app on the mesh and give it an outbound proxy
   gateway   take HTTP traffic from outside the mesh to services by host and path
@@ -39,6 +40,7 @@ var commands = map[string]command{
 	"server":    runServer,
 	"sidecar":   runSidecar,
 	"gateway":   runGateway,
+	"demo":      runDemo,
 	"call":      runCall,
 	"services":  runServices,
 	"instances": runInstances,

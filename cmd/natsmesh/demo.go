@@ -1,0 +1,279 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/config"
+	"github.com/natsmesh/natsmesh/examples/bookinfo"
+	"github.com/natsmesh/natsmesh/proxy"
+	"github.com/natsmesh/natsmesh/registry"
+)
+
+func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("demo", "demo [flags]", `
+Runs the whole mesh in one process, to show what it does: an embedded NATS
+server with the registry and the config bucket, the four services of the
+bookinfo sample (productpage, details, reviews in versions v1, v2 and v3,
+ratings), each a real HTTP server behind its own sidecar, and a gateway that
+takes traffic from outside. Open the page it prints, then try the commands it
+suggests in another terminal. Ctrl-C stops everything.
+
+NATS listens on 127.0.0.1:4222, or on a free port if that one is taken (the
+demo then prints the export NATSMESH_URL=... line the other commands need).
+Data lives in a temporary directory removed at exit, so each demo starts
+afresh.`, stderr)
+	natsListen := fs.String("listen", "", "address for NATS clients (default 127.0.0.1:4222, or a free port if it is taken)")
+	gatewayListen := fs.String("gateway", "127.0.0.1:9080", "address of the gateway, the page to open")
+	var lf logFlags
+	lf.register(fs)
+	fs.Lookup("log-level").DefValue = "warn"
+	lf.level = "warn"
+	pos, err := parse(fs, args, stdout)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("unexpected argument %q", pos[0])
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+
+	// The gateway's port first: it is the one the user opens.
+	gln, err := net.Listen("tcp", *gatewayListen)
+	if err != nil {
+		return fmt.Errorf("the gateway cannot listen on %s, which another program may be using (%v); choose another address with --gateway", *gatewayListen, err)
+	}
+	defer gln.Close()
+
+	data, err := os.MkdirTemp("", "natsmesh-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(data)
+	srv, err := startDemoServer(*natsListen, data, log)
+	if err != nil {
+		return err
+	}
+	defer srv.Shutdown()
+	url := srv.ClientURL()
+
+	d := &demo{url: url, log: log}
+	defer d.stop()
+	if err := d.start(ctx); err != nil {
+		return err
+	}
+	gw, err := d.gateway(gln)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = gw.Shutdown(sctx)
+	}()
+	page := "http://" + gln.Addr().String() + "/productpage"
+	if err := waitPage(ctx, page); err != nil {
+		return err
+	}
+
+	fmt.Fprintf(stdout, "natsmesh demo: bookinfo is running on the mesh, NATS on %s\n\n", url)
+	fmt.Fprintf(stdout, "  open %s\n", page)
+	fmt.Fprintf(stdout, "  (reload it: reviews v1, v2 and v3 take turns; add ?u=jason to act as user jason)\n\n")
+	fmt.Fprintf(stdout, "Then, in another terminal, from this repository:\n\n")
+	if url != "nats://127.0.0.1:4222" {
+		fmt.Fprintf(stdout, "  export NATSMESH_URL=%s\n", url)
+	}
+	fmt.Fprintf(stdout, "  go run ./cmd/natsmesh services                                         # the services and their instances\n")
+	fmt.Fprintf(stdout, "  go run ./cmd/natsmesh watch                                            # instances coming and going, live\n")
+	fmt.Fprintf(stdout, "  go run ./cmd/natsmesh apply -f examples/bookinfo/reviews-v3-canary.yaml   # half of reviews to v3, half to v1\n\n")
+	fmt.Fprintf(stdout, "Ctrl-C stops the demo.\n")
+
+	<-ctx.Done()
+	fmt.Fprintf(stdout, "stopping the demo\n")
+	return nil
+}
+
+// startDemoServer starts the embedded NATS server on listen, or on
+// 127.0.0.1:4222 and, when that is taken, on a free port.
+func startDemoServer(listen, data string, log *slog.Logger) (*bus.Server, error) {
+	explicit := listen != ""
+	if !explicit {
+		listen = bus.DefaultListen
+	}
+	host, port, err := bus.ParseListen(listen)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	cfg := bus.ServerConfig{Host: host, Port: port, DataDir: data, Logger: bus.SlogLogger(log.With("component", "nats-server"))}
+	if !explicit {
+		if l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port))); err != nil {
+			cfg.Port = -1 // taken: any free port
+		} else {
+			l.Close()
+		}
+	}
+	srv, err := bus.StartServer(cfg)
+	if err != nil && explicit {
+		return nil, fmt.Errorf("NATS cannot listen on %s; choose another address with --listen: %w", listen, err)
+	}
+	return srv, err
+}
+
+// demo is the demo's parts, stopped in reverse order.
+type demo struct {
+	url   string
+	log   *slog.Logger
+	stops []func(context.Context)
+}
+
+func (d *demo) onStop(f func(context.Context)) { d.stops = append(d.stops, f) }
+
+func (d *demo) stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := len(d.stops) - 1; i >= 0; i-- {
+		d.stops[i](ctx)
+	}
+	d.stops = nil
+}
+
+// start runs the registry, the config bucket and every bookinfo app with its
+// sidecar.
+func (d *demo) start(ctx context.Context) error {
+	nc, err := bus.Connect(bus.ConnectConfig{URL: d.url, Name: "natsmesh-demo-registry", Logger: d.log})
+	if err != nil {
+		return err
+	}
+	d.onStop(func(context.Context) { nc.Close() })
+	if err := createConfigBucket(ctx, nc, "", true, d.log); err != nil {
+		return err
+	}
+	reg, err := registry.StartService(nc, registry.ServiceConfig{Logger: d.log})
+	if err != nil {
+		return err
+	}
+	d.onStop(func(context.Context) { reg.Stop() })
+	for _, svc := range bookinfo.Services {
+		versions := []string{"v1"}
+		if svc == "reviews" {
+			versions = []string{"v1", "v2", "v3"}
+		}
+		for _, v := range versions {
+			if err := d.app(svc, v); err != nil {
+				return fmt.Errorf("start %s %s: %w", svc, v, err)
+			}
+		}
+	}
+	return nil
+}
+
+// app starts one bookinfo app on a port of its own and its sidecar, whose
+// outbound proxy the app calls the other services through.
+func (d *demo) app(service, version string) error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	nc, err := bus.Connect(bus.ConnectConfig{URL: d.url, Name: "natsmesh-demo-" + service + "-" + version, Logger: d.log})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	d.onStop(func(context.Context) { nc.Close() })
+	watcher, err := config.NewWatcher(nc, "", d.log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	cfg := proxy.SidecarConfig{
+		Service: service, Upstream: "http://" + ln.Addr().String(), Listen: "127.0.0.1:0",
+		Configs: watcher, Logger: d.log.With("service", service),
+	}
+	if service == "reviews" {
+		cfg.Subset = version
+	}
+	sc, err := proxy.StartSidecar(nc, cfg)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	h, err := bookinfo.Handler(bookinfo.Config{Service: service, Version: version, Proxy: sc.OutboundAddr().String()})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = hs.Serve(ln) }()
+	// Stopped in reverse: the sidecar drains (the app still answers what
+	// it holds), then the app stops.
+	d.onStop(func(ctx context.Context) { _ = hs.Shutdown(ctx) })
+	d.onStop(func(ctx context.Context) {
+		if err := sc.Shutdown(ctx); err != nil {
+			d.log.Warn("sidecar shutdown", "service", service, "error", err)
+		}
+	})
+	return nil
+}
+
+// gateway serves the gateway on ln: every path to productpage.
+func (d *demo) gateway(ln net.Listener) (*http.Server, error) {
+	nc, err := bus.Connect(bus.ConnectConfig{URL: d.url, Name: "natsmesh-demo-gateway", Logger: d.log})
+	if err != nil {
+		return nil, err
+	}
+	d.onStop(func(context.Context) { nc.Close() })
+	watcher, err := config.NewWatcher(nc, "", d.log)
+	if err != nil {
+		return nil, err
+	}
+	tr, err := proxy.NewTransport(nc, proxy.TransportConfig{Caller: "gateway", Configs: watcher, Logger: d.log})
+	if err != nil {
+		return nil, err
+	}
+	d.onStop(func(context.Context) { tr.Close() })
+	gw, err := proxy.NewGateway(tr, []proxy.GatewayRoute{{Prefix: "/", Service: "productpage"}}, d.log)
+	if err != nil {
+		return nil, err
+	}
+	hs := &http.Server{Handler: gw, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = hs.Serve(ln) }()
+	return hs, nil
+}
+
+// waitPage waits until the page renders through the mesh: every sidecar has
+// subscribed and the registry knows them.
+func waitPage(ctx context.Context, page string) error {
+	hc := &http.Client{Timeout: 5 * time.Second}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := hc.Get(page)
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK && strings.Contains(string(body), "Details served by") && strings.Contains(string(body), "Reviews served by") {
+				return nil
+			}
+			err = fmt.Errorf("status %d", resp.StatusCode)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the demo's page %s did not render within 30 s: %v", page, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
