@@ -56,7 +56,7 @@ func TestReadmeTour(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs README commands, which build binaries; skipped with -short")
 	}
-	for _, p := range []string{"4222", "8080", "8081", "8082", "15001", "15002", "15003", "15004", "15005"} {
+	for _, p := range []string{"4222", "9080", "8080", "8081", "8082", "15001", "15002", "15003", "15004", "15005"} {
 		l, err := net.Listen("tcp", "127.0.0.1:"+p)
 		if err != nil {
 			if os.Getenv("CI") != "" {
@@ -76,8 +76,12 @@ func TestReadmeTour(t *testing.T) {
 	}
 	readme := string(raw)
 	setup := readmeBlock(t, readme, "# natsmesh")
-	if len(setup) != 2 || !strings.HasPrefix(setup[0], "go run ./cmd/natsmesh server") || !strings.HasPrefix(setup[1], "go test") {
-		t.Fatalf("README.md should open with the two set-up commands (run the server, run the tests), got %q", setup)
+	if len(setup) != 2 || setup[0] != "go run ./cmd/natsmesh demo" || !strings.HasPrefix(setup[1], "go test") {
+		t.Fatalf("README.md should open with the two commands (run the demo, run the tests), got %q", setup)
+	}
+	serverBlock := readmeBlock(t, readme, "<!-- readme-test: server -->")
+	if len(serverBlock) != 1 || !strings.HasPrefix(serverBlock[0], "go run ./cmd/natsmesh server") {
+		t.Fatalf("README.md's server block changed (%q); update this test", serverBlock)
 	}
 	startBlock := readmeBlock(t, readme, "<!-- readme-test: start -->")
 	tryBlock := readmeBlock(t, readme, "<!-- readme-test: try -->")
@@ -90,7 +94,9 @@ func TestReadmeTour(t *testing.T) {
 	}
 	env := append(childEnv(), "XDG_STATE_HOME="+t.TempDir(), "PATH="+filepath.Dir(goCmd)+":"+os.Getenv("PATH"))
 
-	script := "set -e\n" + setup[0] + " &\n" +
+	readmeDemoTour(t, root, env, readme, setup[0])
+
+	script := "set -e\n" + serverBlock[0] + " &\n" +
 		"for i in $(seq 300); do (echo > /dev/tcp/127.0.0.1/4222) 2>/dev/null && break; sleep 0.1; done\n" +
 		strings.Join(startBlock, "\n") + "\nwait\n"
 	runBackground(t, root, env, script)
@@ -229,4 +235,110 @@ func runBackground(t *testing.T, root string, env []string, script string) *outp
 		}
 	})
 	return out
+}
+
+// readmeDemoTour runs the README's first command, the demo, and the tour's
+// commands against it, then stops the demo with Ctrl-C and checks that its
+// ports are free again.
+func readmeDemoTour(t *testing.T, root string, env []string, readme, demoCmd string) {
+	t.Helper()
+	tour := readmeBlock(t, readme, "<!-- readme-test: tour -->")
+	watchBlock := readmeBlock(t, readme, "<!-- readme-test: watch -->")
+	want := [][]*regexp.Regexp{
+		{regexp.MustCompile(`Reviews served by reviews-v[123]`), regexp.MustCompile(`Details served by instance`)},
+		{regexp.MustCompile(`(?m)^reviews +3 +3 `), regexp.MustCompile(`(?m)^productpage +1 +1 `), regexp.MustCompile(`(?m)^details +1 +1 `), regexp.MustCompile(`(?m)^ratings +1 +1 `)},
+		{regexp.MustCompile(`(?m)^reviews-[0-9a-f]+ +v1 +passing`), regexp.MustCompile(`(?m)^reviews-[0-9a-f]+ +v2 +passing`), regexp.MustCompile(`(?m)^reviews-[0-9a-f]+ +v3 +passing`)},
+		{regexp.MustCompile(`(?m)^reviews: applied revision \d+$`)},
+		{regexp.MustCompile(`Reviews served by reviews-v2`)},
+		{regexp.MustCompile(`(?m)^reviews: applied revision \d+$`)},
+		{regexp.MustCompile(`(?ms)^\d+ .*put.*^\d+ .*put`)},
+	}
+	if len(tour) != len(want) || len(watchBlock) != 1 {
+		t.Fatalf("README.md's tour changed (%q, %q); update this test", tour, watchBlock)
+	}
+	demo, out := startScript(t, root, env, demoCmd)
+	meshtest.CheckFor(t, 120*time.Second, 200*time.Millisecond, func() error {
+		if !strings.Contains(out.String(), "open http://127.0.0.1:9080/productpage") {
+			return fmt.Errorf("the demo has not said it is ready:\n%s", out)
+		}
+		return nil
+	})
+	_, watchOut := startScript(t, root, env, watchBlock[0])
+	for i, line := range tour {
+		check := func() error {
+			for _, re := range want[i] {
+				if err := runMatching(root, env, line, re)(); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		if strings.Contains(line, " apply ") {
+			if err := check(); err != nil { // a write runs once
+				t.Fatal(err)
+			}
+			continue
+		}
+		meshtest.CheckFor(t, 30*time.Second, 200*time.Millisecond, check)
+	}
+	meshtest.CheckFor(t, 10*time.Second, 100*time.Millisecond, func() error {
+		if !regexp.MustCompile(`reviews reviews-[0-9a-f]+`).MatchString(watchOut.String()) {
+			return fmt.Errorf("watch has not shown the reviews instances:\n%s", watchOut)
+		}
+		return nil
+	})
+
+	// Ctrl-C stops the demo (go run passes the signal on), and frees its
+	// ports for the rest of the README.
+	_ = syscall.Kill(-demo.Process.Pid, syscall.SIGINT)
+	done := make(chan error, 1)
+	go func() { done <- demo.Wait() }()
+	select {
+	case <-done:
+		// go run itself exits 1 after an interrupt, whatever its child
+		// did; the demo says it stopped, and nothing of it is left.
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the demo did not stop within 30 s of Ctrl-C:\n%s", out)
+	}
+	if !strings.Contains(out.String(), "stopping the demo") || strings.Contains(out.String(), "stopping at once") {
+		t.Errorf("the demo did not stop cleanly after Ctrl-C:\n%s", out)
+	}
+	meshtest.CheckFor(t, 10*time.Second, 100*time.Millisecond, func() error {
+		if err := syscall.Kill(-demo.Process.Pid, 0); err != syscall.ESRCH {
+			return fmt.Errorf("a process of the demo is still running (%v)", err)
+		}
+		return nil
+	})
+	meshtest.CheckFor(t, 10*time.Second, 100*time.Millisecond, func() error {
+		for _, p := range []string{"4222", "9080"} {
+			l, err := net.Listen("tcp", "127.0.0.1:"+p)
+			if err != nil {
+				return fmt.Errorf("port %s is still taken after the demo stopped: %v", p, err)
+			}
+			l.Close()
+		}
+		return nil
+	})
+}
+
+// startScript runs a README line in a process group of its own, killed with
+// everything it started when the test ends unless it has exited.
+func startScript(t *testing.T, root string, env []string, line string) (*exec.Cmd, *output) {
+	t.Helper()
+	out := newOutput()
+	cmd := exec.Command("bash", "-c", "exec "+line)
+	cmd.Dir = root
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		if t.Failed() {
+			t.Logf("output of %s:\n%s", line, out)
+		}
+	})
+	return cmd, out
 }
