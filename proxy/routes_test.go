@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -99,7 +100,7 @@ func TestRouteSplit(t *testing.T) {
 	hc := configClient(t, s, cfgs, nil)
 	const n = 10_000
 	var got [2]atomic.Int64
-	var failed atomic.Int64
+	var failed, retries atomic.Int64
 	parallel(n, 16, func(int) {
 		resp, err := hc.Get("http://reviews/")
 		if err != nil {
@@ -108,6 +109,9 @@ func TestRouteSplit(t *testing.T) {
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
+		if a, _ := strconv.Atoi(resp.Header.Get(bus.HeaderAttempts)); a > 1 {
+			retries.Add(int64(a - 1)) // a slow machine can make a call look lost
+		}
 		switch string(body) {
 		case "v1\n":
 			got[0].Add(1)
@@ -124,8 +128,8 @@ func TestRouteSplit(t *testing.T) {
 	if share < 7 || share > 13 {
 		t.Fatalf("v2 took %.1f %% of the calls (v1 %d, v2 %d), want 10 ± 3", share, got[0].Load(), got[1].Load())
 	}
-	if v1.served.Load()+v2.served.Load() != n {
-		t.Fatalf("the apps served %d + %d requests, want %d", v1.served.Load(), v2.served.Load(), n)
+	if served := v1.served.Load() + v2.served.Load(); served < n || served > n+retries.Load() {
+		t.Fatalf("the apps served %d + %d requests, want %d (plus at most the %d retries)", v1.served.Load(), v2.served.Load(), n, retries.Load())
 	}
 	t.Logf("v1 %d, v2 %d (%.2f %%)", got[0].Load(), got[1].Load(), share)
 }
