@@ -700,8 +700,11 @@ func TestFailureOutlierEjection(t *testing.T) {
 	}
 	t.Logf("%d calls; %d failed before the ejection %s after the app began to fail; %d while ejected; back in rotation %s after the ejection",
 		len(calls), failures, ejectedAt.Sub(failFrom).Round(time.Millisecond), during, rejoined.Sub(ejectedAt).Round(time.Millisecond))
-	if failures < consecutive || failures > consecutive+workers {
-		t.Errorf("%d calls failed before the ejection, want %d to %d (%d in a row, plus those in flight)", failures, consecutive, consecutive+workers, consecutive)
+	// The instance decides after a random pause of up to 50 ms (so that
+	// instances failing together see each other's heartbeats first); each
+	// worker may finish a few 10 ms calls in it, more on a loaded machine.
+	if most := consecutive + 6*workers; failures < consecutive || failures > most {
+		t.Errorf("%d calls failed before the ejection, want %d to %d (%d in a row, plus those in flight and in the decision's pause)", failures, consecutive, most, consecutive)
 	}
 	if during < 10 {
 		t.Errorf("only %d calls while the instance was out; the load did not run through the ejection", during)
