@@ -65,9 +65,12 @@ func TestServiceListAndGet(t *testing.T) {
 	_, c := startRegistry(t, s)
 	ctx := context.Background()
 
-	if _, err := c.List(ctx); err != nil {
-		t.Fatalf("list of an empty mesh: %v", err)
-	}
+	// The service answers once it holds the lease, which takes a JetStream
+	// write: a moment on a loaded machine.
+	meshtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		_, err := c.List(ctx)
+		return err
+	})
 	failing := func() (registry.Health, int) { return registry.Failing, 0 }
 	announce(t, s, "web", "web-1", nil)
 	announce(t, s, "web", "web-2", failing)
