@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/metrics"
 )
 
 // DefaultMaxInflight is the default concurrency limit of one instance.
@@ -58,6 +59,10 @@ type ServeConfig struct {
 	// TracerProvider, if set, records a server span per request, whose trace
 	// context the request to the app carries; nil records nothing.
 	TracerProvider trace.TracerProvider
+	// Metrics, if set, records every request on its inbound edge from the
+	// calling service (Mesh-Caller; "(unknown)" when there is none): its
+	// status class and Mesh-Error code, its latency, and calls in flight.
+	Metrics *metrics.Set
 }
 
 // Server answers one service instance's NATS requests with an http.Handler.
@@ -71,6 +76,7 @@ type Server struct {
 	ackHdr   nats.Header // the header of every acknowledgement
 	outcome  func(failed bool) time.Duration
 	tracer   *tracer
+	metrics  *metrics.Set
 	max      int64
 	log      *slog.Logger
 
@@ -134,7 +140,7 @@ func Serve(nc *nats.Conn, h http.Handler, cfg ServeConfig) (*Server, error) {
 		timeout: cfg.Timeout, maxTimeout: cfg.MaxTimeout,
 		nc: nc, h: h, service: cfg.Service, subset: cfg.Subset, instance: cfg.Instance,
 		inst: []string{cfg.Instance}, max: int64(cfg.MaxInflight), log: cfg.Logger,
-		outcome: cfg.Outcome, tracer: newTracer(cfg.TracerProvider),
+		outcome: cfg.Outcome, tracer: newTracer(cfg.TracerProvider), metrics: cfg.Metrics,
 	}
 	s.ackHdr = nats.Header{bus.HeaderAck: {"1"}, bus.HeaderInstance: s.inst}
 	s.subj = subj
@@ -292,6 +298,9 @@ func (s *Server) onMsg(m *nats.Msg) {
 	if s.inflight.Add(1) > s.max {
 		s.inflight.Add(-1)
 		s.rejected.Add(1)
+		if s.metrics != nil {
+			s.inboundEdge(m.Header).Record(http.StatusServiceUnavailable, bus.Overloaded, 1, 0)
+		}
 		s.respondError(m, bus.Errorf(bus.Overloaded, "instance %s of %s is handling its limit of %d requests; retry shortly", s.instance, s.service, s.max))
 		return
 	}
@@ -356,12 +365,21 @@ func (s *Server) serve(m *nats.Msg) {
 	start := time.Now()
 	defer s.done(start)
 	s.served.Add(1)
+	var edge *metrics.Edge
+	if s.metrics != nil {
+		edge = s.inboundEdge(m.Header)
+		edge.Start()
+	}
 
 	method := bus.First(m.Header, bus.HeaderMethod)
 	uri := bus.First(m.Header, bus.HeaderPath)
 	if method == "" || uri == "" {
 		s.malformed.Add(1)
-		s.respondError(m, bus.Errorf(bus.BadRequest, "the request message lacks %s or %s; send requests through a natsmesh proxy or proxy.Transport", bus.HeaderMethod, bus.HeaderPath))
+		e := bus.Errorf(bus.BadRequest, "the request message lacks %s or %s; send requests through a natsmesh proxy or proxy.Transport", bus.HeaderMethod, bus.HeaderPath)
+		if edge != nil {
+			edge.Done(e.Status, e.Code, 1, time.Since(start))
+		}
+		s.respondError(m, e)
 		return
 	}
 	var span trace.Span
@@ -400,12 +418,17 @@ func (s *Server) serve(m *nats.Msg) {
 	if s.outcome != nil && !w.outcomeDone && !w.callerFailed() {
 		ejected = s.outcome(appFailed(w.status, w.err))
 	}
-	if span != nil {
+	if span != nil || edge != nil {
 		o := outcome{status: w.status}
 		if w.err != nil {
 			o = outcome{code: w.err.Code, status: w.err.Status}
 		}
-		endSpan(span, o)
+		if span != nil {
+			endSpan(span, o)
+		}
+		if edge != nil {
+			edge.Done(o.status, o.code, 1, time.Since(start))
+		}
 	}
 	if w.streaming {
 		s.finishStream(&w)
@@ -441,6 +464,18 @@ func (s *Server) serve(m *nats.Msg) {
 		}
 		s.log.Debug("reply not sent", "service", s.service, "error", err)
 	}
+}
+
+// unknownCaller is the peer of inbound calls that name no valid caller.
+const unknownCaller = "(unknown)"
+
+// inboundEdge is the metrics edge of a request's caller.
+func (s *Server) inboundEdge(h nats.Header) *metrics.Edge {
+	caller := unknownCaller
+	if v := h[bus.HeaderCaller]; len(v) > 0 && bus.ValidateName("caller", v[0]) == nil {
+		caller = v[0]
+	}
+	return s.metrics.Edge(metrics.Inbound, caller, s.subset)
 }
 
 // done ends one request's accounting.
@@ -507,7 +542,16 @@ func (s *Server) handleMsg(deadline time.Time, w *responseWriter, m *nats.Msg, m
 		w.cs.setHook(cancel) // the caller cancelling ends the request's context
 	}
 	w.onCancel = cancel
-	return s.handle(w, req.WithContext(ctx))
+	if e := s.handle(w, req.WithContext(ctx)); e != nil {
+		return e
+	}
+	if !w.streaming && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		// As the sidecar does for its app: an answer that comes after the
+		// call's deadline is a timeout, whatever the handler wrote, so the
+		// caller sees the same outcome however its own timer raced this one.
+		return bus.Errorf(bus.Timeout, "the handler of %s did not answer before the call's deadline", s.service)
+	}
+	return nil
 }
 
 // handle runs the handler, turning a panic into a 502 for the caller.

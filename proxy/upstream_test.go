@@ -800,6 +800,36 @@ func TestServeUpstreamDeadline(t *testing.T) {
 	}
 }
 
+// A library handler that answers only once its context ends (here, with a
+// 200) gets the caller a timeout, as an app behind a sidecar would.
+func TestServeHandlerPastDeadline(t *testing.T) {
+	t.Parallel()
+	s := meshtest.RunServer(t)
+	srv, err := Serve(meshtest.Connect(t, s), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done()
+		w.Write([]byte("late"))
+	}), ServeConfig{Service: "late", Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Stop)
+	subj, err := bus.NewSubjects("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := nats.NewMsg(subj.RPC("late"))
+	m.Header[bus.HeaderMethod] = []string{http.MethodGet}
+	m.Header[bus.HeaderPath] = []string{"/"}
+	m.Header[bus.HeaderTimeout] = []string{"50"}
+	resp, err := meshtest.Connect(t, s).RequestMsg(m, 5*time.Second)
+	if err != nil {
+		t.Fatalf("no reply within 5s: %v", err)
+	}
+	if got := bus.First(resp.Header, bus.HeaderError); got != string(bus.Timeout) {
+		t.Fatalf("Mesh-Error %q, want %s (body %q)", got, bus.Timeout, resp.Data)
+	}
+}
+
 // 5. Informational responses.
 
 func TestUpstreamInformationalResponses(t *testing.T) {
