@@ -182,3 +182,15 @@ func (s Subjects) RegistryLeader() string { return s.prefix() + ".registry.leade
 // RegistrySnapshot is the subject the registry service answers the whole
 // mesh's instances on.
 func (s Subjects) RegistrySnapshot() string { return s.prefix() + ".registry.snapshot" }
+
+// Stats is the subject an instance publishes its stats snapshot on.
+func (s Subjects) Stats(service, instance string) string {
+	return s.prefix() + ".stats." + service + "." + instance
+}
+
+// AllStats is the wildcard subscription to every instance's stats.
+func (s Subjects) AllStats() string { return s.prefix() + ".stats.*.*" }
+
+// StatsSummary is the subject `natsmesh server` answers the mesh-wide
+// stats on (queue group "stats": one server answers).
+func (s Subjects) StatsSummary() string { return s.prefix() + ".stats.summary" }

@@ -63,10 +63,13 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // codec drops hop-by-hop and Mesh-* ones).
 func forward(t *Transport, w http.ResponseWriter, r *http.Request, service, host string, hdr http.Header) {
 	if isUpgrade(hdr) {
-		writeError(w, r, notSupportedUpgrade(hdr))
+		e := notSupportedUpgrade(hdr)
+		t.recordEarly(service, e)
+		writeError(w, r, e)
 		return
 	}
 	if e := t.unavailable(); e != nil {
+		t.recordEarly(service, e)
 		writeError(w, r, e)
 		return
 	}
@@ -78,6 +81,7 @@ func forward(t *Transport, w http.ResponseWriter, r *http.Request, service, host
 		if berr.Code == bus.TooLarge {
 			w.Header().Set("Connection", "close") // the rest of the body is not read
 		}
+		t.recordEarly(service, berr)
 		writeError(w, r, berr)
 		return
 	}

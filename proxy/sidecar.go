@@ -17,6 +17,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/breaker"
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/metrics"
 	"github.com/natsmesh/natsmesh/registry"
 )
 
@@ -67,7 +68,11 @@ type SidecarConfig struct {
 	// service and add routes, load balancing and faults (see
 	// TransportConfig.Configs).
 	Configs ConfigSource
-	Logger  *slog.Logger
+	// StatsInterval is how often the instance publishes its stats snapshot
+	// on <prefix>.stats.<service>.<instance> (default
+	// metrics.DefaultInterval). Negative records no metrics at all.
+	StatsInterval time.Duration
+	Logger        *slog.Logger
 }
 
 // Sidecar is a running sidecar: the inbound side serving the app to the mesh
@@ -86,6 +91,8 @@ type Sidecar struct {
 	discover *registry.Discovery
 	health   *healthChecker
 	outlier  *outlier
+	metrics  *metrics.Set
+	stats    *metrics.Publisher
 	draining atomic.Bool
 	failing  atomic.Bool
 	ejected  atomic.Bool
@@ -130,11 +137,15 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 	if !cfg.DenyEgress {
 		s.egress = NewEgress(cfg.Instance, cfg.Logger)
 	}
+	if cfg.StatsInterval >= 0 {
+		s.metrics = metrics.NewSet(metrics.Identity{Service: cfg.Service, Subset: cfg.Subset, Instance: cfg.Instance, Kind: "sidecar"}, metrics.Options{})
+		s.metrics.SetState(metrics.StateServing)
+	}
 	if s.tr, err = NewTransport(nc, TransportConfig{
 		Caller: cfg.Service, Prefix: cfg.Prefix, Timeout: cfg.Timeout, MaxBody: cfg.MaxBody,
 		Retry: cfg.Retry, Breaker: cfg.Breaker, DisableBreaker: cfg.DisableBreaker,
 		AckWait: cfg.AckWait, ProbeInterval: cfg.ProbeInterval, Logger: cfg.Logger,
-		TracerProvider: cfg.TracerProvider, Configs: cfg.Configs, Follow: true,
+		TracerProvider: cfg.TracerProvider, Configs: cfg.Configs, Follow: true, Metrics: s.metrics,
 	}); err != nil {
 		return nil, err
 	}
@@ -154,7 +165,7 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 	if s.inbound, err = Serve(nc, s.upstream, ServeConfig{
 		Service: cfg.Service, Subset: cfg.Subset, Instance: cfg.Instance, Prefix: cfg.Prefix,
 		MaxInflight: cfg.MaxInflight, Timeout: cfg.Timeout, Logger: cfg.Logger,
-		Outcome: outcome, TracerProvider: cfg.TracerProvider,
+		Outcome: outcome, TracerProvider: cfg.TracerProvider, Metrics: s.metrics,
 	}); err != nil {
 		s.ln.Close()
 		s.tr.Close()
@@ -177,6 +188,16 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 		s.ln.Close()
 		s.tr.Close()
 		return nil, err
+	}
+	if s.metrics != nil {
+		if s.stats, err = metrics.StartPublisher(nc, cfg.Prefix, s.metrics, cfg.StatsInterval, cfg.Logger); err != nil {
+			s.discover.Stop()
+			s.announce.Stop()
+			s.inbound.Stop()
+			s.ln.Close()
+			s.tr.Close()
+			return nil, err
+		}
 	}
 	if cfg.HealthCheck.Path != "" {
 		s.health = startHealthChecker(strings.TrimSuffix(cfg.Upstream, "/"), cfg.HealthCheck, s.onHealth)
@@ -248,6 +269,16 @@ func (s *Sidecar) rotate() {
 	} else if err := s.inbound.Resume(); err != nil {
 		s.log.Error("cannot rejoin the queue group; the instance stays out of rotation until its app fails and recovers, or it is restarted", "error", err)
 	}
+	if s.metrics != nil {
+		switch {
+		case !s.inbound.Paused():
+			s.metrics.SetState(metrics.StateServing)
+		case s.failing.Load():
+			s.metrics.SetState(metrics.StateFailing)
+		default:
+			s.metrics.SetState(metrics.StateEjected)
+		}
+	}
 	s.announce.Beat()
 }
 
@@ -270,6 +301,9 @@ func (s *Sidecar) Instance() string { return s.inbound.Instance() }
 // OutboundAddr is the address apps send their calls to.
 func (s *Sidecar) OutboundAddr() net.Addr { return s.ln.Addr() }
 
+// Metrics is the instance's metrics, nil when StatsInterval is negative.
+func (s *Sidecar) Metrics() *metrics.Set { return s.metrics }
+
 // Inbound is the inbound server, for its counters.
 func (s *Sidecar) Inbound() *Server { return s.inbound }
 
@@ -285,6 +319,9 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		// serving), so it keeps serving until they are done.
 		s.rotMu.Lock()
 		s.draining.Store(true)
+		if s.metrics != nil {
+			s.metrics.SetState(metrics.StateDraining)
+		}
 		s.rotMu.Unlock()
 		s.announce.Beat() // tell the mesh at once
 		if s.health != nil {
@@ -296,6 +333,9 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 		inErr := s.inbound.Drain(ctx)
 		outErr := s.http.Shutdown(ctx)
 		s.inbound.Stop()
+		if s.stats != nil {
+			s.stats.Stop() // the last counts
+		}
 		s.announce.Stop() // goodbye
 		s.discover.Stop()
 		if s.egress != nil {

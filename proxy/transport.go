@@ -20,6 +20,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/breaker"
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/metrics"
 )
 
 // ErrTransportClosed is returned for calls made after Close.
@@ -76,6 +77,11 @@ type TransportConfig struct {
 	// instances from it, and a no-responders failure says what it knows.
 	// Without it those policies fall back to the queue group.
 	Follow bool
+	// Metrics, if set, records every call on its outbound edge to the
+	// service (and subset) it went to: status class and Mesh-Error code,
+	// retries, latency to the response's head, calls in flight, and the
+	// state of each breaker.
+	Metrics *metrics.Set
 }
 
 // Transport is an http.RoundTripper that carries requests for mesh services
@@ -95,6 +101,7 @@ type Transport struct {
 	maxBody int64
 
 	tracer        *tracer
+	metrics       *metrics.Set
 	base          policyBase
 	defaults      *policy // of services without a config
 	ackWait       time.Duration
@@ -155,10 +162,14 @@ func NewTransport(nc *nats.Conn, cfg TransportConfig) (*Transport, error) {
 		t.probeInterval = DefaultProbeInterval
 	}
 	t.probes = newProber(nc, subj, t.probeInterval)
+	t.metrics = cfg.Metrics
 	bs := cfg.Breaker
 	user := bs.OnStateChange
 	bs.OnStateChange = func(name string, from, to breaker.State) {
 		t.logs.always(slog.LevelWarn, "circuit breaker changed state", "service", name, "from", from.String(), "to", to.String())
+		if t.metrics != nil {
+			t.metrics.SetBreaker(name, to)
+		}
 		if user != nil {
 			user(name, from, to)
 		}
@@ -296,7 +307,7 @@ type plan struct {
 // service's policy allows, guarded by the destination's breaker. ctx ending
 // returns ctx's error as a Go error. rb, if not nil, is a body that streams
 // (body is then empty).
-func (t *Transport) call(ctx context.Context, service, method, uri, host string, hdr http.Header, body []byte, rb *reqStream) (reply, error) {
+func (t *Transport) call(ctx context.Context, service, method, uri, host string, hdr http.Header, body []byte, rb *reqStream) (r reply, err error) {
 	// The callers (RoundTrip, Outbound) have answered mesh-unavailable
 	// already, before reading the body; a drop from here on fails the
 	// publish or, once sent, the wait.
@@ -314,7 +325,9 @@ func (t *Transport) call(ctx context.Context, service, method, uri, host string,
 		deadline = d
 	}
 	if !now.Before(deadline) {
-		return reply{err: bus.Errorf(bus.Timeout, "the call to %s had no time left before it was sent", service)}, nil
+		e := bus.Errorf(bus.Timeout, "the call to %s had no time left before it was sent", service)
+		t.recordEarly(service, e)
+		return reply{err: e}, nil
 	}
 	pl := plan{p: p, service: service, tg: &p.own, rb: rb}
 	if len(p.routes) > 0 {
@@ -336,6 +349,14 @@ func (t *Transport) call(ctx context.Context, service, method, uri, host string,
 				}
 			}
 		}
+	}
+	if t.metrics != nil {
+		edge := t.metrics.Edge(metrics.Outbound, service, pl.tg.subset)
+		edge.Start()
+		defer func() {
+			status, code := replyOutcome(&r, err)
+			edge.Done(status, code, r.attempts, time.Since(now))
+		}()
 	}
 	var mark []string
 	if p.fault != nil {
@@ -371,12 +392,12 @@ func (t *Transport) call(ctx context.Context, service, method, uri, host string,
 		}
 	}
 	if t.tracer == nil {
-		r, err := t.send(ctx, &pl, dest, method, h, body, retries, idem, deadline)
+		r, err = t.send(ctx, &pl, dest, method, h, body, retries, idem, deadline)
 		r.fault = mark
 		return r, err
 	}
 	span := t.tracer.startClient(ctx, service, pl.tg.subject, method, uri, hdr, h)
-	r, err := t.send(ctx, &pl, dest, method, h, body, retries, idem, deadline)
+	r, err = t.send(ctx, &pl, dest, method, h, body, retries, idem, deadline)
 	r.fault = mark
 	if err != nil {
 		span.SetStatus(codes.Error, err.Error())
@@ -385,6 +406,32 @@ func (t *Transport) call(ctx context.Context, service, method, uri, host string,
 	}
 	endClient(span, &r)
 	return r, nil
+}
+
+// replyOutcome is the status and Mesh-Error code a call's client got.
+func replyOutcome(r *reply, err error) (int, bus.Code) {
+	switch {
+	case err != nil:
+		return statusClientClosed, ""
+	case r.err != nil:
+		return r.err.Status, r.err.Code
+	case r.m != nil:
+		if code, err := strconv.Atoi(bus.First(r.m.Header, bus.HeaderStatus)); err == nil {
+			return code, ""
+		}
+	}
+	return http.StatusBadGateway, ""
+}
+
+// statusClientClosed is what metrics count for a call its client gave up on
+// before it was answered (nginx's 499): nobody got a response.
+const statusClientClosed = 499
+
+// recordEarly counts a call to service that failed before it was sent.
+func (t *Transport) recordEarly(service string, e *bus.Error) {
+	if t.metrics != nil {
+		t.metrics.Edge(metrics.Outbound, service, "").Record(e.Status, e.Code, 0, 0)
+	}
 }
 
 // send makes the attempts of a call.
@@ -737,11 +784,14 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	if e := t.unavailable(); e != nil {
 		closeBody(req)
+		t.recordEarly(service, e)
 		return errorResponse(req, e, ""), nil
 	}
 	if isUpgrade(req.Header) {
 		closeBody(req)
-		return errorResponse(req, notSupportedUpgrade(req.Header), ""), nil
+		e := notSupportedUpgrade(req.Header)
+		t.recordEarly(service, e)
+		return errorResponse(req, e, ""), nil
 	}
 	reqHost := req.Host
 	if reqHost == "" {
@@ -757,6 +807,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	rb, berr := t.takeBody(req.Body, length, req.Header, len(uri)+len(reqHost), buf)
 	if berr != nil {
 		closeBody(req)
+		t.recordEarly(service, berr)
 		return errorResponse(req, berr, ""), nil
 	}
 	body := buf.Bytes()

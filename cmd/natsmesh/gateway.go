@@ -15,6 +15,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/config"
+	"github.com/natsmesh/natsmesh/metrics"
 	"github.com/natsmesh/natsmesh/proxy"
 	"github.com/natsmesh/natsmesh/telemetry"
 )
@@ -80,6 +81,8 @@ Example:
 	var calls callFlags
 	calls.register(fs)
 	drain := fs.Duration("drain-timeout", 30*time.Second, "longest wait for in-flight requests on shutdown")
+	var mf metricsFlags
+	mf.register(fs)
 	pos, err := parse(fs, args, stdout)
 	if err != nil {
 		return err
@@ -91,6 +94,9 @@ Example:
 		return usagef("--route is required, for example --route /=productpage (see natsmesh gateway --help)")
 	}
 	if err := calls.check(); err != nil {
+		return err
+	}
+	if err := mf.check(); err != nil {
 		return err
 	}
 	if err := checkMaxBody(*maxBody); err != nil {
@@ -151,6 +157,20 @@ Example:
 	}
 	if tcfg.Configs, err = config.NewWatcher(nc, *prefix, log); err != nil {
 		return err
+	}
+	if mf.interval > 0 {
+		tcfg.Metrics = metrics.NewSet(metrics.Identity{Service: *name, Instance: proxy.NewInstanceID(*name), Kind: "gateway"}, metrics.Options{})
+		tcfg.Metrics.SetState(metrics.StateServing)
+		stats, err := metrics.StartPublisher(nc, *prefix, tcfg.Metrics, mf.interval, log)
+		if err != nil {
+			return err
+		}
+		defer stats.Stop()
+		stop, err := mf.serve(log, tcfg.Metrics)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	tr, err := proxy.NewTransport(nc, tcfg)
 	if err != nil {

@@ -63,6 +63,8 @@ subset.`, stderr)
 	fs.DurationVar(&cfg.Outlier.MaxEjection, "outlier-max-ejection", proxy.DefaultMaxEjection, "longest ejection time")
 	egress := fs.String("egress", "allow", "calls to hosts outside the mesh: allow or deny")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "longest wait for in-flight requests on shutdown")
+	var mf metricsFlags
+	mf.register(fs)
 	pos, err := parse(fs, args, stdout)
 	if err != nil {
 		return err
@@ -73,6 +75,10 @@ subset.`, stderr)
 	if err := calls.check(); err != nil {
 		return err
 	}
+	if err := mf.check(); err != nil {
+		return err
+	}
+	cfg.StatsInterval = mf.statsInterval()
 	cfg.Retry, cfg.Breaker, cfg.DisableBreaker, cfg.AckWait = calls.Retry, calls.Breaker, calls.DisableBreaker, calls.AckWait
 	if err := checkMaxBody(cfg.MaxBody); err != nil {
 		return err
@@ -164,6 +170,19 @@ subset.`, stderr)
 	if err != nil {
 		return err
 	}
+	var stopMetrics func()
+	if m := sc.Metrics(); m != nil {
+		stopMetrics, err = mf.serve(log, m)
+	} else {
+		stopMetrics, err = mf.serve(log)
+	}
+	if err != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = sc.Shutdown(sctx)
+		return err
+	}
+	defer stopMetrics()
 	log.Info("sidecar ready", "service", cfg.Service, "subset", cfg.Subset, "instance", sc.Instance(),
 		"upstream", cfg.Upstream, "outbound", sc.OutboundAddr().String(), "nats", nf.cfg.URL)
 	fmt.Fprintf(stdout, "sidecar %s: serving %s, outbound proxy on http://%s\n", sc.Instance(), cfg.Upstream, sc.OutboundAddr())
