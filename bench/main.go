@@ -15,7 +15,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -150,15 +149,6 @@ func (p *procs) stopAll() {
 	}
 }
 
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
 func waitHTTP(c *http.Client, u string) error {
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -195,10 +185,10 @@ func run(conns []int, duration, warmup time.Duration, size, rounds int) error {
 	var p procs
 	defer p.stopAll()
 
-	appAddr, _ := freeAddr()
-	natsAddr, _ := freeAddr()
-	callerAddr, _ := freeAddr()
-	calleeAddr, _ := freeAddr()
+	appAddr, _ := procstat.FreeAddr()
+	natsAddr, _ := procstat.FreeAddr()
+	callerAddr, _ := procstat.FreeAddr()
+	calleeAddr, _ := procstat.FreeAddr()
 	natsURL := "nats://" + natsAddr
 	app, err := p.start(self, []string{appEnv + "=" + appAddr, "NATSMESH_BENCH_SIZE=" + strconv.Itoa(size)})
 	if err != nil {

@@ -104,8 +104,8 @@ func runVariants(vs []*variant, conns int, duration, warmup time.Duration, size,
 	}
 	var p procs
 	defer p.stopAll()
-	appAddr, _ := freeAddr()
-	natsAddr, _ := freeAddr()
+	appAddr, _ := procstat.FreeAddr()
+	natsAddr, _ := procstat.FreeAddr()
 	natsURL := "nats://" + natsAddr
 	if _, err := p.start(self, []string{appEnv + "=" + appAddr, "NATSMESH_BENCH_SIZE=" + fmt.Sprint(size)}); err != nil {
 		return err
@@ -119,8 +119,8 @@ func runVariants(vs []*variant, conns int, duration, warmup time.Duration, size,
 			b = bin
 		}
 		service := "app-" + v.name
-		calleeAddr, _ := freeAddr()
-		v.caller, _ = freeAddr()
+		calleeAddr, _ := procstat.FreeAddr()
+		v.caller, _ = procstat.FreeAddr()
 		calleeArgs := append(append([]string{"sidecar", "--nats", natsURL, "--service", service, "--upstream", "http://" + appAddr, "--listen", calleeAddr, "--log-level", "warn"}, v.args...), v.calleeArgs...)
 		if _, err := p.start(b, v.env, calleeArgs...); err != nil {
 			return err

@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -152,15 +151,6 @@ func (p *procs) stopAll() {
 	}
 }
 
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
 func waitHTTP(c *http.Client, u string) error {
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -211,10 +201,10 @@ func run(size int64, rounds, ttfbN int, hold time.Duration) error {
 	}
 	var p procs
 	defer p.stopAll()
-	appAddr, _ := freeAddr()
-	natsAddr, _ := freeAddr()
-	callerAddr, _ := freeAddr()
-	calleeAddr, _ := freeAddr()
+	appAddr, _ := procstat.FreeAddr()
+	natsAddr, _ := procstat.FreeAddr()
+	callerAddr, _ := procstat.FreeAddr()
+	calleeAddr, _ := procstat.FreeAddr()
 	natsURL := "nats://" + natsAddr
 	maxBody := strconv.FormatInt(2*size, 10)
 	app, err := p.start(self, []string{appEnv + "=" + appAddr})

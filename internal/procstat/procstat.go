@@ -1,10 +1,11 @@
 // Package procstat reads what the benchmarks measure of other processes —
-// CPU time and resident memory, from /proc (Linux) — and builds the natsmesh
-// binary they run.
+// CPU time, resident memory and start time, from /proc (Linux) — builds the
+// natsmesh binary they run and finds free ports for it.
 package procstat
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,20 +17,70 @@ import (
 // clockTicks is USER_HZ, the unit of /proc/<pid>/stat times; 100 on Linux.
 const clockTicks = 100
 
+// Stat is what the benchmarks read of /proc/<pid>/stat.
+type Stat struct {
+	Pid, PPid, Pgrp int
+	Comm            string        // the executable's name, at most 15 bytes
+	State           byte          // R, S, D, Z (zombie), ...
+	CPU             time.Duration // user and system CPU time so far
+	Started         time.Duration // when it started, as time since the machine booted
+}
+
+// ReadStat reads a process's /proc/<pid>/stat.
+func ReadStat(pid int) (Stat, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return Stat{}, err
+	}
+	s := string(b)
+	open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if open < 0 || end < open {
+		return Stat{}, fmt.Errorf("/proc/%d/stat: %q", pid, s)
+	}
+	// The fields after the command name, which is in parentheses: f[0] is
+	// field 3 of proc(5).
+	f := strings.Fields(s[end+1:])
+	if len(f) < 20 {
+		return Stat{}, fmt.Errorf("/proc/%d/stat: %q", pid, s)
+	}
+	num := func(i int) int64 { n, _ := strconv.ParseInt(f[i], 10, 64); return n }
+	return Stat{
+		Pid:     pid,
+		PPid:    int(num(1)),
+		Pgrp:    int(num(2)),
+		Comm:    s[open+1 : end],
+		State:   f[0][0],
+		CPU:     time.Duration(num(11)+num(12)) * time.Second / clockTicks,
+		Started: time.Duration(num(19)) * time.Second / clockTicks,
+	}, nil
+}
+
+// All reads the stat of every process; those that exit meanwhile are left out.
+func All() ([]Stat, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	var all []Stat
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if st, err := ReadStat(pid); err == nil {
+			all = append(all, st)
+		}
+	}
+	return all, nil
+}
+
 // CPU is a process's user and system CPU time so far; 0 if unknown.
 func CPU(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := ReadStat(pid)
 	if err != nil {
 		return 0
 	}
-	// The fields after the command name, which is in parentheses.
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * time.Second / clockTicks
+	return st.CPU
 }
 
 // RSS is a process's resident memory in bytes; 0 if unknown.
@@ -56,4 +107,14 @@ func BuildNatsmesh(dir string) (string, error) {
 		return "", fmt.Errorf("build natsmesh: %w", err)
 	}
 	return bin, nil
+}
+
+// FreeAddr is a 127.0.0.1 address whose port was free a moment ago.
+func FreeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
 }
