@@ -1,0 +1,152 @@
+package proxy_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/natsmesh/natsmesh/internal/meshtest"
+	"github.com/natsmesh/natsmesh/metrics"
+	"github.com/natsmesh/natsmesh/proxy"
+)
+
+// edgeOf finds one edge of a sidecar's metrics.
+func edgeOf(t *testing.T, sc *proxy.Sidecar, dir, peer string) metrics.EdgeSnapshot {
+	t.Helper()
+	for _, e := range sc.Metrics().Snapshot(time.Now(), time.Second).Edges {
+		if e.Direction == dir && e.Peer == peer {
+			return e
+		}
+	}
+	t.Fatalf("no %s edge with %s", dir, peer)
+	return metrics.EdgeSnapshot{}
+}
+
+// Known traffic between two sidecars gives exact counts on both sides, and
+// the callee's NATS service discovery stats report the same counts.
+func TestMetricsKnownTraffic(t *testing.T) {
+	t.Parallel()
+	s := meshtest.RunServer(t)
+	_, callee := startCallee(t, s, "ratings", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/fail":
+			w.WriteHeader(http.StatusInternalServerError)
+		case "/slow":
+			time.Sleep(30 * time.Millisecond)
+		case "/missing":
+			w.WriteHeader(http.StatusNotFound)
+		}
+	}), noOutlier)
+	caller := startCaller(t, s, "web", func(c *proxy.SidecarConfig) { c.DisableBreaker = true })
+	c := sidecarClient(t, formProxy, caller, "web")
+
+	want := map[string]int{"/ok": 6, "/fail": 3, "/slow": 2, "/missing": 1}
+	for path, n := range want {
+		for i := 0; i < n; i++ {
+			c.get(t, "ratings", path)
+		}
+	}
+	retries := 0
+	for i := 0; i < 2; i++ {
+		resp, _ := c.get(t, "nobody", "/")
+		retries += attemptsOf(resp) - 1
+	}
+
+	out := edgeOf(t, caller, "outbound", "ratings")
+	wantResp := map[string]uint64{"2xx": 8, "4xx": 1, "5xx": 3}
+	if fmt.Sprint(out.Responses) != fmt.Sprint(wantResp) || out.Retries != 0 || out.InFlight != 0 {
+		t.Errorf("caller's edge to ratings: %v, %d retries, %d in flight; want %v, none, none", out.Responses, out.Retries, out.InFlight, wantResp)
+	}
+	none := edgeOf(t, caller, "outbound", "nobody")
+	if fmt.Sprint(none.Responses) != "map[5xx:no-responders:2]" || int(none.Retries) != retries || retries == 0 {
+		t.Errorf("caller's edge to nobody: %v, %d retries; want 2 no-responders and the %d retries Mesh-Attempts reported", none.Responses, none.Retries, retries)
+	}
+	in := edgeOf(t, callee, "inbound", "web")
+	if fmt.Sprint(in.Responses) != fmt.Sprint(wantResp) {
+		t.Errorf("callee's edge from web: %v, want %v", in.Responses, wantResp)
+	}
+	// The two slow calls, and only they, took more than 20ms at the callee.
+	h := in.Latency.Histogram()
+	var over20ms uint64
+	for i, b := range metrics.Bounds {
+		if b > 0.02 {
+			over20ms += h.Counts[i]
+		}
+	}
+	over20ms += h.Counts[len(metrics.Bounds)]
+	if h.Count() != 12 || over20ms < 2 {
+		t.Errorf("callee's latency buckets %v: %d calls, %d over 20ms; want 12 and at least the 2 slow ones", h.Counts, h.Count(), over20ms)
+	}
+
+	// $SRV.STATS: the same requests and errors.
+	msg, err := meshtest.Connect(t, s).Request("$SRV.STATS.ratings", nil, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st micro.Stats
+	if err := json.Unmarshal(msg.Data, &st); err != nil || len(st.Endpoints) != 1 {
+		t.Fatalf("stats %s: %v", msg.Data, err)
+	}
+	if ep := st.Endpoints[0]; uint64(ep.NumRequests) != in.Requests() || uint64(ep.NumErrors) != in.Failures() {
+		t.Errorf("$SRV.STATS: %d requests, %d errors; the metrics count %d and %d", ep.NumRequests, ep.NumErrors, in.Requests(), in.Failures())
+	}
+}
+
+// Paths never become labels: 10,000 distinct paths add no series.
+func TestMetricsCardinality(t *testing.T) {
+	t.Parallel()
+	s := meshtest.RunServer(t)
+	_, callee := startCallee(t, s, "ratings", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}), noOutlier)
+	caller := startCaller(t, s, "web", nil)
+	c := sidecarClient(t, formProxy, caller, "web")
+	c.get(t, "ratings", "/first")
+
+	series := func() int {
+		n := 0
+		for _, sc := range []*proxy.Sidecar{caller, callee} {
+			reg, err := metrics.NewRegistry(sc.Metrics())
+			if err != nil {
+				t.Fatal(err)
+			}
+			mfs, err := reg.Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, mf := range mfs {
+				if strings.HasPrefix(mf.GetName(), "natsmesh_") {
+					n += len(mf.GetMetric())
+				}
+			}
+		}
+		return n
+	}
+	before := series()
+	const calls, workers = 10000, 8
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < calls; i += workers {
+				resp, _ := c.get(t, "ratings", fmt.Sprintf("/item/%d?q=%d", i, i))
+				if resp.StatusCode != http.StatusOK {
+					t.Errorf("call %d: status %d", i, resp.StatusCode)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if after := series(); after != before {
+		t.Fatalf("%d series before 10,000 distinct paths, %d after", before, after)
+	}
+	if in := edgeOf(t, callee, "inbound", "web"); in.Requests() != calls+1 {
+		t.Fatalf("callee counted %d requests, want %d", in.Requests(), calls+1)
+	}
+}
