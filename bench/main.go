@@ -7,6 +7,7 @@
 //	go run ./bench [-duration 5s] [-conns 1,50] [-rounds 3]
 //	go run ./bench -resilience [-baseline REV] [-conns 50]   # cost of retries, breakers, tracing
 //	go run ./bench -routes [-conns 50]                       # cost of a 5-route config
+//	go run ./bench -metrics [-conns 50]                      # cost of recording metrics
 package main
 
 import (
@@ -46,6 +47,7 @@ func main() {
 	resilience := flag.Bool("resilience", false, "instead: compare the mesh with retries and breakers off, on (the defaults), and on with tracing (sampling off), at the first -conns")
 	baseline := flag.String("baseline", "", "with -resilience: also run the mesh as built from this git revision")
 	routes := flag.Bool("routes", false, "instead: compare the mesh with no config for the service and with a 5-route config applied, at the first -conns")
+	metricsCost := flag.Bool("metrics", false, "instead: compare the mesh recording no metrics (--stats-interval 0), recording them (the default) and serving them on --metrics, at the first -conns")
 	flag.Parse()
 	var conns []int
 	for _, c := range strings.Split(*connsFlag, ",") {
@@ -57,6 +59,12 @@ func main() {
 	}
 	if *rounds < 1 {
 		fatalf("-rounds must be at least 1")
+	}
+	if *metricsCost {
+		if err := runVariants(metricsVariants(), conns[0], *duration, *warmup, *size, *rounds); err != nil {
+			fatalf("%v", err)
+		}
+		return
 	}
 	if *routes {
 		if err := runVariants(routeVariants(), conns[0], *duration, *warmup, *size, *rounds); err != nil {

@@ -43,6 +43,17 @@ func resilienceVariants(baselineBin string) []*variant {
 	)
 }
 
+// metricsVariants compare the mesh recording no metrics with the default
+// (recorded, and published every 5 s as a stats snapshot) and with the
+// Prometheus endpoint served as well.
+func metricsVariants() []*variant {
+	return []*variant{
+		{name: "off", args: []string{"--stats-interval", "0"}},
+		{name: "on", args: nil},
+		{name: "endpoint", args: []string{"--metrics", "127.0.0.1:0"}},
+	}
+}
+
 // routeVariants compare a service with no config to one whose config has 5
 // routes, the first four of which never match the benchmark's requests, so
 // that every call goes through the whole list to the catch-all split.

@@ -16,7 +16,7 @@ import (
 
 // BenchmarkSidecarToSidecar measures one call app → caller sidecar → NATS →
 // callee sidecar → app, all in this process, through real sockets: as
-// configured by default, with retries and breakers off, with tracing on and
+// configured by default, with no metrics recorded, with retries and breakers off, with tracing on and
 // sampling off, and with a config of five routes for the callee, whose last
 // route (the one every call takes) splits between two subsets.
 func BenchmarkSidecarToSidecar(b *testing.B) {
@@ -29,6 +29,9 @@ func BenchmarkSidecarToSidecar(b *testing.B) {
 				c.Configs = cfgs
 			}
 		})
+	})
+	b.Run("nometrics", func(b *testing.B) {
+		benchSidecars(b, func(c *proxy.SidecarConfig) { c.StatsInterval = -1 })
 	})
 	b.Run("plain", func(b *testing.B) {
 		benchSidecars(b, func(c *proxy.SidecarConfig) { c.Retry.Retries = -1; c.DisableBreaker = true })
