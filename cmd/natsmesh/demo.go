@@ -17,6 +17,7 @@ import (
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/config"
 	"github.com/natsmesh/natsmesh/examples/bookinfo"
+	"github.com/natsmesh/natsmesh/metrics"
 	"github.com/natsmesh/natsmesh/proxy"
 	"github.com/natsmesh/natsmesh/registry"
 )
@@ -30,12 +31,17 @@ ratings), each a real HTTP server behind its own sidecar, and a gateway that
 takes traffic from outside. Open the page it prints, then try the commands it
 suggests in another terminal. Ctrl-C stops everything.
 
+So that natsmesh top has traffic to show, the demo requests the page
+through the gateway --traffic times a second (every fourth time as user
+jason, as ?u=jason does); --traffic 0 sends none.
+
 NATS listens on 127.0.0.1:4222, or on a free port if that one is taken (the
 demo then prints the export NATSMESH_URL=... line the other commands need).
 Data lives in a temporary directory removed at exit, so each demo starts
 afresh.`, stderr)
 	natsListen := fs.String("listen", "", "address for NATS clients (default 127.0.0.1:4222, or a free port if it is taken)")
 	gatewayListen := fs.String("gateway", "127.0.0.1:9080", "address of the gateway, the page to open")
+	traffic := fs.Float64("traffic", 2, "requests per second the demo sends to the page itself (0: none)")
 	var lf logFlags
 	lf.register(fs)
 	fs.Lookup("log-level").DefValue = "warn"
@@ -46,6 +52,9 @@ afresh.`, stderr)
 	}
 	if len(pos) > 0 {
 		return usagef("unexpected argument %q", pos[0])
+	}
+	if *traffic < 0 || *traffic > 100 {
+		return usagef("--traffic %g: use 0 to 100 requests per second", *traffic)
 	}
 	log, err := lf.logger(stderr)
 	if err != nil {
@@ -105,6 +114,15 @@ afresh.`, stderr)
 	page := "http://" + gln.Addr().String() + "/productpage"
 	if err := waitPage(ctx, page); err != nil {
 		return err
+	}
+	if *traffic > 0 {
+		lctx, stopLoad := context.WithCancel(ctx)
+		loaded := make(chan struct{})
+		go func() {
+			defer close(loaded)
+			load(lctx, page, *traffic)
+		}()
+		defer func() { stopLoad(); <-loaded }()
 	}
 
 	fmt.Fprintf(stdout, "natsmesh demo: bookinfo is running on the mesh, NATS on %s\n\n", url)
@@ -257,7 +275,14 @@ func (d *demo) gateway(ln net.Listener) (*http.Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	tr, err := proxy.NewTransport(nc, proxy.TransportConfig{Caller: "gateway", Configs: watcher, Logger: d.log})
+	set := metrics.NewSet(metrics.Identity{Service: "gateway", Instance: proxy.NewInstanceID("gateway"), Kind: "gateway"}, metrics.Options{})
+	set.SetState(metrics.StateServing)
+	stats, err := metrics.StartPublisher(nc, "", set, 0, d.log)
+	if err != nil {
+		return nil, err
+	}
+	d.onStop(func(context.Context) { stats.Stop() })
+	tr, err := proxy.NewTransport(nc, proxy.TransportConfig{Caller: "gateway", Configs: watcher, Logger: d.log, Metrics: set})
 	if err != nil {
 		return nil, err
 	}
@@ -269,6 +294,34 @@ func (d *demo) gateway(ln net.Listener) (*http.Server, error) {
 	hs := &http.Server{Handler: gw, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = hs.Serve(ln) }()
 	return hs, nil
+}
+
+// load requests page rate times a second, every fourth time as user jason,
+// until ctx ends.
+func load(ctx context.Context, page string, rate float64) {
+	hc := &http.Client{Timeout: 5 * time.Second}
+	defer hc.CloseIdleConnections()
+	tick := time.NewTicker(time.Duration(float64(time.Second) / rate))
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		u := page
+		if i%4 == 3 {
+			u += "?u=jason"
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if err != nil {
+			return
+		}
+		if resp, err := hc.Do(req); err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}
 }
 
 // waitPage waits until the page renders through the mesh: every sidecar has
