@@ -120,7 +120,7 @@ afresh.`, stderr)
 		loaded := make(chan struct{})
 		go func() {
 			defer close(loaded)
-			load(lctx, page, *traffic)
+			demoLoad(lctx, page, *traffic)
 		}()
 		defer func() { stopLoad(); <-loaded }()
 	}
@@ -296,9 +296,9 @@ func (d *demo) gateway(ln net.Listener) (*http.Server, error) {
 	return hs, nil
 }
 
-// load requests page rate times a second, every fourth time as user jason,
+// demoLoad requests page rate times a second, every fourth time as user jason,
 // until ctx ends.
-func load(ctx context.Context, page string, rate float64) {
+func demoLoad(ctx context.Context, page string, rate float64) {
 	hc := &http.Client{Timeout: 5 * time.Second}
 	defer hc.CloseIdleConnections()
 	tick := time.NewTicker(time.Duration(float64(time.Second) / rate))
