@@ -255,6 +255,15 @@ func (v *View) Rev() uint64 {
 	return v.rev
 }
 
+// Has tells whether the view lists instance of service now, whatever its
+// health.
+func (v *View) Has(service, instance string) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	_, ok := v.services[service][instance]
+	return ok
+}
+
 // Snapshot returns the view now, or only service's instances if service is
 // not "". Instances are sorted by id.
 func (v *View) Snapshot(service string) Snapshot {

@@ -1,0 +1,367 @@
+package metrics
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natsmesh/natsmesh/breaker"
+	"github.com/natsmesh/natsmesh/bus"
+)
+
+// Summary is the mesh's golden signals over a window, as natsmesh top shows
+// them: per service from what its instances served (inbound), per edge
+// caller → callee from what the callers saw (outbound, which includes the
+// calls no callee saw: no-responders, circuit-open...). Services are sorted
+// by name, edges by caller then callee.
+type Summary struct {
+	At       time.Time `json:"at"`
+	WindowMS int64     `json:"window_ms"`
+	// Instances counts the instances whose snapshots are in the summary.
+	Instances int            `json:"instances"`
+	Services  []ServiceStats `json:"services"`
+	Edges     []EdgeStats    `json:"edges"`
+	// Truncated: there were more services or edges than a summary holds;
+	// the busiest are kept.
+	Truncated bool            `json:"truncated,omitempty"`
+	Stats     AggregatorStats `json:"stats"`
+}
+
+// Signals are the golden signals of a service or an edge over the window.
+// Success and the latencies are null when there was no request.
+type Signals struct {
+	Requests uint64  `json:"requests"`
+	RPS      float64 `json:"rps"`
+	// Success is the ratio (0 to 1) of requests that did not fail: a
+	// failure is a 5xx, the app's or the mesh's.
+	Success *float64 `json:"success"`
+	// P50MS, P95MS and P99MS are latency quantiles in milliseconds, from
+	// the merged histogram buckets of every instance.
+	P50MS *float64 `json:"p50_ms"`
+	P95MS *float64 `json:"p95_ms"`
+	P99MS *float64 `json:"p99_ms"`
+	// Errors counts the failures by Mesh-Error code ("timeout",
+	// "no-responders"...); "app" counts the 5xx the app answered itself.
+	Errors map[string]uint64 `json:"errors,omitempty"`
+}
+
+// ServiceStats are one service's signals, from the inbound edges of its
+// instances, with its breaker as its callers see it.
+type ServiceStats struct {
+	Name string `json:"name"`
+	// Instances counts the instances reporting (0 for a service only
+	// callers mention).
+	Instances int `json:"instances"`
+	Signals
+	// Breaker is "open" when a caller's breaker for the service (or one of
+	// its subsets) is open, else "half-open" when one is, else "closed";
+	// empty when no caller has one.
+	Breaker string `json:"breaker,omitempty"`
+	// BreakerOpen and BreakerHalfOpen count the caller instances whose
+	// breaker is in that state.
+	BreakerOpen     int `json:"breaker_open,omitempty"`
+	BreakerHalfOpen int `json:"breaker_half_open,omitempty"`
+}
+
+// EdgeStats are the signals of the calls of one service to another, as the
+// caller's instances counted them, all subsets together.
+type EdgeStats struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+	// Callers counts the caller instances reporting the edge.
+	Callers int `json:"callers"`
+	Signals
+	// Retries counts the attempts beyond the first, RetriesPerSecond their
+	// rate.
+	Retries          uint64  `json:"retries"`
+	RetriesPerSecond float64 `json:"retries_per_second"`
+}
+
+// AppErrors is the key of Signals.Errors for the 5xx an app answered.
+const AppErrors = "app"
+
+// acc sums the deltas of edges.
+type acc struct {
+	requests, failures, retries uint64
+	rate, retryRate             float64
+	errors                      map[string]uint64
+	latency                     HistogramSnapshot
+}
+
+func (c *acc) signals() Signals {
+	s := Signals{Requests: c.requests, RPS: c.rate, Errors: c.errors}
+	if c.requests > 0 {
+		ok := 1 - float64(c.failures)/float64(c.requests)
+		s.Success = &ok
+	}
+	if c.latency.Count() > 0 {
+		q := func(q float64) *float64 {
+			ms := c.latency.Quantile(q) * 1000
+			return &ms
+		}
+		s.P50MS, s.P95MS, s.P99MS = q(0.5), q(0.95), q(0.99)
+	}
+	return s
+}
+
+// add adds the change from prev (nil: zero) to cur, over elapsed seconds.
+// Counters that went down were reset: cur counts from zero then.
+func (c *acc) add(cur, prev *edgeSample, elapsed float64) {
+	if prev != nil && reset(cur, prev) {
+		prev = nil
+	}
+	var reqs uint64
+	for _, r := range cur.responses {
+		n := r.n
+		if prev != nil {
+			n -= prev.response(r.key)
+		}
+		if n == 0 {
+			continue
+		}
+		reqs += n
+		class, code, _ := strings.Cut(r.key, ":")
+		if class != "5xx" {
+			continue
+		}
+		c.failures += n
+		if code == "" {
+			code = AppErrors
+		}
+		if c.errors == nil {
+			c.errors = make(map[string]uint64)
+		}
+		c.errors[code] += n
+	}
+	retries, lat := cur.retries, cur.latency
+	if prev != nil {
+		retries -= prev.retries
+		lat = cur.latency.Sub(&prev.latency)
+	}
+	c.requests += reqs
+	c.retries += retries
+	c.latency.Add(&lat)
+	c.rate += float64(reqs) / elapsed
+	c.retryRate += float64(retries) / elapsed
+}
+
+// reset tells whether any counter of cur is below prev's.
+func reset(cur, prev *edgeSample) bool {
+	if cur.retries < prev.retries {
+		return true
+	}
+	for i := range cur.latency.Counts {
+		if cur.latency.Counts[i] < prev.latency.Counts[i] {
+			return true
+		}
+	}
+	for _, r := range prev.responses {
+		if cur.response(r.key) < r.n {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *edgeSample) response(key string) uint64 {
+	i, ok := slices.BinarySearchFunc(e.responses, key, func(r responseCount, k string) int { return strings.Compare(r.key, k) })
+	if !ok {
+		return 0
+	}
+	return e.responses[i].n
+}
+
+type pairKey struct{ from, to string }
+
+type serviceAcc struct {
+	instances          int
+	acc                acc
+	open, half, closed int // caller instances whose breaker is in that state
+}
+
+type edgeAcc struct {
+	callers int
+	acc     acc
+}
+
+// summarize computes a Summary (without its time, window and stats) from
+// the instances' spans.
+func summarize(spans []span, maxServices, maxEdges int) Summary {
+	services := make(map[string]*serviceAcc)
+	svc := func(name string) *serviceAcc {
+		s := services[name]
+		if s == nil {
+			s = &serviceAcc{}
+			services[name] = s
+		}
+		return s
+	}
+	edges := make(map[pairKey]*edgeAcc)
+	type subsetKey struct {
+		inbound      bool
+		peer, subset string
+	}
+	var sum Summary
+	for i := range spans {
+		sp := &spans[i]
+		sum.Instances++
+		if sp.kind != "gateway" {
+			svc(sp.service).instances++
+		}
+		countBreakers(sp.breakers, svc)
+		var prev map[subsetKey]*edgeSample
+		if sp.prev != nil {
+			prev = make(map[subsetKey]*edgeSample, len(sp.prev.edges))
+			for j := range sp.prev.edges {
+				e := &sp.prev.edges[j]
+				prev[subsetKey{e.inbound, e.peer, e.subset}] = e
+			}
+		}
+		seen := make(map[string]bool) // callees this instance calls
+		for j := range sp.cur.edges {
+			e := &sp.cur.edges[j]
+			var c *acc
+			if e.inbound {
+				c = &svc(sp.service).acc
+			} else {
+				k := pairKey{sp.service, e.peer}
+				ea := edges[k]
+				if ea == nil {
+					ea = &edgeAcc{}
+					edges[k] = ea
+				}
+				if !seen[e.peer] {
+					seen[e.peer] = true
+					ea.callers++
+				}
+				if bus.ValidateName("service", e.peer) == nil {
+					svc(e.peer)
+				}
+				c = &ea.acc
+			}
+			if sp.elapsed > 0 {
+				c.add(e, prev[subsetKey{e.inbound, e.peer, e.subset}], sp.elapsed)
+			}
+		}
+	}
+	sum.Services = make([]ServiceStats, 0, len(services))
+	for name, s := range services {
+		st := ServiceStats{Name: name, Instances: s.instances, Signals: s.acc.signals(), BreakerOpen: s.open, BreakerHalfOpen: s.half}
+		switch {
+		case s.open > 0:
+			st.Breaker = breaker.Open.String()
+		case s.half > 0:
+			st.Breaker = breaker.HalfOpen.String()
+		case s.closed > 0:
+			st.Breaker = breaker.Closed.String()
+		}
+		sum.Services = append(sum.Services, st)
+	}
+	sum.Edges = make([]EdgeStats, 0, len(edges))
+	for k, e := range edges {
+		sum.Edges = append(sum.Edges, EdgeStats{From: k.from, To: k.to, Callers: e.callers, Signals: e.acc.signals(),
+			Retries: e.acc.retries, RetriesPerSecond: e.acc.retryRate})
+	}
+	var cut1, cut2 bool
+	sum.Services, cut1 = keepBusiest(sum.Services, maxServices, serviceRequests, compareServices)
+	sum.Edges, cut2 = keepBusiest(sum.Edges, maxEdges, edgeRequests, compareEdges)
+	sum.Truncated = cut1 || cut2
+	return sum
+}
+
+// countBreakers counts one caller instance's breakers by the service they
+// guard (a key is "svc" or "svc/subset"); the worst state of its breakers
+// for a service counts.
+func countBreakers(breakers map[string]string, svc func(string) *serviceAcc) {
+	if len(breakers) == 0 {
+		return
+	}
+	rank := map[string]int{breaker.Closed.String(): 1, breaker.HalfOpen.String(): 2, breaker.Open.String(): 3}
+	worst := make(map[string]int)
+	for key, state := range breakers {
+		name, _, _ := strings.Cut(key, "/")
+		if r := rank[state]; r > worst[name] && bus.ValidateName("service", name) == nil {
+			worst[name] = r
+		}
+	}
+	for name, r := range worst {
+		s := svc(name)
+		switch r {
+		case 3:
+			s.open++
+		case 2:
+			s.half++
+		default:
+			s.closed++
+		}
+	}
+}
+
+func serviceRequests(s *ServiceStats) uint64 { return s.Requests }
+func edgeRequests(e *EdgeStats) uint64       { return e.Requests }
+
+func compareServices(a, b *ServiceStats) int { return strings.Compare(a.Name, b.Name) }
+func compareEdges(a, b *EdgeStats) int {
+	return cmp.Or(strings.Compare(a.From, b.From), strings.Compare(a.To, b.To))
+}
+
+// keepBusiest sorts list by order and, when it is longer than n, keeps the
+// n with the most requests; truncated says whether it did.
+func keepBusiest[T any](list []T, n int, requests func(*T) uint64, order func(a, b *T) int) (kept []T, truncated bool) {
+	if len(list) > n {
+		slices.SortFunc(list, func(a, b T) int { return cmp.Or(cmp.Compare(requests(&b), requests(&a)), order(&a, &b)) })
+		list, truncated = list[:n], true
+	}
+	slices.SortFunc(list, func(a, b T) int { return order(&a, &b) })
+	return list, truncated
+}
+
+// ErrNoServer means no natsmesh server answered a summary request.
+var ErrNoServer = errors.New("metrics: no natsmesh server answers stats")
+
+// FetchSummary asks the mesh's aggregators (natsmesh server) for a summary
+// over window (0: the server's default, 30 s). Without a deadline on ctx it
+// waits at most 5 seconds.
+func FetchSummary(ctx context.Context, nc *nats.Conn, prefix string, window time.Duration) (Summary, error) {
+	subj, err := bus.NewSubjects(prefix)
+	if err != nil {
+		return Summary{}, err
+	}
+	if window < 0 || window > MaxWindow {
+		return Summary{}, fmt.Errorf("metrics: window %s: use up to %s", window, MaxWindow)
+	}
+	var data []byte
+	if window > 0 {
+		if data, err = json.Marshal(SummaryRequest{WindowMS: max(1, window.Milliseconds())}); err != nil {
+			return Summary{}, err
+		}
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+	}
+	subject := subj.StatsSummary()
+	m, err := nc.RequestWithContext(ctx, subject, data)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return Summary{}, fmt.Errorf("%w on %s; start one with natsmesh server, or point --nats at the mesh's NATS", ErrNoServer, subject)
+	case err != nil:
+		return Summary{}, fmt.Errorf("metrics: ask %s for the stats summary: %w", subject, err)
+	}
+	var r summaryReply
+	if err := json.Unmarshal(m.Data, &r); err != nil {
+		return Summary{}, fmt.Errorf("metrics: the answer on %s is not a stats summary: %w", subject, err)
+	}
+	if r.Error != "" {
+		return Summary{}, fmt.Errorf("metrics: natsmesh server refused the summary request: %s", r.Error)
+	}
+	return r.Summary, nil
+}
