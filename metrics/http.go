@@ -48,6 +48,7 @@ func Listen(addr string, reg *prometheus.Registry, log *slog.Logger) (*Endpoint,
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorLog:            slog.NewLogLogger(log.Handler(), slog.LevelError),
+		EnableOpenMetrics:   true,
 		MaxRequestsInFlight: 4,
 		Timeout:             10 * time.Second,
 	}))
