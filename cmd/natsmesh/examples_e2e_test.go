@@ -3,6 +3,7 @@
 package main
 
 import (
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,13 +39,26 @@ func TestRegistryExamples(t *testing.T) {
 	watch := start(t, "example watch", env, buildExample(t, "watch"), "hello-go")
 	watch.waitOutput(t, regexp.MustCompile(`(snapshot): 0 instances`), startTimeout)
 
-	announce := start(t, "example announce", env, buildExample(t, "announce"))
+	metricsAddr := freeAddr(t)
+	announce := start(t, "example announce", append(env, "METRICS_ADDR="+metricsAddr), buildExample(t, "announce"))
 	inst := announce.waitOutput(t, regexp.MustCompile(`as instance (hello-go-[0-9a-f]+)`), startTimeout)
 	watch.waitOutput(t, regexp.MustCompile(`(up hello-go `+inst+` \(registered\))`), startTimeout)
 
 	out, errOut, code := natsmesh(t, "call", "hello-go", "/", "--nats", natsURL)
 	if code != 0 || !strings.Contains(out, "hello from Go") {
 		t.Fatalf("call hello-go: exit %d, %q %q", code, out, errOut)
+	}
+
+	// The library records metrics when given a Set: the call is counted.
+	fams := scrapeMetrics(t, http.DefaultClient, "http://"+metricsAddr+"/metrics")
+	var served float64
+	for _, m := range fams["natsmesh_requests_total"].GetMetric() {
+		if l := labelMap(m); l["direction"] == "inbound" && l["callee"] == "hello-go" && l["status_class"] == "2xx" {
+			served += m.GetCounter().GetValue()
+		}
+	}
+	if served != 1 {
+		t.Errorf("announce's metrics count %g calls served, want the 1 made", served)
 	}
 
 	announce.signal(t, os.Interrupt)

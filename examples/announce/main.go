@@ -1,6 +1,9 @@
 // Command announce is a Go service on the mesh with no sidecar: it serves an
 // http.Handler over NATS as service "hello-go", announces itself to the
-// registry with heartbeats, and says goodbye when stopped with Ctrl-C.
+// registry with heartbeats, and says goodbye when stopped with Ctrl-C. It
+// records metrics as a sidecar does: published every 5 s for natsmesh top,
+// and served for Prometheus at /metrics on $METRICS_ADDR (default
+// 127.0.0.1:15095).
 //
 //	NATSMESH_URL=nats://127.0.0.1:4222 go run ./examples/announce
 package main
@@ -16,6 +19,7 @@ import (
 	"time"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/metrics"
 	"github.com/natsmesh/natsmesh/proxy"
 	"github.com/natsmesh/natsmesh/registry"
 )
@@ -30,7 +34,31 @@ func main() {
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello from Go, %s\n", r.Header.Get("Mesh-Caller"))
 	})
-	srv, err := proxy.Serve(nc, handler, proxy.ServeConfig{Service: "hello-go"})
+	// Metrics are opt-in for Go programs: a Set, given to Serve (and to a
+	// Transport, for calls the program makes), published on NATS and, if
+	// wanted, served to Prometheus.
+	instance := proxy.NewInstanceID("hello-go")
+	set := metrics.NewSet(metrics.Identity{Service: "hello-go", Instance: instance, Kind: "library"}, metrics.Options{})
+	stats, err := metrics.StartPublisher(nc, "", set, 0, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer stats.Stop()
+	reg, err := metrics.NewRegistry(set)
+	if err != nil {
+		log.Fatal(err)
+	}
+	addr := os.Getenv("METRICS_ADDR")
+	if addr == "" {
+		addr = "127.0.0.1:15095"
+	}
+	ep, err := metrics.Listen(addr, reg, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer ep.Close()
+
+	srv, err := proxy.Serve(nc, handler, proxy.ServeConfig{Service: "hello-go", Instance: instance, Metrics: set})
 	if err != nil {
 		log.Fatal(err)
 	}
