@@ -2,7 +2,9 @@ package metrics
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -79,6 +81,12 @@ type AggregatorConfig struct {
 	// SummaryServices and SummaryEdges bound a Summary (defaults
 	// DefaultSummaryServices, DefaultSummaryEdges).
 	SummaryServices, SummaryEdges int
+	// Warmup is how long an Aggregator that starts while another one
+	// answers follows the snapshots before it answers too, so that no
+	// summary comes from one that has not heard every instance yet.
+	// Default: the longest stats interval seen (at least DefaultInterval)
+	// and a second. An Aggregator that finds no other answers at once.
+	Warmup time.Duration
 }
 
 // AggregatorStats count what an Aggregator did with the snapshots it was
@@ -96,7 +104,9 @@ type AggregatorStats struct {
 // Aggregator follows the stats snapshots of every instance of a mesh and
 // computes, over a window, each service's and each edge's golden signals
 // (Summary). It answers summary requests on StatsSummary, in queue group
-// StatsQueue. It takes a caller-owned connection.
+// StatsQueue, so that one of the mesh's aggregators answers each; one that
+// starts while another answers waits until it has heard every instance
+// (Warmup). It takes a caller-owned connection.
 type Aggregator struct {
 	cfg   AggregatorConfig
 	nc    *nats.Conn
@@ -104,11 +114,17 @@ type Aggregator struct {
 	log   *slog.Logger
 	clock Clock
 
-	statsSub, summarySub *nats.Subscription
+	statsSub *nats.Subscription
+	start    time.Time // on the clock
 
-	mu      sync.Mutex
-	insts   map[instKey]*instance
-	samples int // edge samples held by every history
+	joinMu     sync.Mutex
+	summarySub *nats.Subscription // nil until it answers; guarded by joinMu
+	joined     atomic.Bool
+
+	mu          sync.Mutex
+	insts       map[instKey]*instance
+	samples     int           // edge samples held by every history
+	maxInterval time.Duration // the longest stats interval seen
 
 	snapshots, invalid, stale, refused, forgotten atomic.Uint64
 	lastWarn                                      atomic.Int64 // unix nanos of the last warning about a bad snapshot
@@ -219,8 +235,8 @@ func StartAggregator(nc *nats.Conn, cfg AggregatorConfig) (*Aggregator, error) {
 	}
 	a := &Aggregator{
 		cfg: cfg, nc: nc, subj: subj, log: cfg.Logger, clock: cfg.Clock,
-		insts: make(map[instKey]*instance),
-		stop:  make(chan struct{}), done: make(chan struct{}),
+		insts: make(map[instKey]*instance), start: cfg.Clock.Now(),
+		stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	if a.statsSub, err = nc.Subscribe(subj.AllStats(), a.onStats); err != nil {
 		return nil, fmt.Errorf("metrics: subscribe to %s: %w", subj.AllStats(), err)
@@ -229,12 +245,14 @@ func StartAggregator(nc *nats.Conn, cfg AggregatorConfig) (*Aggregator, error) {
 		_ = a.statsSub.Unsubscribe()
 		return nil, fmt.Errorf("metrics: subscribe to %s: %w", subj.AllStats(), err)
 	}
-	if a.summarySub, err = nc.QueueSubscribe(subj.StatsSummary(), StatsQueue, a.onSummary); err != nil {
-		_ = a.statsSub.Unsubscribe()
-		return nil, fmt.Errorf("metrics: subscribe to %s: %w", subj.StatsSummary(), err)
-	}
 	if err := nc.Flush(); err != nil {
-		a.log.Warn("stats subscriptions not confirmed by NATS yet", "error", err)
+		a.log.Warn("stats subscription not confirmed by NATS yet", "error", err)
+	}
+	if a.othersAnswer() {
+		a.log.Info("another natsmesh server answers natsmesh top; this one will too once it has heard every instance", "after", a.warmup())
+	} else if err := a.join(); err != nil {
+		_ = a.statsSub.Unsubscribe()
+		return nil, err
 	}
 	go a.run()
 	return a, nil
@@ -261,8 +279,53 @@ func (a *Aggregator) Stop() {
 		close(a.stop)
 		<-a.done
 		_ = a.statsSub.Unsubscribe()
-		_ = a.summarySub.Drain()
+		a.joinMu.Lock()
+		defer a.joinMu.Unlock()
+		a.joined.Store(true) // never join after this
+		if a.summarySub != nil {
+			_ = a.summarySub.Drain()
+		}
 	})
+}
+
+// othersAnswer tells whether another Aggregator answers summaries already.
+func (a *Aggregator) othersAnswer() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err := a.nc.RequestWithContext(ctx, a.subj.StatsSummary(), []byte(`{"window_ms":1000}`))
+	return err == nil || errors.Is(err, context.DeadlineExceeded)
+}
+
+func (a *Aggregator) warmup() time.Duration {
+	if a.cfg.Warmup > 0 {
+		return a.cfg.Warmup
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return max(DefaultInterval, a.maxInterval) + time.Second
+}
+
+// join starts answering summary requests.
+func (a *Aggregator) join() error {
+	a.joinMu.Lock()
+	defer a.joinMu.Unlock()
+	if a.joined.Load() {
+		return nil
+	}
+	sub, err := a.nc.QueueSubscribe(a.subj.StatsSummary(), StatsQueue, a.onSummary)
+	if err != nil {
+		return fmt.Errorf("metrics: subscribe to %s: %w", a.subj.StatsSummary(), err)
+	}
+	a.summarySub = sub
+	a.joined.Store(true)
+	return nil
+}
+
+// Answering tells whether the Aggregator answers summary requests yet.
+func (a *Aggregator) Answering() bool {
+	a.joinMu.Lock()
+	defer a.joinMu.Unlock()
+	return a.summarySub != nil
 }
 
 // Stats returns the Aggregator's counters.
@@ -345,6 +408,7 @@ func (a *Aggregator) add(snap *Snapshot, now time.Time) {
 		in.interval = DefaultInterval
 	}
 	in.interval = min(max(in.interval, 100*time.Millisecond), time.Minute)
+	a.maxInterval = max(a.maxInterval, in.interval)
 	a.snapshots.Add(1)
 }
 
@@ -393,6 +457,11 @@ func (a *Aggregator) thin(in *instance) {
 // about the others.
 func (a *Aggregator) sweep() {
 	now := a.clock.Now()
+	if !a.joined.Load() && now.Sub(a.start) >= a.warmup() {
+		if err := a.join(); err != nil {
+			a.warn("not answering natsmesh top yet", "error", err)
+		}
+	}
 	var ask []instKey
 	a.mu.Lock()
 	for k, in := range a.insts {

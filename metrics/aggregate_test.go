@@ -241,7 +241,7 @@ func TestAggregatorMergedQuantiles(t *testing.T) {
 		q   float64
 		got *float64
 	}{{0.5, rev.P50MS}, {0.95, rev.P95MS}, {0.99, rev.P99MS}} {
-		want := as.Quantile(tc.q) * 1000
+		want := math.Round(as.Quantile(tc.q)*1e6) / 1e3
 		avg := (fs.Quantile(tc.q) + ss.Quantile(tc.q)) / 2 * 1000
 		if tc.got == nil || *tc.got != want {
 			t.Errorf("p%g = %v ms, want %g ms (one histogram of every observation)", tc.q*100, aggPtr(tc.got), want)
@@ -604,4 +604,41 @@ func TestFetchSummary(t *testing.T) {
 	if !errors.Is(err, ErrNoServer) || !strings.Contains(err.Error(), want) {
 		t.Errorf("with no aggregator: %v; want ErrNoServer saying %q", err, want)
 	}
+}
+
+// TestAggregatorWarmup: an Aggregator that starts while another answers
+// waits before it answers too; one alone answers at once.
+func TestAggregatorWarmup(t *testing.T) {
+	e := newAggEnv(t, AggregatorConfig{})
+	if !e.agg.Answering() {
+		t.Fatal("the only aggregator does not answer")
+	}
+	e.send(aggSnap("work", "work-1", 0), aggSnap("work", "work-1", time.Second))
+	clock := meshtest.NewClock()
+	late, err := StartAggregator(e.nc, AggregatorConfig{Clock: clock, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer late.Stop()
+	if late.Answering() {
+		t.Fatal("an aggregator started beside another answers at once")
+	}
+	for range 5 { // the first one answers, with what it has heard
+		s, err := FetchSummary(context.Background(), e.nc, "", 0)
+		if err != nil || s.Instances != 1 {
+			t.Fatalf("summary: %d instances, error %v; want 1 from the first aggregator", s.Instances, err)
+		}
+	}
+	clock.Advance(DefaultInterval) // the default warmup is 5 s and a second
+	late.Summary(0)
+	if late.Answering() {
+		t.Fatal("answering after 5 s")
+	}
+	clock.Advance(time.Second)
+	late.Summary(0)
+	if !late.Answering() {
+		t.Fatal("not answering after 6 s")
+	}
+	late.Stop()
+	late.Stop() // safe twice
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -42,8 +43,8 @@ type Signals struct {
 	// Success is the ratio (0 to 1) of requests that did not fail: a
 	// failure is a 5xx, the app's or the mesh's.
 	Success *float64 `json:"success"`
-	// P50MS, P95MS and P99MS are latency quantiles in milliseconds, from
-	// the merged histogram buckets of every instance.
+	// P50MS, P95MS and P99MS are latency quantiles in milliseconds (to the
+	// microsecond), from the merged histogram buckets of every instance.
 	P50MS *float64 `json:"p50_ms"`
 	P95MS *float64 `json:"p95_ms"`
 	P99MS *float64 `json:"p99_ms"`
@@ -103,7 +104,7 @@ func (c *acc) signals() Signals {
 	}
 	if c.latency.Count() > 0 {
 		q := func(q float64) *float64 {
-			ms := c.latency.Quantile(q) * 1000
+			ms := math.Round(c.latency.Quantile(q)*1e6) / 1e3 // to the microsecond
 			return &ms
 		}
 		s.P50MS, s.P95MS, s.P99MS = q(0.5), q(0.95), q(0.99)
