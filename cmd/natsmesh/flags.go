@@ -78,6 +78,21 @@ func parse(fs *flag.FlagSet, args []string, stdout io.Writer) ([]string, error) 
 	}
 }
 
+// optionalService is the service NAME of a command that takes at most one
+// positional argument, "" when there is none.
+func optionalService(pos []string) (string, error) {
+	switch {
+	case len(pos) > 1:
+		return "", usagef("want at most one service NAME, got %d arguments", len(pos))
+	case len(pos) == 0:
+		return "", nil
+	}
+	if err := bus.ValidateName("service", pos[0]); err != nil {
+		return "", usageError{err}
+	}
+	return pos[0], nil
+}
+
 // natsFlags are the connection flags every command takes.
 type natsFlags struct {
 	cfg bus.ConnectConfig

@@ -27,6 +27,7 @@ Commands:
   services  list the services on the mesh
   instances list the instances of a service
   watch     print registry events as they happen
+  top       show each service's and edge's request rate, success and latency, live
   apply     store config for services (routes, retries, ...) from a YAML file
   config    read, roll back or delete the config of services
 
@@ -45,6 +46,7 @@ var commands = map[string]command{
 	"services":  runServices,
 	"instances": runInstances,
 	"watch":     runWatch,
+	"top":       runTop,
 	"apply":     runApply,
 	"config":    runConfig,
 }

@@ -138,15 +138,9 @@ Ctrl-C.`, stderr)
 	if err != nil {
 		return err
 	}
-	if len(pos) > 1 {
-		return usagef("want at most one service NAME, got %d arguments", len(pos))
-	}
-	service := ""
-	if len(pos) == 1 {
-		if err := bus.ValidateName("service", pos[0]); err != nil {
-			return usageError{err}
-		}
-		service = pos[0]
+	service, err := optionalService(pos)
+	if err != nil {
+		return err
 	}
 	c, done, err := rf.client("natsmesh-watch")
 	if err != nil {

@@ -9,9 +9,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/config"
+	"github.com/natsmesh/natsmesh/metrics"
 	"github.com/natsmesh/natsmesh/registry"
 )
 
@@ -19,15 +21,23 @@ func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs := newFlagSet("server", "server [flags]", `
 Runs the NATS server the mesh travels on, embedded, with JetStream on, and the
 mesh's registry service, which follows every instance's heartbeats and answers
-natsmesh services, instances and watch. It creates the JetStream KV bucket
+natsmesh services, instances and watch. It also follows every instance's
+stats snapshots and answers natsmesh top with each service's and each edge's
+request rate, success and latency. It creates the JetStream KV bucket
 natsmesh apply stores config in (mesh_config) if it is missing. Every other
 command connects to it (--nats, default nats://127.0.0.1:4222). Stop it with
 Ctrl-C or SIGTERM.
 
-With --nats URL it runs no NATS server of its own: it serves the registry on
-that NATS server or cluster instead, and creates the config bucket there. Run
-several for availability: one at a time publishes events (a lease in
-JetStream decides which), and another takes over within seconds when it dies.`, stderr)
+--metrics serves Prometheus metrics: the embedded NATS server's connections,
+subscriptions, slow consumers, messages and bytes in and out, memory and
+JetStream usage (natsmesh_nats_*), and the process's own.
+
+With --nats URL it runs no NATS server of its own: it serves the registry and
+the stats on that NATS server or cluster instead, and creates the config
+bucket there; --metrics then has no NATS server figures (use that server's own
+monitoring). Run several for availability: one at a time publishes events (a
+lease in JetStream decides which), and another takes over within seconds when
+it dies; any of them answers natsmesh top.`, stderr)
 	listen := fs.String("listen", bus.DefaultListen, "address to listen on for NATS clients (port 0 picks a free one)")
 	data := fs.String("data", bus.DefaultDataDir(), "directory for JetStream data")
 	prefix := prefixFlag(fs)
@@ -39,6 +49,7 @@ JetStream decides which), and another takes over within seconds when it dies.`, 
 	fs.Lookup("nats").Usage = "serve the registry on this NATS server or cluster instead of an embedded one"
 	var lf logFlags
 	lf.register(fs)
+	metricsAddr := fs.String("metrics", "", "address to serve Prometheus metrics on at /metrics, for example 127.0.0.1:15090: the embedded NATS server's figures (none with --nats) and the process's (default: off)")
 	pos, err := parse(fs, args, stdout)
 	if err != nil {
 		return err
@@ -59,6 +70,7 @@ JetStream decides which), and another takes over within seconds when it dies.`, 
 	}
 	url := nf.cfg.URL
 	embedded := url == ""
+	var collectors []prometheus.Collector
 	if embedded {
 		srv, err := bus.StartServer(bus.ServerConfig{
 			Host: host, Port: port, DataDir: *data,
@@ -69,6 +81,7 @@ JetStream decides which), and another takes over within seconds when it dies.`, 
 			return err
 		}
 		defer srv.Shutdown()
+		collectors = append(collectors, metrics.NewNATSCollector(srv.NATS()))
 		url = srv.ClientURL()
 		nf.cfg = bus.ConnectConfig{URL: url}
 	}
@@ -87,6 +100,22 @@ JetStream decides which), and another takes over within seconds when it dies.`, 
 		return err
 	}
 	defer reg.Stop()
+	// Every server follows the snapshots, leader or not, and any one of
+	// them answers a summary request (a queue group).
+	agg, err := metrics.StartAggregator(nc, metrics.AggregatorConfig{
+		Prefix: *prefix, Logger: log.With("component", "stats"), Alive: reg.View().Has,
+	})
+	if err != nil {
+		return err
+	}
+	defer agg.Stop()
+	if *metricsAddr != "" {
+		stopMetrics, err := serveMetrics(*metricsAddr, log, collectors...)
+		if err != nil {
+			return err
+		}
+		defer stopMetrics()
+	}
 	if embedded {
 		log.Info("natsmesh server ready", "url", url, "data", *data)
 		fmt.Fprintf(stdout, "natsmesh server listening on %s\n", url)
