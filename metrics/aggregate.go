@@ -28,9 +28,10 @@ const (
 	// DefaultHistory bounds the snapshots kept per instance.
 	DefaultHistory = 64
 	// DefaultMaxSamples is the edge samples (one edge of one kept
-	// snapshot, about 250 bytes) all instances' histories hold together:
-	// each keeps at most its share, and at least two snapshots.
-	DefaultMaxSamples = 500_000
+	// snapshot, about 330 bytes: BenchmarkAggregatorMemory) all instances'
+	// histories hold together, about 80 MB: each keeps at most its share,
+	// and at least two snapshots.
+	DefaultMaxSamples = 250_000
 	// DefaultSummaryServices and DefaultSummaryEdges bound a Summary; the
 	// busiest are kept.
 	DefaultSummaryServices = 1_000

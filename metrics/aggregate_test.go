@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -641,4 +642,74 @@ func TestAggregatorWarmup(t *testing.T) {
 	}
 	late.Stop()
 	late.Stop() // safe twice
+}
+
+// aggFill gives 1,000 instances of 50 services, each with 2 inbound and 2
+// outbound edges, a full history.
+func aggFill(b *testing.B, a *Aggregator) {
+	b.Helper()
+	for i := range 1000 {
+		svc := fmt.Sprintf("svc-%d", i%50)
+		for j := range DefaultHistory {
+			n := uint64(j * 100)
+			resp := map[string]uint64{"2xx": n, "5xx": n / 100, "5xx:timeout": n / 200}
+			s := aggSnap(svc, fmt.Sprintf("%s-%d", svc, i), time.Duration(j)*5*time.Second,
+				aggEdge(Inbound, fmt.Sprintf("svc-%d", (i+1)%50), 0, time.Millisecond, nil),
+				aggEdge(Inbound, fmt.Sprintf("svc-%d", (i+2)%50), 0, time.Millisecond, nil),
+				aggEdge(Outbound, fmt.Sprintf("svc-%d", (i+3)%50), 0, time.Millisecond, nil),
+				aggEdge(Outbound, fmt.Sprintf("svc-%d", (i+4)%50), 0, time.Millisecond, nil))
+			for k := range s.Edges {
+				s.Edges[k].Responses = resp
+				s.Edges[k].Latency.Counts[3] = n
+			}
+			a.add(&s, aggT0)
+		}
+	}
+}
+
+func aggBenchAggregator(b *testing.B) *Aggregator {
+	b.Helper()
+	srv := meshtest.RunServer(b)
+	a, err := StartAggregator(meshtest.Connect(b, srv), AggregatorConfig{Clock: meshtest.NewClock(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(a.Stop)
+	return a
+}
+
+// BenchmarkAggregatorSummary: a summary of 1,000 instances with 4 edges
+// each, 64 snapshots kept per instance.
+func BenchmarkAggregatorSummary(b *testing.B) {
+	a := aggBenchAggregator(b)
+	aggFill(b, a)
+	b.ReportAllocs()
+	for b.Loop() {
+		if s := a.Summary(time.Minute); len(s.Services) != 50 || len(s.Edges) != 100 {
+			b.Fatalf("%d services, %d edges", len(s.Services), len(s.Edges))
+		}
+	}
+}
+
+// BenchmarkAggregatorMemory reports the heap an edge sample takes.
+func BenchmarkAggregatorMemory(b *testing.B) {
+	for b.Loop() {
+		b.StopTimer()
+		a := aggBenchAggregator(b)
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		b.StartTimer()
+		aggFill(b, a)
+		b.StopTimer()
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		a.mu.Lock()
+		n := a.samples
+		a.mu.Unlock()
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(n), "B/sample")
+		b.ReportMetric(float64(n), "samples")
+		runtime.KeepAlive(a)
+		b.StartTimer()
+	}
 }
