@@ -7,7 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -200,7 +201,7 @@ func newSample(s *Snapshot) *sample {
 			}
 			es.responses = append(es.responses, responseCount{k, n})
 		}
-		sort.Slice(es.responses, func(a, b int) bool { return es.responses[a].key < es.responses[b].key })
+		slices.SortFunc(es.responses, func(a, b responseCount) int { return strings.Compare(a.key, b.key) })
 		out.edges[i] = es
 	}
 	return out
@@ -251,7 +252,7 @@ func StartAggregator(nc *nats.Conn, cfg AggregatorConfig) (*Aggregator, error) {
 	}
 	if a.othersAnswer() {
 		a.log.Info("another natsmesh server answers natsmesh top; this one will too once it has heard every instance", "after", a.warmup())
-	} else if err := a.join(); err != nil {
+	} else if _, err := a.join(); err != nil {
 		_ = a.statsSub.Unsubscribe()
 		return nil, err
 	}
@@ -306,20 +307,20 @@ func (a *Aggregator) warmup() time.Duration {
 	return max(DefaultInterval, a.maxInterval) + time.Second
 }
 
-// join starts answering summary requests.
-func (a *Aggregator) join() error {
+// join starts answering summary requests; now says whether this call did.
+func (a *Aggregator) join() (now bool, err error) {
 	a.joinMu.Lock()
 	defer a.joinMu.Unlock()
 	if a.joined.Load() {
-		return nil
+		return false, nil
 	}
 	sub, err := a.nc.QueueSubscribe(a.subj.StatsSummary(), StatsQueue, a.onSummary)
 	if err != nil {
-		return fmt.Errorf("metrics: subscribe to %s: %w", a.subj.StatsSummary(), err)
+		return false, fmt.Errorf("metrics: subscribe to %s: %w", a.subj.StatsSummary(), err)
 	}
 	a.summarySub = sub
 	a.joined.Store(true)
-	return nil
+	return true, nil
 }
 
 // Answering tells whether the Aggregator answers summary requests yet.
@@ -459,8 +460,10 @@ func (a *Aggregator) thin(in *instance) {
 func (a *Aggregator) sweep() {
 	now := a.clock.Now()
 	if !a.joined.Load() && now.Sub(a.start) >= a.warmup() {
-		if err := a.join(); err != nil {
+		if joined, err := a.join(); err != nil {
 			a.warn("not answering natsmesh top yet", "error", err)
+		} else if joined {
+			a.log.Info("answering natsmesh top now, with the other natsmesh servers")
 		}
 	}
 	var ask []instKey
