@@ -76,6 +76,10 @@ type ServiceStats struct {
 type EdgeStats struct {
 	From string `json:"from"`
 	To   string `json:"to"`
+	// Subset is the subset of To that a route of To's config sent these
+	// calls to; empty for calls to the whole service (its queue group). A
+	// canary shows as one edge per subset.
+	Subset string `json:"subset,omitempty"`
 	// Callers counts the caller instances reporting the edge.
 	Callers int `json:"callers"`
 	Signals
@@ -179,7 +183,7 @@ func (e *edgeSample) response(key string) uint64 {
 	return e.responses[i].n
 }
 
-type pairKey struct{ from, to string }
+type pairKey struct{ from, to, subset string }
 
 type serviceAcc struct {
 	instances          int
@@ -225,21 +229,21 @@ func summarize(spans []span, maxServices, maxEdges int) Summary {
 				prev[subsetKey{e.inbound, e.peer, e.subset}] = e
 			}
 		}
-		seen := make(map[string]bool) // callees this instance calls
+		seen := make(map[pairKey]bool) // edges this instance reports
 		for j := range sp.cur.edges {
 			e := &sp.cur.edges[j]
 			var c *acc
 			if e.inbound {
 				c = &svc(sp.service).acc
 			} else {
-				k := pairKey{sp.service, e.peer}
+				k := pairKey{sp.service, e.peer, e.subset}
 				ea := edges[k]
 				if ea == nil {
 					ea = &edgeAcc{}
 					edges[k] = ea
 				}
-				if !seen[e.peer] {
-					seen[e.peer] = true
+				if !seen[k] {
+					seen[k] = true
 					ea.callers++
 				}
 				if bus.ValidateName("service", e.peer) == nil {
@@ -267,7 +271,7 @@ func summarize(spans []span, maxServices, maxEdges int) Summary {
 	}
 	sum.Edges = make([]EdgeStats, 0, len(edges))
 	for k, e := range edges {
-		sum.Edges = append(sum.Edges, EdgeStats{From: k.from, To: k.to, Callers: e.callers, Signals: e.acc.signals(),
+		sum.Edges = append(sum.Edges, EdgeStats{From: k.from, To: k.to, Subset: k.subset, Callers: e.callers, Signals: e.acc.signals(),
 			Retries: e.acc.retries, RetriesPerSecond: e.acc.retryRate})
 	}
 	var cut1, cut2 bool
@@ -310,7 +314,7 @@ func edgeRequests(e *EdgeStats) uint64       { return e.Requests }
 
 func compareServices(a, b *ServiceStats) int { return strings.Compare(a.Name, b.Name) }
 func compareEdges(a, b *EdgeStats) int {
-	return cmp.Or(strings.Compare(a.From, b.From), strings.Compare(a.To, b.To))
+	return cmp.Or(strings.Compare(a.From, b.From), strings.Compare(a.To, b.To), strings.Compare(a.Subset, b.Subset))
 }
 
 // keepBusiest sorts list by order and, when it is longer than n, keeps the

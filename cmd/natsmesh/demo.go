@@ -42,6 +42,7 @@ afresh.`, stderr)
 	natsListen := fs.String("listen", "", "address for NATS clients (default 127.0.0.1:4222, or a free port if it is taken)")
 	gatewayListen := fs.String("gateway", "127.0.0.1:9080", "address of the gateway, the page to open")
 	traffic := fs.Float64("traffic", 2, "requests per second the demo sends to the page itself (0: none)")
+	statsInterval := fs.Duration("stats-interval", metrics.DefaultInterval, "how often each sidecar and the gateway publish the stats natsmesh top shows")
 	var lf logFlags
 	lf.register(fs)
 	fs.Lookup("log-level").DefValue = "warn"
@@ -55,6 +56,9 @@ afresh.`, stderr)
 	}
 	if *traffic < 0 || *traffic > 100 {
 		return usagef("--traffic %g: use 0 to 100 requests per second", *traffic)
+	}
+	if *statsInterval < 100*time.Millisecond || *statsInterval > time.Minute {
+		return usagef("--stats-interval %s: use 100ms to 1m", *statsInterval)
 	}
 	log, err := lf.logger(stderr)
 	if err != nil {
@@ -97,7 +101,7 @@ afresh.`, stderr)
 	defer srv.Shutdown()
 	url := srv.ClientURL()
 
-	d := &demo{url: url, log: log}
+	d := &demo{url: url, log: log, statsInterval: *statsInterval}
 	defer d.stop()
 	if err := d.start(ctx); err != nil {
 		return err
@@ -133,6 +137,7 @@ afresh.`, stderr)
 		fmt.Fprintf(stdout, "  export NATSMESH_URL=%s\n", url)
 	}
 	fmt.Fprintf(stdout, "  go run ./cmd/natsmesh services                                         # the services and their instances\n")
+	fmt.Fprintf(stdout, "  go run ./cmd/natsmesh top                                              # each service's and each call's rate, success and latency, live\n")
 	fmt.Fprintf(stdout, "  go run ./cmd/natsmesh watch                                            # instances coming and going, live\n")
 	fmt.Fprintf(stdout, "  go run ./cmd/natsmesh apply -f examples/bookinfo/reviews-v3-canary.yaml   # half of reviews to v3, half to v1\n\n")
 	fmt.Fprintf(stdout, "Ctrl-C stops the demo.\n")
@@ -170,9 +175,10 @@ func startDemoServer(listen, data string, log *slog.Logger) (*bus.Server, error)
 
 // demo is the demo's parts, stopped in reverse order.
 type demo struct {
-	url   string
-	log   *slog.Logger
-	stops []func(context.Context)
+	url           string
+	log           *slog.Logger
+	statsInterval time.Duration
+	stops         []func(context.Context)
 }
 
 func (d *demo) onStop(f func(context.Context)) { d.stops = append(d.stops, f) }
@@ -202,6 +208,11 @@ func (d *demo) start(ctx context.Context) error {
 		return err
 	}
 	d.onStop(func(context.Context) { reg.Stop() })
+	agg, err := metrics.StartAggregator(nc, metrics.AggregatorConfig{Logger: d.log, Alive: reg.View().Has})
+	if err != nil {
+		return err
+	}
+	d.onStop(func(context.Context) { agg.Stop() })
 	for _, svc := range bookinfo.Services {
 		versions := []string{"v1"}
 		if svc == "reviews" {
@@ -236,7 +247,7 @@ func (d *demo) app(service, version string) error {
 	}
 	cfg := proxy.SidecarConfig{
 		Service: service, Upstream: "http://" + ln.Addr().String(), Listen: "127.0.0.1:0",
-		Configs: watcher, Logger: d.log.With("service", service),
+		Configs: watcher, Logger: d.log.With("service", service), StatsInterval: d.statsInterval,
 	}
 	if service == "reviews" {
 		cfg.Subset = version
@@ -277,7 +288,7 @@ func (d *demo) gateway(ln net.Listener) (*http.Server, error) {
 	}
 	set := metrics.NewSet(metrics.Identity{Service: "gateway", Instance: proxy.NewInstanceID("gateway"), Kind: "gateway"}, metrics.Options{})
 	set.SetState(metrics.StateServing)
-	stats, err := metrics.StartPublisher(nc, "", set, 0, d.log)
+	stats, err := metrics.StartPublisher(nc, "", set, d.statsInterval, d.log)
 	if err != nil {
 		return nil, err
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/natsmesh/natsmesh/internal/meshtest"
+	"github.com/natsmesh/natsmesh/metrics"
 )
 
 var (
@@ -54,7 +55,7 @@ func TestDemo(t *testing.T) {
 	if !strings.Contains(p.stdout.String(), "open "+page) {
 		t.Errorf("the demo does not say which page to open:\n%s", p.stdout)
 	}
-	for _, cmd := range []string{"natsmesh services", "natsmesh watch", "natsmesh apply -f examples/bookinfo/reviews-v3-canary.yaml", "export NATSMESH_URL=" + natsURL} {
+	for _, cmd := range []string{"natsmesh services", "natsmesh top", "natsmesh watch", "natsmesh apply -f examples/bookinfo/reviews-v3-canary.yaml", "export NATSMESH_URL=" + natsURL} {
 		if !strings.Contains(p.stdout.String(), cmd) {
 			t.Errorf("the demo does not suggest %q:\n%s", cmd, p.stdout)
 		}
@@ -147,5 +148,66 @@ func TestDemoPortTaken(t *testing.T) {
 	_, errOut, code = natsmesh(t, "demo", "--listen", addr, "--gateway", "127.0.0.1:0")
 	if code == 0 || !strings.Contains(errOut, addr) || !strings.Contains(errOut, "--listen") {
 		t.Errorf("demo with its NATS port taken: exit %d, stderr %q; want an error naming %s and --listen", code, errOut, addr)
+	}
+}
+
+// The newcomer's view of traffic: with the demo's own load, natsmesh top
+// shows every bookinfo edge; the canary splits the edge to reviews into
+// its subsets, and the ratings delay shows in that edge's latency and in
+// that of productpage's calls to reviews v3, which it gives up after 1.5 s.
+func TestDemoTop(t *testing.T) {
+	t.Parallel()
+	p := start(t, "demo", nil, natsmeshBin(t), "demo", "--listen", "127.0.0.1:0", "--gateway", freeAddr(t),
+		"--traffic", "10", "--stats-interval", "300ms")
+	natsURL := p.waitOutput(t, demoReady, 60*time.Second)
+	edge := func(s metrics.Summary, from, to, subset string) *metrics.EdgeStats {
+		for i, e := range s.Edges {
+			if e.From == from && e.To == to && e.Subset == subset {
+				return &s.Edges[i]
+			}
+		}
+		return nil
+	}
+	top := func() metrics.Summary { return topJSON(t, "--nats", natsURL, "--window", "3s") }
+	meshtest.CheckFor(t, 30*time.Second, 300*time.Millisecond, func() error {
+		s := top()
+		for _, e := range [][2]string{{"gateway", "productpage"}, {"productpage", "details"}, {"productpage", "reviews"}, {"reviews", "ratings"}} {
+			st := edge(s, e[0], e[1], "")
+			if st == nil || st.RPS == 0 || st.Success == nil || *st.Success < 0.9 || st.P50MS == nil {
+				return fmt.Errorf("edge %s → %s: %+v, want traffic that succeeds", e[0], e[1], st)
+			}
+		}
+		return nil
+	})
+
+	if out, errOut, code := natsmesh(t, "apply", "-f", "../../examples/bookinfo/reviews-v3-canary.yaml", "--nats", natsURL); code != 0 {
+		t.Fatalf("apply: exit %d: %s%s", code, out, errOut)
+	}
+	meshtest.CheckFor(t, 30*time.Second, 300*time.Millisecond, func() error {
+		s := top()
+		v1, v3 := edge(s, "productpage", "reviews", "v1"), edge(s, "productpage", "reviews", "v3")
+		if v1 == nil || v3 == nil || v1.RPS == 0 || v3.RPS == 0 || edge(s, "productpage", "reviews", "v2") != nil {
+			return fmt.Errorf("after the canary, edges to reviews/v1 %+v and reviews/v3 %+v, want both with traffic and none to v2", v1, v3)
+		}
+		return nil
+	})
+
+	if out, errOut, code := natsmesh(t, "apply", "-f", "../../examples/bookinfo/ratings-delay.yaml", "--nats", natsURL); code != 0 {
+		t.Fatalf("apply: exit %d: %s%s", code, out, errOut)
+	}
+	meshtest.CheckFor(t, 30*time.Second, 300*time.Millisecond, func() error {
+		s := top()
+		ratings, v3 := edge(s, "reviews", "ratings", ""), edge(s, "productpage", "reviews", "v3")
+		if ratings == nil || ratings.P95MS == nil || *ratings.P95MS < 1000 {
+			return fmt.Errorf("edge reviews → ratings %+v, want a p95 of 2 s from the injected delay", ratings)
+		}
+		if v3 == nil || v3.P95MS == nil || *v3.P95MS < 1000 {
+			return fmt.Errorf("edge productpage → reviews/v3 %+v, want a p95 of 1.5 s: productpage gives up on reviews after 1.5 s", v3)
+		}
+		return nil
+	})
+	p.signal(t, os.Interrupt)
+	if code := p.wait(t, 20*time.Second); code != 0 {
+		t.Fatalf("the demo exited %d after SIGINT", code)
 	}
 }

@@ -31,7 +31,9 @@ sidecar and gateway publishes (--stats-interval, 5s), refreshed every
   edges: for each caller and callee, the same as the callers saw it, which
   includes the calls no instance got (no-responders, circuit-open...), the
   retries per second, and the failures by Mesh-Error code ("app" for the
-  5xx the app answered itself).
+  5xx the app answered itself); calls a route of the callee's config sent
+  to a subset show as their own edge, TO being service/subset (a canary
+  shows as reviews/v1 and reviews/v3).
 
 With SERVICE it shows only that service and the edges to and from it. With
 --json it prints one summary as JSON (rps, success as a ratio, p50_ms, p95_ms,
@@ -160,11 +162,19 @@ func writeTop(w io.Writer, s metrics.Summary, service string) {
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "FROM\tTO\tRPS\tSUCCESS\tP50\tP95\tP99\tRETRIES/S\tERRORS")
 	for _, e := range s.Edges {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.From, e.To, topRate(e.RPS), topSuccess(e.Success),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.From, edgeTarget(&e), topRate(e.RPS), topSuccess(e.Success),
 			topLatency(e.P50MS), topLatency(e.P95MS), topLatency(e.P99MS), topRate(e.RetriesPerSecond), topErrors(e.Errors))
 	}
 	_ = tw.Flush()
 	fmt.Fprintln(w)
+}
+
+// edgeTarget is an edge's callee, with the subset its calls were routed to.
+func edgeTarget(e *metrics.EdgeStats) string {
+	if e.Subset != "" {
+		return e.To + "/" + e.Subset
+	}
+	return e.To
 }
 
 // topRate prints a rate with three significant figures or so.
