@@ -56,7 +56,7 @@ func TestReadmeTour(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs README commands, which build binaries; skipped with -short")
 	}
-	for _, p := range []string{"4222", "9080", "8080", "8081", "8082", "15001", "15002", "15003", "15004", "15005"} {
+	for _, p := range []string{"4222", "9080", "8080", "8081", "8082", "15001", "15002", "15003", "15004", "15005", "15090"} {
 		l, err := net.Listen("tcp", "127.0.0.1:"+p)
 		if err != nil {
 			if os.Getenv("CI") != "" {
@@ -85,6 +85,7 @@ func TestReadmeTour(t *testing.T) {
 	}
 	startBlock := readmeBlock(t, readme, "<!-- readme-test: start -->")
 	tryBlock := readmeBlock(t, readme, "<!-- readme-test: try -->")
+	metricsBlock := readmeBlock(t, readme, "<!-- readme-test: metrics -->")
 	scaleBlock := readmeBlock(t, readme, "<!-- readme-test: scale -->")
 	trafficBlock := readmeBlock(t, readme, "<!-- readme-test: traffic -->")
 
@@ -113,6 +114,19 @@ func TestReadmeTour(t *testing.T) {
 	}
 	for i, line := range tryBlock {
 		meshtest.CheckFor(t, 90*time.Second, 200*time.Millisecond, runMatching(root, env, line, want[i]))
+	}
+
+	// See your traffic: web's sidecar serves the calls it made to
+	// Prometheus, and natsmesh top has them once the stats are published.
+	wantMetrics := []*regexp.Regexp{
+		regexp.MustCompile(`(?m)^natsmesh_requests_total\{[^}]*callee="greeter"[^}]*status_class="2xx"[^}]*\} [1-9]`),
+		regexp.MustCompile(`(?s)"edges":.*"from":\s*"web",\s*"to":\s*"greeter"`),
+	}
+	if len(metricsBlock) != len(wantMetrics) {
+		t.Fatalf("README.md's metrics block has %d commands; this test knows %d", len(metricsBlock), len(wantMetrics))
+	}
+	for i, line := range metricsBlock {
+		meshtest.CheckFor(t, 30*time.Second, 500*time.Millisecond, runMatching(root, env, line, wantMetrics[i]))
 	}
 
 	// Watch instances come and go: the background lines run together, then
@@ -253,7 +267,7 @@ func readmeDemoTour(t *testing.T, root string, env []string, readme, demoCmd str
 		{regexp.MustCompile(`(?m)^reviews: applied revision \d+$`)},
 		{regexp.MustCompile(`(?ms)^\d+ .*put.*^\d+ .*put`)},
 	}
-	if len(tour) != len(want) || len(watchBlock) != 1 {
+	if len(tour) != len(want) || len(watchBlock) != 2 {
 		t.Fatalf("README.md's tour changed (%q, %q); update this test", tour, watchBlock)
 	}
 	demo, out := startScript(t, root, env, demoCmd)
@@ -263,7 +277,8 @@ func readmeDemoTour(t *testing.T, root string, env []string, readme, demoCmd str
 		}
 		return nil
 	})
-	_, watchOut := startScript(t, root, env, watchBlock[0])
+	_, topOut := startScript(t, root, env, watchBlock[0])
+	_, watchOut := startScript(t, root, env, watchBlock[1])
 	for i, line := range tour {
 		check := func() error {
 			for _, re := range want[i] {
@@ -284,6 +299,16 @@ func readmeDemoTour(t *testing.T, root string, env []string, readme, demoCmd str
 	meshtest.CheckFor(t, 10*time.Second, 100*time.Millisecond, func() error {
 		if !regexp.MustCompile(`reviews reviews-[0-9a-f]+`).MatchString(watchOut.String()) {
 			return fmt.Errorf("watch has not shown the reviews instances:\n%s", watchOut)
+		}
+		return nil
+	})
+	// top shows the demo's own traffic, and the calls to reviews routed
+	// to subsets once the tour has applied its configs.
+	meshtest.CheckFor(t, 30*time.Second, 200*time.Millisecond, func() error {
+		for _, re := range []*regexp.Regexp{regexp.MustCompile(`(?m)^gateway +productpage +[0-9]`), regexp.MustCompile(`(?m)^productpage +reviews/v[123] +[0-9]`)} {
+			if !re.MatchString(topOut.String()) {
+				return fmt.Errorf("top has not shown %s:\n%s", re, topOut)
+			}
 		}
 		return nil
 	})
