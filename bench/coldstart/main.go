@@ -70,6 +70,7 @@ type round struct {
 	firstLine time.Duration // until the demo prints its first line
 	page      time.Duration // until the page answers 200 with details and reviews
 	stop      time.Duration // SIGINT to every process of the group gone
+	others    time.Duration // CPU time the machine's other processes used meanwhile
 	commit    string        // the clone's HEAD
 }
 
@@ -98,7 +99,8 @@ func run(ctx context.Context, repo string, rounds int, timeout time.Duration, ma
 		strings.TrimSpace(string(version)), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), flags)
 	fmt.Printf("repository %s, cloned with --no-local (a local path is copied through git's transport, as from a remote, without the network)\n", repo)
 	fmt.Printf("download: `go mod download` timed alone; then `go run`: loading, compile and link (build), the demo's start,\n")
-	fmt.Printf("its first line and the page, each from go run's start; total = download + page\n\n")
+	fmt.Printf("its first line and the page, each from go run's start; total = download + page;\n")
+	fmt.Printf("others: CPU time the machine's other processes used during the round (/proc/stat less this program and its children)\n\n")
 
 	var all []round
 	for i := range rounds {
@@ -112,10 +114,10 @@ func run(ctx context.Context, repo string, rounds int, timeout time.Duration, ma
 		}
 		r.load = load
 		if i == 0 {
-			fmt.Printf("%-6s %5s %8s %9s %8s %11s %8s %8s %7s  %s\n", "round", "load", "clone", "download", "build", "first line", "page", "total", "stop", "commit")
+			fmt.Printf("%-6s %5s %8s %9s %8s %11s %8s %8s %7s %7s  %s\n", "round", "load", "clone", "download", "build", "first line", "page", "total", "stop", "others", "commit")
 		}
-		fmt.Printf("%-6d %5.2f %8s %9s %8s %11s %8s %8s %7s  %s\n", i+1, r.load, secs(r.clone), secs(r.download),
-			secs(r.build), secs(r.firstLine), secs(r.page), secs(r.total()), secs(r.stop), r.commit)
+		fmt.Printf("%-6d %5.2f %8s %9s %8s %11s %8s %8s %7s %7s  %s\n", i+1, r.load, secs(r.clone), secs(r.download),
+			secs(r.build), secs(r.firstLine), secs(r.page), secs(r.total()), secs(r.stop), secs(r.others), r.commit)
 		all = append(all, r)
 	}
 	if rounds > 1 {
@@ -126,13 +128,14 @@ func run(ctx context.Context, repo string, rounds int, timeout time.Duration, ma
 			}
 			return secs(median(v))
 		}
-		fmt.Printf("%-6s %5s %8s %9s %8s %11s %8s %8s %7s\n", "median", "",
+		fmt.Printf("%-6s %5s %8s %9s %8s %11s %8s %8s %7s %7s\n", "median", "",
 			med(func(r round) time.Duration { return r.clone }),
 			med(func(r round) time.Duration { return r.download }),
 			med(func(r round) time.Duration { return r.build }),
 			med(func(r round) time.Duration { return r.firstLine }),
 			med(func(r round) time.Duration { return r.page }),
-			med(round.total), med(func(r round) time.Duration { return r.stop }))
+			med(round.total), med(func(r round) time.Duration { return r.stop }),
+			med(func(r round) time.Duration { return r.others }))
 	}
 	return nil
 }
@@ -140,6 +143,11 @@ func run(ctx context.Context, repo string, rounds int, timeout time.Duration, ma
 // runRound clones repo, downloads the modules and runs the demo until its
 // page answers, each in directories of its own, removed at the end.
 func runRound(ctx context.Context, repo, goflags string, timeout time.Duration) (r round, err error) {
+	machine0, ours0 := machineCPU()
+	defer func() {
+		machine1, ours1 := machineCPU()
+		r.others = max(0, machine1-machine0-(ours1-ours0))
+	}()
 	root, err := os.MkdirTemp("", "natsmesh-coldstart-")
 	if err != nil {
 		return r, err
@@ -178,6 +186,19 @@ func runRound(ctx context.Context, repo, goflags string, timeout time.Duration) 
 	}
 	err = runDemo(ctx, src, env, timeout, &r)
 	return r, err
+}
+
+// machineCPU returns the CPU time the machine has spent busy and the part
+// of it this process and its children that have exited spent.
+func machineCPU() (machine, ours time.Duration) {
+	machine, _ = procstat.MachineCPU()
+	for _, who := range []int{syscall.RUSAGE_SELF, syscall.RUSAGE_CHILDREN} {
+		var ru syscall.Rusage
+		if syscall.Getrusage(who, &ru) == nil {
+			ours += time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+		}
+	}
+	return machine, ours
 }
 
 // timed runs a command to its end and returns how long it took.
