@@ -142,9 +142,9 @@ type Set struct {
 	id       Identity
 	started  time.Time
 	max      int
-	edges    sync.Map // edgeKey → *Edge
-	mu       sync.Mutex
-	list     []*Edge // in creation order, guarded by mu
+	mu       sync.RWMutex
+	edges    map[edgeKey]*Edge // guarded by mu
+	list     []*Edge           // in creation order, guarded by mu
 	overflow atomic.Uint64
 
 	state atomic.Pointer[string]
@@ -163,7 +163,7 @@ func NewSet(id Identity, o Options) *Set {
 	if o.MaxEdges <= 0 {
 		o.MaxEdges = DefaultMaxEdges
 	}
-	return &Set{id: id, started: time.Now(), max: o.MaxEdges, breakers: make(map[string]breaker.State)}
+	return &Set{id: id, started: time.Now(), max: o.MaxEdges, edges: make(map[edgeKey]*Edge), breakers: make(map[string]breaker.State)}
 }
 
 // Identity is the process the Set records.
@@ -173,28 +173,33 @@ func (s *Set) Identity() Identity { return s.id }
 // service), creating it on first use. Beyond MaxEdges it returns the edge
 // of the Other peer and counts the overflow.
 func (s *Set) Edge(dir Direction, peer, subset string) *Edge {
+	// A map under a read lock rather than a sync.Map: its key would be
+	// boxed into an interface, an allocation on every call.
 	k := edgeKey{dir, peer, subset}
-	if e, ok := s.edges.Load(k); ok {
-		return e.(*Edge)
+	s.mu.RLock()
+	e := s.edges[k]
+	s.mu.RUnlock()
+	if e != nil {
+		return e
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e, ok := s.edges.Load(k); ok {
-		return e.(*Edge)
+	if e := s.edges[k]; e != nil {
+		return e
 	}
 	if len(s.list) >= s.max {
 		s.overflow.Add(1)
 		k = edgeKey{dir, Other, ""}
-		if e, ok := s.edges.Load(k); ok {
-			return e.(*Edge)
+		if e := s.edges[k]; e != nil {
+			return e
 		}
 	}
-	e := &Edge{dir: dir, peer: k.peer, subset: k.subset}
+	e = &Edge{dir: dir, peer: k.peer, subset: k.subset}
 	e.caller, e.callee = s.id.Service, k.peer
 	if dir == Inbound {
 		e.caller, e.callee = k.peer, s.id.Service
 	}
-	s.edges.Store(k, e)
+	s.edges[k] = e
 	s.list = append(s.list, e)
 	return e
 }
@@ -203,8 +208,8 @@ func (s *Set) Edge(dir Direction, peer, subset string) *Edge {
 func (s *Set) Overflow() uint64 { return s.overflow.Load() }
 
 func (s *Set) all() []*Edge {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	return append([]*Edge(nil), s.list...)
 }
 
