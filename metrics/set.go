@@ -173,8 +173,8 @@ func (s *Set) Identity() Identity { return s.id }
 // service), creating it on first use. Beyond MaxEdges it returns the edge
 // of the Other peer and counts the overflow.
 func (s *Set) Edge(dir Direction, peer, subset string) *Edge {
-	// A map under a read lock rather than a sync.Map: its key would be
-	// boxed into an interface, an allocation on every call.
+	// Looked up under the read lock (no allocation); created once, under
+	// the write lock.
 	k := edgeKey{dir, peer, subset}
 	s.mu.RLock()
 	e := s.edges[k]
