@@ -138,6 +138,27 @@ func (o *outlier) check() {
 	o.setEjected(false)
 }
 
+// recheck rejoins at once when the instance is ejected and the registry no
+// longer shows another instance passing: instances whose apps all failed at
+// once may have ejected themselves together before each saw the others'
+// heartbeats, and the service must not be left without one for the rest of
+// a check interval. It is called on every registry event of the service.
+func (o *outlier) recheck() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !o.ejected || o.stopped || o.othersPassing() != 0 {
+		return
+	}
+	o.log.Warn("no other instance of the service passes; rejoining the queue groups before the ejection is over")
+	if o.timer != nil {
+		o.timer.Stop()
+	}
+	o.ejected = false
+	o.lastRejoin = time.Now()
+	o.failures.Store(0)
+	o.setEjected(false)
+}
+
 func (o *outlier) stop() {
 	o.mu.Lock()
 	defer o.mu.Unlock()

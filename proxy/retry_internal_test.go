@@ -517,3 +517,42 @@ routes:
 		}
 	}
 }
+
+// recheck, run on registry events, rejoins an ejected instance as soon as no
+// other passes, without waiting for its next check; while others pass, or
+// when it is not ejected, it changes nothing.
+func TestOutlierRecheck(t *testing.T) {
+	t.Parallel()
+	var others atomic.Int64
+	others.Store(1)
+	rec := &ejections{}
+	o := &outlier{
+		cfg:           OutlierConfig{Consecutive: 1, BaseEjection: time.Hour, MaxEjection: time.Hour},
+		log:           slog.New(slog.NewTextHandler(io.Discard, nil)),
+		othersPassing: func() int { return int(others.Load()) },
+		setEjected:    rec.set,
+	}
+	defer o.stop()
+	o.recheck()
+	if _, n := rec.last(); n != 0 {
+		t.Fatalf("recheck of an instance in rotation changed it")
+	}
+	if d := o.observe(true); d != time.Hour {
+		t.Fatalf("ejection for %s, want 1h", d)
+	}
+	o.recheck()
+	if ej, n := rec.last(); !ej || n != 1 {
+		t.Fatalf("recheck while another instance passes rejoined (ejected %v after %d changes)", ej, n)
+	}
+	others.Store(0) // the others ejected themselves too, or left
+	o.recheck()
+	if ej, n := rec.last(); ej || n != 2 {
+		t.Fatalf("recheck with no other instance passing: ejected %v after %d changes, want rejoined", ej, n)
+	}
+	o.mu.Lock()
+	ejected, pending := o.ejected, o.timer != nil && o.timer.Stop()
+	o.mu.Unlock()
+	if ejected || pending {
+		t.Fatalf("after the rejoin: ejected %v, check still pending %v", ejected, pending)
+	}
+}

@@ -93,6 +93,8 @@ type Sidecar struct {
 	outlier  *outlier
 	metrics  *metrics.Set
 	stats    *metrics.Publisher
+	peerStop chan struct{} // with an outlier: ends watchPeers
+	peerDone chan struct{}
 	draining atomic.Bool
 	failing  atomic.Bool
 	ejected  atomic.Bool
@@ -209,6 +211,10 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
 	}
 	go func() { s.served <- s.http.Serve(s.ln) }()
+	if s.outlier != nil {
+		s.peerStop, s.peerDone = make(chan struct{}), make(chan struct{})
+		go s.watchPeers()
+	}
 	return s, nil
 }
 
@@ -295,6 +301,27 @@ func (s *Sidecar) othersPassing() int {
 	return n
 }
 
+// watchPeers tells the outlier of every registry event of the instance's
+// own service, so an ejected instance rejoins as soon as no other passes.
+func (s *Sidecar) watchPeers() {
+	defer close(s.peerDone)
+	for {
+		_, w := s.tr.callees.view.Watch(s.cfg.Service, 0)
+		for open := true; open; {
+			select {
+			case <-s.peerStop:
+				w.Stop()
+				return
+			case _, open = <-w.Events():
+				if open {
+					s.outlier.recheck()
+				}
+			}
+		}
+		// Cut off for falling behind: watch again.
+	}
+}
+
 // Instance is the instance id.
 func (s *Sidecar) Instance() string { return s.inbound.Instance() }
 
@@ -328,6 +355,8 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 			s.health.stop()
 		}
 		if s.outlier != nil {
+			close(s.peerStop)
+			<-s.peerDone
 			s.outlier.stop()
 		}
 		inErr := s.inbound.Drain(ctx)
