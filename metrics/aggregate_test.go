@@ -421,6 +421,13 @@ func TestAggregatorInvalidSnapshots(t *testing.T) {
 	badDir.Edges[0].Direction = "sideways"
 	badName := good
 	badName.Service = "Work.All"
+	// A process reports at most maxBreakers breakers; more would be kept,
+	// one map per instance, for as long as its snapshots arrive.
+	manyBreakers := good
+	manyBreakers.Breakers = make(map[string]string)
+	for i := range maxBreakers + 1 {
+		manyBreakers.Breakers[fmt.Sprintf("svc-%d", i)] = "open"
+	}
 	for _, tc := range []struct {
 		name, subject string
 		data          []byte
@@ -430,6 +437,7 @@ func TestAggregatorInvalidSnapshots(t *testing.T) {
 		{"other buckets", subj.Stats("work", "work-1"), encode(badBounds)},
 		{"bad direction", subj.Stats("work", "work-1"), encode(badDir)},
 		{"bad name", subj.Stats("work", "work-1"), encode(badName)},
+		{"too many breakers", subj.Stats("work", "work-1"), encode(manyBreakers)},
 		{"another instance's subject", subj.Stats("work", "work-2"), encode(good)},
 	} {
 		e.publish(tc.subject, tc.data)
@@ -438,7 +446,7 @@ func TestAggregatorInvalidSnapshots(t *testing.T) {
 		}
 	}
 	e.send(good)
-	if s := e.agg.Summary(0); s.Instances != 1 || s.Stats.Invalid != 6 || s.Stats.Snapshots != 1 {
+	if s := e.agg.Summary(0); s.Instances != 1 || s.Stats.Invalid != 7 || s.Stats.Snapshots != 1 {
 		t.Errorf("summary after the invalid snapshots and a good one: %+v", s)
 	}
 }

@@ -135,7 +135,8 @@ const (
 var ErrInvalidSnapshot = errors.New("invalid stats snapshot")
 
 // DecodeSnapshot parses and checks a published snapshot: valid names, the
-// same buckets as this process's, bounded sizes.
+// same buckets as this process's, bounded sizes (edges, and breakers as a
+// Set keeps them).
 func DecodeSnapshot(data []byte) (Snapshot, error) {
 	var s Snapshot
 	if err := json.Unmarshal(data, &s); err != nil {
@@ -167,6 +168,9 @@ func (s *Snapshot) Valid() error {
 		if b != Bounds[i] {
 			return bad("latency bucket %d is %g, want %g", i, b, Bounds[i])
 		}
+	}
+	if len(s.Breakers) > maxBreakers {
+		return bad("%d breakers, more than %d", len(s.Breakers), maxBreakers)
 	}
 	if len(s.Edges) > maxSnapshotEdges {
 		return bad("%d edges, more than %d", len(s.Edges), maxSnapshotEdges)
