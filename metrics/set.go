@@ -32,7 +32,7 @@ func (d Direction) String() string {
 // Set's MaxEdges. It is not a valid service name, so it never collides.
 const Other = "(other)"
 
-// DefaultMaxEdges bounds the edges of a Set.
+// DefaultMaxEdges bounds the edges of a Set, in each direction.
 const DefaultMaxEdges = 1024
 
 // maxBreakers bounds the breaker states a Set reports.
@@ -120,8 +120,11 @@ func (e *Edge) Record(status int, code bus.Code, attempts int, d time.Duration) 
 
 // Options tune a Set.
 type Options struct {
-	// MaxEdges bounds the edges (default DefaultMaxEdges): calls to or from
-	// further peers are counted on the edge whose peer is Other.
+	// MaxEdges bounds the edges of each direction (default
+	// DefaultMaxEdges): calls to or from further peers are counted on the
+	// edge whose peer is Other. The directions are bounded apart, so that
+	// callers naming many services (Mesh-Caller comes from the peer) never
+	// take the process's own outbound edges.
 	MaxEdges int
 }
 
@@ -145,6 +148,7 @@ type Set struct {
 	mu       sync.RWMutex
 	edges    map[edgeKey]*Edge // guarded by mu
 	list     []*Edge           // in creation order, guarded by mu
+	count    [2]int            // the edges of each Direction, guarded by mu
 	overflow atomic.Uint64
 
 	state atomic.Pointer[string]
@@ -170,8 +174,8 @@ func NewSet(id Identity, o Options) *Set {
 func (s *Set) Identity() Identity { return s.id }
 
 // Edge returns the edge to or from peer's subset ("" for the whole
-// service), creating it on first use. Beyond MaxEdges it returns the edge
-// of the Other peer and counts the overflow.
+// service), creating it on first use. Beyond MaxEdges in its direction it
+// returns the edge of the Other peer and counts the overflow.
 func (s *Set) Edge(dir Direction, peer, subset string) *Edge {
 	// Looked up under the read lock (no allocation); created once, under
 	// the write lock.
@@ -187,7 +191,7 @@ func (s *Set) Edge(dir Direction, peer, subset string) *Edge {
 	if e := s.edges[k]; e != nil {
 		return e
 	}
-	if len(s.list) >= s.max {
+	if s.count[dir] >= s.max {
 		s.overflow.Add(1)
 		k = edgeKey{dir, Other, ""}
 		if e := s.edges[k]; e != nil {
@@ -201,6 +205,7 @@ func (s *Set) Edge(dir Direction, peer, subset string) *Edge {
 	}
 	s.edges[k] = e
 	s.list = append(s.list, e)
+	s.count[dir]++
 	return e
 }
 

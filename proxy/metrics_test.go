@@ -9,8 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/metrics"
 	"github.com/natsmesh/natsmesh/proxy"
@@ -148,5 +150,40 @@ func TestMetricsCardinality(t *testing.T) {
 	}
 	if in := edgeOf(t, callee, "inbound", "web"); in.Requests() != calls+1 {
 		t.Fatalf("callee counted %d requests, want %d", in.Requests(), calls+1)
+	}
+}
+
+// Callers that name more services than a Set holds (a buggy or hostile
+// Mesh-Caller) overflow the inbound edges only: the instance's own calls
+// still count on their own outbound edge.
+func TestMetricsInboundCallersDoNotCrowdOutOutbound(t *testing.T) {
+	t.Parallel()
+	s := meshtest.RunServer(t)
+	startCallee(t, s, "ratings", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}), noOutlier)
+	_, reviews := startCallee(t, s, "reviews", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}), noOutlier)
+
+	nc := meshtest.Connect(t, s)
+	for i := range metrics.DefaultMaxEdges + 10 {
+		h := nats.Header{}
+		bus.EncodeRequest(h, http.MethodGet, "/", "reviews", nil)
+		h.Set(bus.HeaderCaller, fmt.Sprintf("caller-%d", i))
+		m, err := nc.RequestMsg(&nats.Msg{Subject: bus.Subjects{}.RPC("reviews"), Header: h}, 5*time.Second)
+		if err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		if st := bus.First(m.Header, bus.HeaderStatus); st != "200" {
+			t.Fatalf("call %d: status %q", i, st)
+		}
+	}
+	if in := edgeOf(t, reviews, "inbound", metrics.Other); in.Requests() == 0 {
+		t.Fatalf("no call counted on the inbound %s edge", metrics.Other)
+	}
+
+	c := sidecarClient(t, formProxy, reviews, "reviews")
+	if resp, _ := c.get(t, "ratings", "/"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("reviews → ratings: status %d", resp.StatusCode)
+	}
+	if out := edgeOf(t, reviews, "outbound", "ratings"); out.Requests() != 1 {
+		t.Fatalf("reviews' edge to ratings counted %d calls, want 1", out.Requests())
 	}
 }
