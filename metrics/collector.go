@@ -31,7 +31,7 @@ var (
 	descBreaker = prometheus.NewDesc(nameBreaker, "1 for the state a circuit breaker of the caller is in (closed, open, half-open), 0 for the others.", []string{"caller", "destination", "state"}, nil)
 	descState   = prometheus.NewDesc(nameState, "1 for the instance's state: serving (in its queue groups), failing (out: health check), ejected (out: outlier detection), draining; 0 for the others.", []string{"service", "subset", "state"}, nil)
 	descInfo    = prometheus.NewDesc(nameInfo, "The process: its service, subset, mesh instance id and kind (sidecar, gateway, library).", []string{"service", "subset", "mesh_instance", "kind"}, nil)
-	descOver    = prometheus.NewDesc(nameOverflows, "Edges refused beyond the process's limit; their calls are counted with peer \"(other)\".", nil, nil)
+	descOver    = prometheus.NewDesc(nameOverflows, "Calls counted with peer \"(other)\" because their peer was beyond the process's limit of edges.", nil, nil)
 )
 
 var breakerStates = []breaker.State{breaker.Closed, breaker.Open, breaker.HalfOpen}

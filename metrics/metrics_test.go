@@ -152,6 +152,10 @@ func TestEdgeOverflow(t *testing.T) {
 	if e := s.Edge(metrics.Outbound, "svc1", ""); e == s.Edge(metrics.Outbound, "svc9", "") {
 		t.Fatal("a known edge returned the overflow edge")
 	}
+	// The overflow counts calls: svc9, refused already, counted again.
+	if s.Overflow() != 8 {
+		t.Fatalf("overflow %d after another call to a refused peer, want 8", s.Overflow())
+	}
 }
 
 func TestEdgeConcurrent(t *testing.T) {

@@ -209,7 +209,8 @@ func (s *Set) Edge(dir Direction, peer, subset string) *Edge {
 	return e
 }
 
-// Overflow counts the edges that MaxEdges refused.
+// Overflow counts the calls that MaxEdges sent to the Other edge: one per
+// lookup of an edge it refused, so a refused peer counts at each call.
 func (s *Set) Overflow() uint64 { return s.overflow.Load() }
 
 func (s *Set) all() []*Edge {

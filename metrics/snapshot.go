@@ -29,8 +29,8 @@ type Snapshot struct {
 	Bounds   []float64         `json:"bounds"`
 	Edges    []EdgeSnapshot    `json:"edges,omitempty"`
 	Breakers map[string]string `json:"breakers,omitempty"`
-	// Overflow counts the edges refused beyond the process's limit (their
-	// calls are on the edge whose peer is "(other)").
+	// Overflow counts the calls whose peer was beyond the process's limit
+	// of edges (they are on the edge whose peer is "(other)").
 	Overflow uint64 `json:"edges_overflow,omitempty"`
 }
 
