@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -138,6 +139,28 @@ func TestMetricsFlags(t *testing.T) {
 	_, stderr, code = natsmesh(t, "gateway", "--route", "/=a", "--stats-interval", "-1s")
 	if code != 2 || !strings.Contains(stderr, "--stats-interval -1s") {
 		t.Errorf("--stats-interval -1s: exit %d, %s", code, stderr)
+	}
+	// An address that is not host:port is a usage error, before anything
+	// starts, and is not blamed on another program.
+	for _, args := range [][]string{
+		{"sidecar", "--service", "a", "--upstream", "http://127.0.0.1:1"},
+		{"gateway", "--route", "/=a"},
+		{"server", "--listen", "127.0.0.1:0", "--data", t.TempDir()},
+	} {
+		_, stderr, code := natsmesh(t, append(args, "--metrics", "15090")...)
+		if code != 2 || !strings.Contains(stderr, "--metrics 15090") || strings.Contains(stderr, "another program") {
+			t.Errorf("%s --metrics 15090: exit %d, %s", args[0], code, stderr)
+		}
+	}
+	// A port another program holds is named as such, with the flag.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, stderr, code = natsmesh(t, "server", "--listen", "127.0.0.1:0", "--data", t.TempDir(), "--metrics", ln.Addr().String())
+	if code == 0 || !strings.Contains(stderr, "another program") || !strings.Contains(stderr, "--metrics") {
+		t.Errorf("server --metrics on a taken port: exit %d, %s", code, stderr)
 	}
 }
 

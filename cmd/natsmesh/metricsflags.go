@@ -4,6 +4,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,6 +31,19 @@ func (m *metricsFlags) check() error {
 	}
 	if m.interval == 0 && m.addr != "" {
 		return usagef("--metrics needs metrics recorded: drop --stats-interval 0")
+	}
+	return checkMetricsAddr(m.addr)
+}
+
+// checkMetricsAddr checks a --metrics address ("": off) before anything
+// starts, so that listening on it later fails only when it is taken.
+func checkMetricsAddr(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 0 || n > 65535 {
+		return usagef("--metrics %s: use host:port, for example 127.0.0.1:15090", addr)
 	}
 	return nil
 }

@@ -68,6 +68,9 @@ it dies; any of them answers natsmesh top.`, stderr)
 	if err := checkPrefix(*prefix); err != nil {
 		return err
 	}
+	if err := checkMetricsAddr(*metricsAddr); err != nil {
+		return err
+	}
 	url := nf.cfg.URL
 	embedded := url == ""
 	var collectors []prometheus.Collector
