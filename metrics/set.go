@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -258,6 +259,19 @@ func (s *Set) SetBreaker(key string, st breaker.State) {
 		}
 	}
 	s.breakers[key] = st
+}
+
+// CloseBreakers records as closed every breaker of service (its key is
+// service or service/subset), for a caller that replaced them with new
+// ones: a new breaker starts closed and reports only its changes.
+func (s *Set) CloseBreakers(service string) {
+	s.bmu.Lock()
+	defer s.bmu.Unlock()
+	for k := range s.breakers {
+		if name, _, _ := strings.Cut(k, "/"); name == service {
+			s.breakers[k] = breaker.Closed
+		}
+	}
 }
 
 func (s *Set) breakerStates() map[string]breaker.State {

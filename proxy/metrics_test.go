@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -185,5 +186,41 @@ func TestMetricsInboundCallersDoNotCrowdOutOutbound(t *testing.T) {
 	}
 	if out := edgeOf(t, reviews, "outbound", "ratings"); out.Requests() != 1 {
 		t.Fatalf("reviews' edge to ratings counted %d calls, want 1", out.Requests())
+	}
+}
+
+// A config whose breaker settings change makes the service's breakers anew,
+// closed: the metrics say closed too, not the open state the old breaker
+// last reported.
+func TestMetricsBreakerStateAfterNewSettings(t *testing.T) {
+	t.Parallel()
+	s := meshtest.RunServer(t)
+	var failing atomic.Bool
+	failing.Store(true)
+	serveHandler(t, s, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if failing.Load() {
+			w.WriteHeader(http.StatusInternalServerError)
+		}
+	}), proxy.ServeConfig{Service: "ratings"})
+	cfgs := newMemConfigs()
+	cfgs.apply(t, "service: ratings\nretries: {attempts: 0}\nbreaker: {failures: 2}\n")
+	set := metrics.NewSet(metrics.Identity{Service: "productpage", Instance: "productpage-1", Kind: "library"}, metrics.Options{})
+	hc := configClient(t, s, cfgs, func(c *proxy.TransportConfig) { c.Metrics = set })
+	breakerOf := func() string { return set.Snapshot(time.Now(), time.Second).Breakers["ratings"] }
+
+	for i := 0; breakerOf() != "open"; i++ {
+		if i == 10 {
+			t.Fatalf("breaker %q after 10 failed calls, want open", breakerOf())
+		}
+		callBody(t, hc, "http://ratings/")
+	}
+
+	failing.Store(false)
+	cfgs.apply(t, "service: ratings\nretries: {attempts: 0}\nbreaker: {failures: 5}\n")
+	if code, _, _ := callBody(t, hc, "http://ratings/"); code != http.StatusOK {
+		t.Fatalf("after the new breaker settings: status %d, want 200 through a new, closed breaker", code)
+	}
+	if st := breakerOf(); st != "closed" {
+		t.Fatalf("breaker state %q in the metrics, want closed: the breaker in use is new", st)
 	}
 }

@@ -204,6 +204,11 @@ func (t *Transport) compile(service string, doc *config.Service, revision uint64
 		p.dests.breakers = prev.dests.breakers
 	} else {
 		p.dests.breakers = breaker.NewSet(bs, maxServiceDestinations)
+		if t.metrics != nil && service != "" {
+			// Any earlier breakers of the service are dropped for these,
+			// which start closed.
+			t.metrics.CloseBreakers(service)
+		}
 	}
 	if prev != nil && prev.retry.BudgetRatio == p.retry.BudgetRatio && prev.retry.BudgetMinPerSecond == p.retry.BudgetMinPerSecond {
 		p.dests.budgets = prev.dests.budgets
