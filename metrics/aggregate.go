@@ -31,7 +31,10 @@ const (
 	// DefaultMaxSamples is the edge samples (one edge of one kept
 	// snapshot, about 330 bytes: BenchmarkAggregatorMemory) all instances'
 	// histories hold together, about 80 MB: each keeps at most its share,
-	// and at least two snapshots.
+	// and at least two snapshots. A new instance whose two snapshots would
+	// not fit is refused, and a snapshot that would take the total past
+	// twice the budget is dropped, so memory stays bounded however many
+	// edges instances report.
 	DefaultMaxSamples = 250_000
 	// DefaultSummaryServices and DefaultSummaryEdges bound a Summary; the
 	// busiest are kept.
@@ -385,6 +388,11 @@ func (a *Aggregator) add(snap *Snapshot, now time.Time) {
 			a.warn("stats of an instance beyond the aggregator's limit dropped", "service", k.service, "instance", k.instance, "limit", a.cfg.MaxInstances)
 			return
 		}
+		if a.samples+2*s.cost() > a.cfg.MaxSamples {
+			a.refused.Add(1)
+			a.warn("stats of an instance beyond the aggregator's memory budget dropped", "service", k.service, "instance", k.instance, "samples", a.samples, "budget", a.cfg.MaxSamples)
+			return
+		}
 		in = &instance{started: snap.Started}
 		a.insts[k] = in
 	}
@@ -404,6 +412,17 @@ func (a *Aggregator) add(snap *Snapshot, now time.Time) {
 	in.samples += s.cost()
 	a.samples += s.cost()
 	a.thin(in)
+	if a.samples > 2*a.cfg.MaxSamples {
+		// Instances kept at two snapshots each grew their edges past the
+		// budget: this snapshot is not kept.
+		a.trim(in, len(in.history)-1, len(in.history))
+		if len(in.history) == 0 {
+			delete(a.insts, k)
+		}
+		a.refused.Add(1)
+		a.warn("a stats snapshot beyond the aggregator's memory budget dropped", "service", k.service, "instance", k.instance, "samples", a.samples, "budget", a.cfg.MaxSamples)
+		return
+	}
 	in.kind, in.breakers, in.lastSeen = snap.Kind, snap.Breakers, now
 	in.interval = time.Duration(snap.IntervalMS) * time.Millisecond
 	if in.interval <= 0 {

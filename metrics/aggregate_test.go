@@ -511,6 +511,35 @@ func TestAggregatorBounds(t *testing.T) {
 			}
 		}
 	})
+	t.Run("memory", func(t *testing.T) {
+		// At two snapshots each, instances with many edges fill the budget:
+		// further instances are refused, and snapshots that grow past twice
+		// the budget are dropped.
+		e := newAggEnv(t, AggregatorConfig{MaxSamples: 100})
+		edges := func(n int) []EdgeSnapshot {
+			var es []EdgeSnapshot
+			for i := range n {
+				es = append(es, aggEdge(Inbound, fmt.Sprintf("peer%d", i), 0, 0, nil))
+			}
+			return es
+		}
+		for i := range 2 {
+			e.send(aggSnap("work", "work-1", time.Duration(i)*time.Second, edges(30)...))
+		}
+		e.send(aggSnap("work", "work-2", 0, edges(30)...)) // 60 + 2×30 > 100
+		if st := e.agg.Stats(); st.Refused != 1 {
+			t.Errorf("stats %+v; want the second instance refused", st)
+		}
+		for i := 2; i < 6; i++ {
+			e.send(aggSnap("work", "work-1", time.Duration(i)*time.Second, edges(150)...))
+		}
+		e.agg.mu.Lock()
+		held := e.agg.samples
+		e.agg.mu.Unlock()
+		if held > 200 {
+			t.Errorf("%d samples held, want at most twice the budget of 100", held)
+		}
+	})
 	t.Run("summary", func(t *testing.T) {
 		e := newAggEnv(t, AggregatorConfig{SummaryServices: 2, SummaryEdges: 2})
 		for i, name := range []string{"a", "b", "c", "d"} {
