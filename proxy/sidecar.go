@@ -307,6 +307,7 @@ func (s *Sidecar) watchPeers() {
 	defer close(s.peerDone)
 	for {
 		_, w := s.tr.callees.view.Watch(s.cfg.Service, 0)
+		s.outlier.recheck() // an event may have been missed before this watch
 		for open := true; open; {
 			select {
 			case <-s.peerStop:

@@ -158,6 +158,7 @@ Example:
 	if tcfg.Configs, err = config.NewWatcher(nc, *prefix, log); err != nil {
 		return err
 	}
+	stopStats := func() {}
 	if mf.interval > 0 {
 		tcfg.Metrics = metrics.NewSet(metrics.Identity{Service: *name, Instance: proxy.NewInstanceID(*name), Kind: "gateway"}, metrics.Options{})
 		tcfg.Metrics.SetState(metrics.StateServing)
@@ -166,6 +167,7 @@ Example:
 			return err
 		}
 		defer stats.Stop()
+		stopStats = stats.Stop // before the connection drains: the last counts
 		stop, err := mf.serve(log, tcfg.Metrics)
 		if err != nil {
 			return err
@@ -198,6 +200,9 @@ Example:
 		return fmt.Errorf("the gateway stopped serving: %w", err)
 	}
 	log.Info("draining")
+	if tcfg.Metrics != nil {
+		tcfg.Metrics.SetState(metrics.StateDraining)
+	}
 	dctx, cancel := context.WithTimeout(context.Background(), *drain)
 	defer cancel()
 	err = srv.Shutdown(dctx)
@@ -205,6 +210,7 @@ Example:
 		err = errors.Join(err, serr)
 	}
 	tr.Close()
+	stopStats()
 	if derr := nc.Drain(); derr == nil {
 		select {
 		case <-closed:
