@@ -183,6 +183,14 @@ func (s *Set) Edge(dir Direction, peer, subset string) *Edge {
 	k := edgeKey{dir, peer, subset}
 	s.mu.RLock()
 	e := s.edges[k]
+	if e == nil && s.count[dir] >= s.max {
+		// Full: the Other edge, without the write lock, so that a flood
+		// of unknown peers does not serialise the calls.
+		e = s.edges[edgeKey{dir, Other, ""}]
+		if e != nil {
+			s.overflow.Add(1)
+		}
+	}
 	s.mu.RUnlock()
 	if e != nil {
 		return e
