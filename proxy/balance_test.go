@@ -1,7 +1,9 @@
 package proxy_test
 
 import (
+	"errors"
 	"fmt"
+	"github.com/nats-io/nats.go"
 	"io"
 	"net/http"
 	"sync"
@@ -233,6 +235,17 @@ func TestBalanceSkipsGoneInstance(t *testing.T) {
 			_, hc := balancedTransport(t, s, "carts", lb, 4)
 			victim := scs[0]
 			victim.Inbound().Stop() // it still heartbeats passing
+			// Calls start once the server has dropped its subscriptions:
+			// before that, one sent to it would be lost, not refused, and
+			// retried only after the ack wait.
+			nc := meshtest.Connect(t, s)
+			meshtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+				_, err := nc.Request(bus.Subjects{}.Inst(victim.Instance()), nil, time.Second)
+				if !errors.Is(err, nats.ErrNoResponders) {
+					return fmt.Errorf("the stopped instance's subject: %v, want no responders", err)
+				}
+				return nil
+			})
 			retried := 0
 			start := time.Now()
 			for i := range 200 {
