@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -223,4 +224,36 @@ func TestMetricsBreakerStateAfterNewSettings(t *testing.T) {
 	if st := breakerOf(); st != "closed" {
 		t.Fatalf("breaker state %q in the metrics, want closed: the breaker in use is new", st)
 	}
+}
+
+// A call whose context's deadline passes is counted as a timeout, however
+// the race between that deadline and the call's own timer ends.
+func TestMetricsContextDeadlineIsTimeout(t *testing.T) {
+	t.Parallel()
+	s := meshtest.RunServer(t)
+	serveHandler(t, s, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done()
+	}), proxy.ServeConfig{Service: "slow"})
+	set := metrics.NewSet(metrics.Identity{Service: "web", Instance: "web-1", Kind: "library"}, metrics.Options{})
+	hc := httpClient(t, newTransport(t, s, proxy.TransportConfig{Caller: "web", Metrics: set}))
+	for range 5 {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://slow/", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp, err := hc.Do(req); err == nil {
+			resp.Body.Close()
+		}
+		cancel()
+	}
+	for _, e := range set.Snapshot(time.Now(), time.Second).Edges {
+		if e.Peer == "slow" {
+			if fmt.Sprint(e.Responses) != "map[5xx:timeout:5]" {
+				t.Fatalf("responses %v, want 5 timeouts", e.Responses)
+			}
+			return
+		}
+	}
+	t.Fatal("no edge to slow")
 }

@@ -411,13 +411,19 @@ func (t *Transport) call(ctx context.Context, service, method, uri, host string,
 // replyOutcome is the status and Mesh-Error code a call's client got.
 func replyOutcome(r *reply, err error) (int, bus.Code) {
 	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		// The deadline of the request's context: a timeout, whichever of
+		// it and the call's own timer (set to the same time) fired first.
+		return http.StatusGatewayTimeout, bus.Timeout
 	case err != nil:
 		return statusClientClosed, ""
 	case r.err != nil:
 		return r.err.Status, r.err.Code
 	case r.m != nil:
+		// A failure the callee's side made (its app unreachable, overloaded,
+		// timed out) comes as a reply carrying Mesh-Error.
 		if code, err := strconv.Atoi(bus.First(r.m.Header, bus.HeaderStatus)); err == nil {
-			return code, ""
+			return code, bus.Code(bus.First(r.m.Header, bus.HeaderError))
 		}
 	}
 	return http.StatusBadGateway, ""
