@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -256,4 +257,31 @@ func TestMetricsContextDeadlineIsTimeout(t *testing.T) {
 		}
 	}
 	t.Fatal("no edge to slow")
+}
+
+// A response whose headers alone exceed the NATS message limit is answered
+// 502 too-large at once (it cannot stream: its head is one message), and
+// both sides count that, not the handler's 200.
+func TestMetricsResponseTooLargeForMessage(t *testing.T) {
+	t.Parallel()
+	s := meshtest.RunServer(t)
+	nc := meshtest.Connect(t, s)
+	padding := strings.Repeat("p", int(nc.MaxPayload())) // the headers alone are too large
+	callee := metrics.NewSet(metrics.Identity{Service: "big", Instance: "big-1", Kind: "library"}, metrics.Options{})
+	serveHandler(t, s, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Padding", padding)
+		_, _ = io.WriteString(w, "small body")
+	}), proxy.ServeConfig{Service: "big", Instance: "big-1", Metrics: callee})
+	caller := metrics.NewSet(metrics.Identity{Service: "web", Instance: "web-1", Kind: "library"}, metrics.Options{})
+	hc := httpClient(t, newTransport(t, s, proxy.TransportConfig{Caller: "web", Metrics: caller, Retry: proxy.RetryPolicy{Retries: -1}}))
+	resp, _ := doRequest(t, hc, mustRequest(t, "http://big/"))
+	if resp.StatusCode != http.StatusBadGateway || resp.Header.Get(bus.HeaderError) != string(bus.TooLarge) {
+		t.Fatalf("status %d, Mesh-Error %q; want 502 too-large at once, not upstream-lost after the ack wait", resp.StatusCode, resp.Header.Get(bus.HeaderError))
+	}
+	for name, set := range map[string]*metrics.Set{"caller": caller, "callee": callee} {
+		edges := set.Snapshot(time.Now(), time.Second).Edges
+		if len(edges) != 1 || fmt.Sprint(edges[0].Responses) != "map[5xx:too-large:1]" {
+			t.Errorf("%s: edges %+v, want one too-large", name, edges)
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"io"
 	"strconv"
 	"sync"
@@ -213,6 +214,13 @@ func (w *responseWriter) startStream() *bus.Error {
 	}
 	n := min(w.buf.Len(), w.snd.chunk)
 	if err := s.nc.PublishMsg(&nats.Msg{Subject: w.req.Reply, Header: h, Data: w.buf.Next(n)}); err != nil {
+		// No head went: the caller still waits for an ordinary reply, which
+		// the failure is sent as.
+		w.streaming = false
+		w.buf.Reset()
+		if errors.Is(err, nats.ErrMaxPayload) {
+			return tooLargeResponse(s.nc.MaxPayload())
+		}
 		return bus.Errorf(bus.UpstreamLost, "cannot send the response head: %v", err)
 	}
 	return w.sendBuffered(true)
