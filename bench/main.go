@@ -19,7 +19,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -113,69 +112,6 @@ func runApp(addr string) {
 	}
 }
 
-type procs struct {
-	mu   sync.Mutex
-	list []*exec.Cmd
-}
-
-func (p *procs) start(name string, env []string, args ...string) (*exec.Cmd, error) {
-	cmd := exec.Command(name, args...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout = io.Discard
-	stderr, err := os.CreateTemp("", "natsmesh-bench-*.log")
-	if err != nil {
-		return nil, err
-	}
-	cmd.Stderr = stderr
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	p.mu.Lock()
-	p.list = append(p.list, cmd)
-	p.mu.Unlock()
-	return cmd, nil
-}
-
-func (p *procs) stopAll() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for i := len(p.list) - 1; i >= 0; i-- {
-		c := p.list[i]
-		_ = c.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = c.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = c.Process.Kill()
-			<-done
-		}
-		if f, ok := c.Stderr.(*os.File); ok {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}
-}
-
-func waitHTTP(c *http.Client, u string) error {
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		resp, err := c.Get(u)
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			err = fmt.Errorf("status %d", resp.StatusCode)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready: %w", u, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func run(conns []int, duration, warmup time.Duration, size, rounds int) error {
 	dir, err := os.MkdirTemp("", "natsmesh-bench")
 	if err != nil {
@@ -190,37 +126,37 @@ func run(conns []int, duration, warmup time.Duration, size, rounds int) error {
 	if err != nil {
 		return err
 	}
-	var p procs
-	defer p.stopAll()
+	var p procstat.Procs
+	defer p.StopAll()
 
 	appAddr, _ := procstat.FreeAddr()
 	natsAddr, _ := procstat.FreeAddr()
 	callerAddr, _ := procstat.FreeAddr()
 	calleeAddr, _ := procstat.FreeAddr()
 	natsURL := "nats://" + natsAddr
-	app, err := p.start(self, []string{appEnv + "=" + appAddr, "NATSMESH_BENCH_SIZE=" + strconv.Itoa(size)})
+	app, err := p.Start(self, []string{appEnv + "=" + appAddr, "NATSMESH_BENCH_SIZE=" + strconv.Itoa(size)})
 	if err != nil {
 		return err
 	}
-	srv, err := p.start(bin, nil, "server", "--listen", natsAddr, "--data", filepath.Join(dir, "data"), "--log-level", "warn")
+	srv, err := p.Start(bin, nil, "server", "--listen", natsAddr, "--data", filepath.Join(dir, "data"), "--log-level", "warn")
 	if err != nil {
 		return err
 	}
-	callee, err := p.start(bin, nil, "sidecar", "--nats", natsURL, "--service", "app", "--upstream", "http://"+appAddr, "--listen", calleeAddr, "--log-level", "warn")
+	callee, err := p.Start(bin, nil, "sidecar", "--nats", natsURL, "--service", "app", "--upstream", "http://"+appAddr, "--listen", calleeAddr, "--log-level", "warn")
 	if err != nil {
 		return err
 	}
-	caller, err := p.start(bin, nil, "sidecar", "--nats", natsURL, "--service", "client", "--upstream", "http://"+appAddr, "--listen", callerAddr, "--log-level", "warn")
+	caller, err := p.Start(bin, nil, "sidecar", "--nats", natsURL, "--service", "client", "--upstream", "http://"+appAddr, "--listen", callerAddr, "--log-level", "warn")
 	if err != nil {
 		return err
 	}
 	proxyURL, _ := url.Parse("http://" + callerAddr)
 	direct := newClient(nil, 64)
 	mesh := newClient(proxyURL, 64)
-	if err := waitHTTP(direct, "http://"+appAddr+"/"); err != nil {
+	if err := procstat.WaitHTTP(direct, "http://"+appAddr+"/"); err != nil {
 		return err
 	}
-	if err := waitHTTP(mesh, "http://app/"); err != nil {
+	if err := procstat.WaitHTTP(mesh, "http://app/"); err != nil {
 		return err
 	}
 	direct.CloseIdleConnections()

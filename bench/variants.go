@@ -113,15 +113,15 @@ func runVariants(vs []*variant, conns int, duration, warmup time.Duration, size,
 	if err != nil {
 		return err
 	}
-	var p procs
-	defer p.stopAll()
+	var p procstat.Procs
+	defer p.StopAll()
 	appAddr, _ := procstat.FreeAddr()
 	natsAddr, _ := procstat.FreeAddr()
 	natsURL := "nats://" + natsAddr
-	if _, err := p.start(self, []string{appEnv + "=" + appAddr, "NATSMESH_BENCH_SIZE=" + fmt.Sprint(size)}); err != nil {
+	if _, err := p.Start(self, []string{appEnv + "=" + appAddr, "NATSMESH_BENCH_SIZE=" + fmt.Sprint(size)}); err != nil {
 		return err
 	}
-	if _, err := p.start(bin, nil, "server", "--listen", natsAddr, "--data", filepath.Join(dir, "data"), "--log-level", "warn"); err != nil {
+	if _, err := p.Start(bin, nil, "server", "--listen", natsAddr, "--data", filepath.Join(dir, "data"), "--log-level", "warn"); err != nil {
 		return err
 	}
 	for _, v := range vs {
@@ -133,7 +133,7 @@ func runVariants(vs []*variant, conns int, duration, warmup time.Duration, size,
 		calleeAddr, _ := procstat.FreeAddr()
 		v.caller, _ = procstat.FreeAddr()
 		calleeArgs := append(append([]string{"sidecar", "--nats", natsURL, "--service", service, "--upstream", "http://" + appAddr, "--listen", calleeAddr, "--log-level", "warn"}, v.args...), v.calleeArgs...)
-		if _, err := p.start(b, v.env, calleeArgs...); err != nil {
+		if _, err := p.Start(b, v.env, calleeArgs...); err != nil {
 			return err
 		}
 		if v.config != "" {
@@ -141,11 +141,11 @@ func runVariants(vs []*variant, conns int, duration, warmup time.Duration, size,
 				return fmt.Errorf("variant %s: %w", v.name, err)
 			}
 		}
-		if _, err := p.start(b, v.env, append([]string{"sidecar", "--nats", natsURL, "--service", "client-" + v.name, "--upstream", "http://" + appAddr, "--listen", v.caller, "--log-level", "warn"}, v.args...)...); err != nil {
+		if _, err := p.Start(b, v.env, append([]string{"sidecar", "--nats", natsURL, "--service", "client-" + v.name, "--upstream", "http://" + appAddr, "--listen", v.caller, "--log-level", "warn"}, v.args...)...); err != nil {
 			return err
 		}
 		proxyURL, _ := url.Parse("http://" + v.caller)
-		if err := waitHTTP(newClient(proxyURL, 1), "http://"+service+"/"); err != nil {
+		if err := procstat.WaitHTTP(newClient(proxyURL, 1), "http://"+service+"/"); err != nil {
 			return fmt.Errorf("variant %s: %w", v.name, err)
 		}
 	}

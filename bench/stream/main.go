@@ -18,13 +18,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/natsmesh/natsmesh/internal/procstat"
@@ -107,69 +105,6 @@ func runApp(addr string) {
 	}
 }
 
-type procs struct {
-	mu   sync.Mutex
-	list []*exec.Cmd
-}
-
-func (p *procs) start(name string, env []string, args ...string) (*exec.Cmd, error) {
-	cmd := exec.Command(name, args...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout = io.Discard
-	stderr, err := os.CreateTemp("", "natsmesh-bench-stream-*.log")
-	if err != nil {
-		return nil, err
-	}
-	cmd.Stderr = stderr
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	p.mu.Lock()
-	p.list = append(p.list, cmd)
-	p.mu.Unlock()
-	return cmd, nil
-}
-
-func (p *procs) stopAll() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for i := len(p.list) - 1; i >= 0; i-- {
-		c := p.list[i]
-		_ = c.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = c.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = c.Process.Kill()
-			<-done
-		}
-		if f, ok := c.Stderr.(*os.File); ok {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}
-}
-
-func waitHTTP(c *http.Client, u string) error {
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		resp, err := c.Get(u)
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			err = fmt.Errorf("status %d", resp.StatusCode)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready: %w", u, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func newClient(proxy *url.URL) *http.Client {
 	t := &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 2, IdleConnTimeout: time.Minute}
 	if proxy != nil {
@@ -199,28 +134,28 @@ func run(size int64, rounds, ttfbN int, hold time.Duration) error {
 	if err != nil {
 		return err
 	}
-	var p procs
-	defer p.stopAll()
+	var p procstat.Procs
+	defer p.StopAll()
 	appAddr, _ := procstat.FreeAddr()
 	natsAddr, _ := procstat.FreeAddr()
 	callerAddr, _ := procstat.FreeAddr()
 	calleeAddr, _ := procstat.FreeAddr()
 	natsURL := "nats://" + natsAddr
 	maxBody := strconv.FormatInt(2*size, 10)
-	app, err := p.start(self, []string{appEnv + "=" + appAddr})
+	app, err := p.Start(self, []string{appEnv + "=" + appAddr})
 	if err != nil {
 		return err
 	}
-	srv, err := p.start(bin, nil, "server", "--listen", natsAddr, "--data", filepath.Join(dir, "data"), "--log-level", "warn")
+	srv, err := p.Start(bin, nil, "server", "--listen", natsAddr, "--data", filepath.Join(dir, "data"), "--log-level", "warn")
 	if err != nil {
 		return err
 	}
-	callee, err := p.start(bin, nil, "sidecar", "--nats", natsURL, "--service", "app", "--upstream", "http://"+appAddr,
+	callee, err := p.Start(bin, nil, "sidecar", "--nats", natsURL, "--service", "app", "--upstream", "http://"+appAddr,
 		"--listen", calleeAddr, "--max-body", maxBody, "--log-level", "warn")
 	if err != nil {
 		return err
 	}
-	caller, err := p.start(bin, nil, "sidecar", "--nats", natsURL, "--service", "client", "--upstream", "http://"+appAddr,
+	caller, err := p.Start(bin, nil, "sidecar", "--nats", natsURL, "--service", "client", "--upstream", "http://"+appAddr,
 		"--listen", callerAddr, "--max-body", maxBody, "--log-level", "warn")
 	if err != nil {
 		return err
@@ -229,7 +164,7 @@ func run(size int64, rounds, ttfbN int, hold time.Duration) error {
 	direct := path{"direct", newClient(nil), "http://" + appAddr}
 	mesh := path{"mesh", newClient(proxyURL), "http://app"}
 	for _, pt := range []path{direct, mesh} {
-		if err := waitHTTP(pt.c, pt.base+"/healthz"); err != nil {
+		if err := procstat.WaitHTTP(pt.c, pt.base+"/healthz"); err != nil {
 			return err
 		}
 	}
@@ -327,7 +262,7 @@ func run(size int64, rounds, ttfbN int, hold time.Duration) error {
 		heads[pt.name] = append(heads[pt.name], h)
 		firsts[pt.name] = append(firsts[pt.name], f)
 		start := time.Now()
-		if err := waitHTTP(pt.c, pt.base+"/healthz"); err != nil {
+		if err := procstat.WaitHTTP(pt.c, pt.base+"/healthz"); err != nil {
 			return err
 		}
 		small[pt.name] = append(small[pt.name], time.Since(start))

@@ -1,6 +1,7 @@
 // Package procstat reads what the benchmarks measure of other processes —
 // CPU time, resident memory and start time, from /proc (Linux) — builds the
-// natsmesh binary they run and finds free ports for it.
+// natsmesh binary they run, finds free ports for it, and starts and stops
+// the processes of a run (Procs).
 package procstat
 
 import (
