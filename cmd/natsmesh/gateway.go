@@ -211,12 +211,7 @@ Example:
 	}
 	tr.Close()
 	stopStats()
-	if derr := nc.Drain(); derr == nil {
-		select {
-		case <-closed:
-		case <-dctx.Done():
-		}
-	}
+	drainNATS(dctx, nc, closed)
 	if err != nil {
 		return err
 	}

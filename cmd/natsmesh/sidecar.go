@@ -191,15 +191,21 @@ subset.`, stderr)
 	dctx, cancel := context.WithTimeout(context.Background(), *drain)
 	defer cancel()
 	err = sc.Shutdown(dctx)
-	if derr := nc.Drain(); derr == nil {
-		select {
-		case <-closed:
-		case <-dctx.Done():
-		}
-	}
+	drainNATS(dctx, nc, closed)
 	if err != nil {
 		return err
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// drainNATS drains nc, so the messages it has published reach the server,
+// and waits for it to close (closed is its ClosedHandler's) or ctx to end.
+func drainNATS(ctx context.Context, nc *nats.Conn, closed <-chan struct{}) {
+	if err := nc.Drain(); err == nil {
+		select {
+		case <-closed:
+		case <-ctx.Done():
+		}
+	}
 }
