@@ -13,10 +13,19 @@ import (
 // meshReplyHeaders are the mesh headers of a reply that the app is shown.
 var meshReplyHeaders = []string{bus.HeaderInstance, bus.HeaderError, bus.HeaderEjected}
 
-// copyMeshHeaders copies the mesh headers the app is shown from a reply.
-func copyMeshHeaders(dst http.Header, src nats.Header) {
+// replyStatus is a reply's Mesh-Status; false when it is missing or not a
+// status code.
+func replyStatus(m *nats.Msg) (int, bool) {
+	code, err := strconv.Atoi(bus.First(m.Header, bus.HeaderStatus))
+	return code, err == nil && code >= 100 && code <= 999
+}
+
+// copyReplyHeaders copies a reply's HTTP headers, and the mesh headers the
+// app is shown, to dst.
+func copyReplyHeaders(dst http.Header, m *nats.Msg) {
+	bus.CopyToHTTP(dst, m.Header)
 	for _, k := range meshReplyHeaders {
-		if v := src[k]; len(v) > 0 {
+		if v := m.Header[k]; len(v) > 0 {
 			dst[k] = v[:1]
 		}
 	}

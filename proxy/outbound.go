@@ -133,19 +133,17 @@ func requestURI(r *http.Request) string {
 
 // writeMessage writes a reply message as the HTTP response.
 func writeMessage(w http.ResponseWriter, r *http.Request, m *nats.Msg) {
-	code, err := strconv.Atoi(bus.First(m.Header, bus.HeaderStatus))
-	if err != nil || code < 100 || code > 999 {
+	code, ok := replyStatus(m)
+	if !ok {
 		writeError(w, r, badStatus())
 		return
 	}
-	h := w.Header()
-	bus.CopyToHTTP(h, m.Header)
-	copyMeshHeaders(h, m.Header)
+	copyReplyHeaders(w.Header(), m)
 	if r.Method == http.MethodHead || !bodyAllowed(code) {
 		w.WriteHeader(code) // keeps the app's Content-Length, if any
 		return
 	}
-	h["Content-Length"] = []string{strconv.Itoa(len(m.Data))}
+	w.Header()["Content-Length"] = []string{strconv.Itoa(len(m.Data))}
 	w.WriteHeader(code)
 	_, _ = w.Write(m.Data)
 }

@@ -336,14 +336,12 @@ func (st *respStream) Close() error {
 func writeStream(w http.ResponseWriter, r *http.Request, m *nats.Msg, st *respStream) {
 	st.w.ctx = r.Context()
 	defer st.Close()
-	code, err := strconv.Atoi(bus.First(m.Header, bus.HeaderStatus))
-	if err != nil || code < 100 || code > 999 {
+	code, ok := replyStatus(m)
+	if !ok {
 		writeError(w, r, badStatus())
 		return
 	}
-	h := w.Header()
-	bus.CopyToHTTP(h, m.Header)
-	copyMeshHeaders(h, m.Header)
+	copyReplyHeaders(w.Header(), m)
 	w.WriteHeader(code)
 	rc := http.NewResponseController(w)
 	for {

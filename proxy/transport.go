@@ -422,7 +422,7 @@ func replyOutcome(r *reply, err error) (int, bus.Code) {
 	case r.m != nil:
 		// A failure the callee's side made (its app unreachable, overloaded,
 		// timed out) comes as a reply carrying Mesh-Error.
-		if code, err := strconv.Atoi(bus.First(r.m.Header, bus.HeaderStatus)); err == nil {
+		if code, ok := replyStatus(r.m); ok {
 			return code, bus.Code(bus.First(r.m.Header, bus.HeaderError))
 		}
 	}
@@ -848,13 +848,12 @@ func closeBody(req *http.Request) {
 
 // messageResponse turns a reply message into an *http.Response.
 func messageResponse(req *http.Request, m *nats.Msg) *http.Response {
-	code, err := strconv.Atoi(bus.First(m.Header, bus.HeaderStatus))
-	if err != nil || code < 100 || code > 999 {
+	code, ok := replyStatus(m)
+	if !ok {
 		return errorResponse(req, badStatus(), "")
 	}
 	h := make(http.Header, len(m.Header))
-	bus.CopyToHTTP(h, m.Header)
-	copyMeshHeaders(h, m.Header)
+	copyReplyHeaders(h, m)
 	resp := &http.Response{
 		Status:        bus.StatusText(code) + " " + http.StatusText(code),
 		StatusCode:    code,
