@@ -46,24 +46,7 @@ func startApp(t testing.TB, h http.Handler) *httptest.Server {
 // outbound listener on a random port, shut down when the test ends.
 func startSidecar(t testing.TB, s *bus.Server, cfg proxy.SidecarConfig) *proxy.Sidecar {
 	t.Helper()
-	nc := meshtest.Connect(t, s) // closed after the sidecar's shutdown (cleanups run last-in first-out)
-	if cfg.Listen == "" {
-		cfg.Listen = "127.0.0.1:0"
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = testLogger()
-	}
-	sc, err := proxy.StartSidecar(nc, cfg)
-	if err != nil {
-		t.Fatalf("start sidecar %s: %v", cfg.Service, err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := sc.Shutdown(ctx); err != nil {
-			t.Logf("shutdown of sidecar %s: %v", cfg.Service, err)
-		}
-	})
+	sc, _ := startSidecarConn(t, s, cfg)
 	return sc
 }
 
