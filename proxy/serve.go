@@ -365,12 +365,12 @@ func (s *Server) serve(m *nats.Msg) {
 	start := time.Now()
 	defer s.done(start)
 	s.served.Add(1)
-	// rec is what the metrics count, once the answer has gone.
-	var rec outcome
+	// The metrics count a request before its answer goes, so that a caller
+	// that has its answer finds it counted.
+	var edge *metrics.Edge
 	if s.metrics != nil {
-		edge := s.inboundEdge(m.Header)
+		edge = s.inboundEdge(m.Header)
 		edge.Start()
-		defer func() { edge.Done(rec.status, rec.code, 1, time.Since(start)) }()
 	}
 
 	method := bus.First(m.Header, bus.HeaderMethod)
@@ -378,7 +378,9 @@ func (s *Server) serve(m *nats.Msg) {
 	if method == "" || uri == "" {
 		s.malformed.Add(1)
 		e := bus.Errorf(bus.BadRequest, "the request message lacks %s or %s; send requests through a natsmesh proxy or proxy.Transport", bus.HeaderMethod, bus.HeaderPath)
-		rec = outcome{status: e.Status, code: e.Code}
+		if edge != nil {
+			edge.Done(e.Status, e.Code, 1, time.Since(start))
+		}
 		s.respondError(m, e)
 		return
 	}
@@ -418,12 +420,15 @@ func (s *Server) serve(m *nats.Msg) {
 	if s.outcome != nil && !w.outcomeDone && !w.callerFailed() {
 		ejected = s.outcome(appFailed(w.status, w.err))
 	}
-	rec = outcome{status: w.status}
+	rec := outcome{status: w.status}
 	if w.err != nil {
 		rec = outcome{code: w.err.Code, status: w.err.Status}
 	}
 	if span != nil {
 		endSpan(span, rec)
+	}
+	if edge != nil {
+		edge.Done(rec.status, rec.code, 1, time.Since(start))
 	}
 	if w.streaming {
 		s.finishStream(&w)
@@ -454,9 +459,7 @@ func (s *Server) serve(m *nats.Msg) {
 	}
 	if err := m.RespondMsg(&nats.Msg{Header: h, Data: w.buf.Bytes()}); err != nil {
 		if errors.Is(err, nats.ErrMaxPayload) {
-			e := tooLargeResponse(s.nc.MaxPayload())
-			rec = outcome{status: e.Status, code: e.Code}
-			s.respondError(m, e)
+			s.respondError(m, tooLargeResponse(s.nc.MaxPayload()))
 			return
 		}
 		s.log.Debug("reply not sent", "service", s.service, "error", err)
