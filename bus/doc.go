@@ -1,4 +1,4 @@
-// Package bus is natsmesh's layer over NATS: the embedded nats-server, connecting
+// Package bus is natsmesh's layer over NATS: connecting
 // to a server or cluster, the subject namespace with its name validation, and the
 // codec that carries an HTTP request or response in one NATS message.
 //

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 )
 
@@ -26,7 +27,7 @@ func storeTestCtx(t *testing.T) context.Context {
 }
 
 // newTestStore starts a NATS server and creates the mesh's config bucket.
-func newTestStore(t *testing.T) (*bus.Server, *nats.Conn, *Store) {
+func newTestStore(t *testing.T) (*embedded.Server, *nats.Conn, *Store) {
 	t.Helper()
 	srv := meshtest.RunServer(t)
 	nc := meshtest.Connect(t, srv)

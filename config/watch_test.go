@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 )
 
@@ -230,7 +231,7 @@ func TestWatchSkipsInvalidDocument(t *testing.T) {
 func TestWatchSurvivesServerRestart(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	srv, err := bus.StartServer(bus.ServerConfig{Port: -1, DataDir: dir})
+	srv, err := embedded.Start(embedded.Config{Port: -1, DataDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,7 +261,7 @@ func TestWatchSurvivesServerRestart(t *testing.T) {
 
 	srv.Shutdown()
 	time.Sleep(300 * time.Millisecond) // the outage: clients retry meanwhile
-	srv2, err := bus.StartServer(bus.ServerConfig{Port: port, DataDir: dir})
+	srv2, err := embedded.Start(embedded.Config{Port: port, DataDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}

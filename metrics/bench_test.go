@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/natsmesh/natsmesh/metrics"
+	"github.com/natsmesh/natsmesh/metrics/prom"
 )
 
 // BenchmarkEdgeRecord is the cost the request path pays: the edge's lookup
@@ -53,7 +54,7 @@ func BenchmarkThousandEdges(b *testing.B) {
 		b.ReportMetric(float64(kept)/float64(b.N)/1000, "B/edge")
 	})
 	s := fill()
-	reg, err := metrics.NewRegistry(s)
+	reg, err := prom.NewRegistry(prom.NewCollector(s))
 	if err != nil {
 		b.Fatal(err)
 	}

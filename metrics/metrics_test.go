@@ -17,6 +17,7 @@ import (
 	"github.com/natsmesh/natsmesh/breaker"
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/metrics"
+	"github.com/natsmesh/natsmesh/metrics/prom"
 )
 
 func TestHistogramBuckets(t *testing.T) {
@@ -324,7 +325,7 @@ func oneIf(b bool) float64 {
 // it back with the Prometheus text parser.
 func scrape(t *testing.T, s *metrics.Set) map[string]*dto.MetricFamily {
 	t.Helper()
-	reg, err := metrics.NewRegistry(s)
+	reg, err := prom.NewRegistry(prom.NewCollector(s))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -372,6 +373,6 @@ func only(t *testing.T, fams map[string]*dto.MetricFamily, name, label, value st
 	return found
 }
 
-var _ prometheus.Collector = (*metrics.Set)(nil)
+var _ prometheus.Collector = (*prom.Collector)(nil)
 
 func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }

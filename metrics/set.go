@@ -236,8 +236,6 @@ const (
 	StateDraining = "draining" // leaving
 )
 
-var states = []string{StateServing, StateFailing, StateEjected, StateDraining}
-
 // SetState records whether the instance is in its queue groups and why not.
 func (s *Set) SetState(state string) { s.state.Store(&state) }
 

@@ -3,7 +3,6 @@ package proxy_test
 import (
 	"errors"
 	"fmt"
-	"github.com/nats-io/nats.go"
 	"io"
 	"net/http"
 	"sync"
@@ -11,14 +10,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/proxy"
 )
 
 // startInstances starts n instances of service behind sidecars that beat
 // every 100 ms; delay, if set, says how long instance i takes to answer.
-func startInstances(t *testing.T, s *bus.Server, service string, n int, delay func(i int) time.Duration) []*proxy.Sidecar {
+func startInstances(t *testing.T, s *embedded.Server, service string, n int, delay func(i int) time.Duration) []*proxy.Sidecar {
 	t.Helper()
 	scs := make([]*proxy.Sidecar, n)
 	for i := range n {
@@ -43,7 +45,7 @@ func startInstances(t *testing.T, s *bus.Server, service string, n int, delay fu
 // balancedTransport is a library Transport that follows its callees, with
 // service's load-balancing policy set by a document; it returns once its
 // registry view offers want passing instances.
-func balancedTransport(t *testing.T, s *bus.Server, service, lb string, want int) (*proxy.Transport, *http.Client) {
+func balancedTransport(t *testing.T, s *embedded.Server, service, lb string, want int) (*proxy.Transport, *http.Client) {
 	t.Helper()
 	cfgs := newMemConfigs()
 	cfgs.apply(t, "service: "+service+"\nloadBalancer: "+lb+"\n")

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/proxy"
 )
@@ -28,7 +29,7 @@ var okApp = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 
 // allForms returns a client of each form: through caller's outbound
 // listener as a proxy and with a Host header, and a library Transport.
-func allForms(t *testing.T, s *bus.Server, caller *proxy.Sidecar, libCfg proxy.TransportConfig) []meshClient {
+func allForms(t *testing.T, s *embedded.Server, caller *proxy.Sidecar, libCfg proxy.TransportConfig) []meshClient {
 	return []meshClient{
 		sidecarClient(t, formProxy, caller, "frontend"),
 		sidecarClient(t, formHost, caller, "frontend"),
@@ -430,7 +431,7 @@ func TestReconnectAfterServerRestart(t *testing.T) {
 		return nil
 	})
 
-	s2, err := bus.StartServer(bus.ServerConfig{Port: port, DataDir: t.TempDir()})
+	s2, err := embedded.Start(embedded.Config{Port: port, DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatalf("restart the server on port %d: %v", port, err)
 	}
@@ -472,7 +473,7 @@ func TestSidecarStartsBeforeNATS(t *testing.T) {
 	resp, body := c.do(t, req)
 	wantMeshError(t, resp, body, http.StatusServiceUnavailable, bus.MeshUnavailable)
 
-	s, err := bus.StartServer(bus.ServerConfig{Port: port, DataDir: t.TempDir()})
+	s, err := embedded.Start(embedded.Config{Port: port, DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatalf("start the server on port %d: %v", port, err)
 	}

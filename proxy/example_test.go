@@ -10,7 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/proxy"
 )
 
@@ -21,7 +21,7 @@ func Example() {
 	// the mesh's NATS with nats.Connect or bus.Connect.
 	dir, _ := os.MkdirTemp("", "natsmesh-example")
 	defer os.RemoveAll(dir)
-	srv, err := bus.StartServer(bus.ServerConfig{Port: -1, DataDir: dir})
+	srv, err := embedded.Start(embedded.Config{Port: -1, DataDir: dir})
 	if err != nil {
 		log.Fatal(err)
 	}

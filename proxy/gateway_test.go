@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/proxy"
 )
@@ -69,7 +70,7 @@ func TestNewGatewayRejects(t *testing.T) {
 }
 
 // startGateway serves a gateway with routes on a random port.
-func startGateway(t testing.TB, s *bus.Server, cfg proxy.TransportConfig, routes ...string) *httptest.Server {
+func startGateway(t testing.TB, s *embedded.Server, cfg proxy.TransportConfig, routes ...string) *httptest.Server {
 	t.Helper()
 	var rs []proxy.GatewayRoute
 	for _, r := range routes {

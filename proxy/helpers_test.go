@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/proxy"
 )
@@ -44,7 +45,7 @@ func startApp(t testing.TB, h http.Handler) *httptest.Server {
 
 // startSidecar starts a sidecar on a connection of its own, with its
 // outbound listener on a random port, shut down when the test ends.
-func startSidecar(t testing.TB, s *bus.Server, cfg proxy.SidecarConfig) *proxy.Sidecar {
+func startSidecar(t testing.TB, s *embedded.Server, cfg proxy.SidecarConfig) *proxy.Sidecar {
 	t.Helper()
 	sc, _ := startSidecarConn(t, s, cfg)
 	return sc
@@ -61,7 +62,7 @@ func noOutlier(c *proxy.SidecarConfig) { c.Outlier.Consecutive = -1 }
 
 // startCallee serves app h as service through a sidecar. mod, if not nil,
 // adjusts the sidecar's config.
-func startCallee(t testing.TB, s *bus.Server, service string, h http.Handler, mod func(*proxy.SidecarConfig)) (*httptest.Server, *proxy.Sidecar) {
+func startCallee(t testing.TB, s *embedded.Server, service string, h http.Handler, mod func(*proxy.SidecarConfig)) (*httptest.Server, *proxy.Sidecar) {
 	t.Helper()
 	app := startApp(t, h)
 	cfg := proxy.SidecarConfig{Service: service, Upstream: app.URL}
@@ -73,7 +74,7 @@ func startCallee(t testing.TB, s *bus.Server, service string, h http.Handler, mo
 
 // startCaller starts the sidecar of a calling service, whose own app is a
 // dummy; tests talk to its outbound listener.
-func startCaller(t testing.TB, s *bus.Server, service string, mod func(*proxy.SidecarConfig)) *proxy.Sidecar {
+func startCaller(t testing.TB, s *embedded.Server, service string, mod func(*proxy.SidecarConfig)) *proxy.Sidecar {
 	t.Helper()
 	app := startApp(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "the caller's own app\n")
@@ -87,7 +88,7 @@ func startCaller(t testing.TB, s *bus.Server, service string, mod func(*proxy.Si
 
 // serveHandler serves h as service in library mode, on a connection of its
 // own, stopped when the test ends.
-func serveHandler(t testing.TB, s *bus.Server, h http.Handler, cfg proxy.ServeConfig) *proxy.Server {
+func serveHandler(t testing.TB, s *embedded.Server, h http.Handler, cfg proxy.ServeConfig) *proxy.Server {
 	t.Helper()
 	nc := meshtest.Connect(t, s)
 	if cfg.Logger == nil {
@@ -109,7 +110,7 @@ func serveHandler(t testing.TB, s *bus.Server, h http.Handler, cfg proxy.ServeCo
 }
 
 // newTransport makes a library-mode Transport on a connection of its own.
-func newTransport(t testing.TB, s *bus.Server, cfg proxy.TransportConfig) *proxy.Transport {
+func newTransport(t testing.TB, s *embedded.Server, cfg proxy.TransportConfig) *proxy.Transport {
 	t.Helper()
 	nc := meshtest.Connect(t, s)
 	if cfg.Logger == nil {
@@ -172,7 +173,7 @@ func sidecarClient(t testing.TB, form string, caller *proxy.Sidecar, callerName 
 	return c
 }
 
-func libraryClient(t testing.TB, s *bus.Server, cfg proxy.TransportConfig) meshClient {
+func libraryClient(t testing.TB, s *embedded.Server, cfg proxy.TransportConfig) meshClient {
 	tr := newTransport(t, s, cfg)
 	return meshClient{form: formLibrary, caller: cfg.Caller, hc: httpClient(t, tr)}
 }

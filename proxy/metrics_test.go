@@ -18,6 +18,7 @@ import (
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/metrics"
+	"github.com/natsmesh/natsmesh/metrics/prom"
 	"github.com/natsmesh/natsmesh/proxy"
 )
 
@@ -115,7 +116,7 @@ func TestMetricsCardinality(t *testing.T) {
 	series := func() int {
 		n := 0
 		for _, sc := range []*proxy.Sidecar{caller, callee} {
-			reg, err := metrics.NewRegistry(sc.Metrics())
+			reg, err := prom.NewRegistry(prom.NewCollector(sc.Metrics()))
 			if err != nil {
 				t.Fatal(err)
 			}

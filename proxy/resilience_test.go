@@ -18,6 +18,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/breaker"
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/proxy"
 	"github.com/natsmesh/natsmesh/registry"
@@ -29,7 +30,7 @@ import (
 
 // startSidecarConn is startSidecar that also returns the sidecar's own NATS
 // connection, so a test can close it to simulate the instance's death.
-func startSidecarConn(t testing.TB, s *bus.Server, cfg proxy.SidecarConfig) (*proxy.Sidecar, *nats.Conn) {
+func startSidecarConn(t testing.TB, s *embedded.Server, cfg proxy.SidecarConfig) (*proxy.Sidecar, *nats.Conn) {
 	t.Helper()
 	nc := meshtest.Connect(t, s)
 	if cfg.Listen == "" {
@@ -56,7 +57,7 @@ func startSidecarConn(t testing.TB, s *bus.Server, cfg proxy.SidecarConfig) (*pr
 // and budgets of their own): through the outbound listener of a new caller
 // sidecar "frontend" configured by mod, and a library Transport configured
 // by lib.
-func callerForms(t *testing.T, s *bus.Server, mod func(*proxy.SidecarConfig), lib proxy.TransportConfig) []meshClient {
+func callerForms(t *testing.T, s *embedded.Server, mod func(*proxy.SidecarConfig), lib proxy.TransportConfig) []meshClient {
 	caller := startCaller(t, s, "frontend", mod)
 	return []meshClient{sidecarClient(t, formProxy, caller, "frontend"), libraryClient(t, s, lib)}
 }
@@ -583,7 +584,7 @@ func TestBreakerCountsOnlyTheDestinationsFailures(t *testing.T) {
 
 // inboxReplies subscribes to every reply inbox: a test's window on the
 // acknowledgements that reach callers.
-func inboxReplies(t *testing.T, s *bus.Server) <-chan *nats.Msg {
+func inboxReplies(t *testing.T, s *embedded.Server) <-chan *nats.Msg {
 	ch := make(chan *nats.Msg, 4096)
 	meshtest.Subscribe(t, s, "_INBOX.>", ch)
 	return ch
@@ -813,7 +814,7 @@ func TestIdempotentCallSurvivesReconnect(t *testing.T) {
 	port := s.Addr().(*net.TCPAddr).Port
 	// The restarted server stops after the sidecars (cleanups run last in,
 	// first out), so that they drain on a live connection.
-	var restarted atomic.Pointer[bus.Server]
+	var restarted atomic.Pointer[embedded.Server]
 	t.Cleanup(func() {
 		if s2 := restarted.Load(); s2 != nil {
 			s2.Shutdown()
@@ -868,7 +869,7 @@ func TestIdempotentCallSurvivesReconnect(t *testing.T) {
 		t.Fatalf("the GET in flight was answered while the server is down: %v %v", r.resp, r.err)
 	default:
 	}
-	s2, err := bus.StartServer(bus.ServerConfig{Port: port, DataDir: t.TempDir()})
+	s2, err := embedded.Start(embedded.Config{Port: port, DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatalf("restart the server on port %d: %v", port, err)
 	}
@@ -911,7 +912,7 @@ func TestNoRespondersRightAfterReconnect(t *testing.T) {
 		}
 		return nil
 	})
-	s2, err := bus.StartServer(bus.ServerConfig{Port: port, DataDir: t.TempDir()})
+	s2, err := embedded.Start(embedded.Config{Port: port, DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatalf("restart the server on port %d: %v", port, err)
 	}
@@ -962,7 +963,7 @@ func TestNoRespondersRightAfterReconnect(t *testing.T) {
 
 // outlierEnv is a service of instances whose apps fail while told to.
 type outlierEnv struct {
-	s     *bus.Server
+	s     *embedded.Server
 	view  *registry.View
 	scs   []*proxy.Sidecar
 	fails []*atomic.Bool

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/proxy"
 )
@@ -94,7 +95,7 @@ func TestNATSRestartUnderLoad(t *testing.T) {
 	s.Shutdown()
 	stopped := time.Now()
 	time.Sleep(2 * time.Second) // the outage itself
-	s2, err := bus.StartServer(bus.ServerConfig{Port: port, DataDir: t.TempDir()})
+	s2, err := embedded.Start(embedded.Config{Port: port, DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatalf("restart the server on port %d: %v", port, err)
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/proxy"
 	"github.com/natsmesh/natsmesh/registry"
@@ -28,7 +29,7 @@ type subsetApp struct {
 
 // serveSubset serves an instance of service in subset ("" for none) that
 // answers "<subset>\n", or "<subset> <deadline-ms>\n" at /deadline.
-func serveSubset(t testing.TB, s *bus.Server, service, subset string) *subsetApp {
+func serveSubset(t testing.TB, s *embedded.Server, service, subset string) *subsetApp {
 	t.Helper()
 	a := &subsetApp{name: subset}
 	if a.name == "" {
@@ -48,7 +49,7 @@ func serveSubset(t testing.TB, s *bus.Server, service, subset string) *subsetApp
 
 // configClient is a library-mode Transport whose service configs come from
 // cfgs.
-func configClient(t testing.TB, s *bus.Server, cfgs *memConfigs, mod func(*proxy.TransportConfig)) *http.Client {
+func configClient(t testing.TB, s *embedded.Server, cfgs *memConfigs, mod func(*proxy.TransportConfig)) *http.Client {
 	cfg := proxy.TransportConfig{Caller: "productpage", Configs: cfgs}
 	if mod != nil {
 		mod(&cfg)

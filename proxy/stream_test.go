@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/proxy"
 )
@@ -120,7 +121,7 @@ func (a *streamApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // streamClients are the ways of reaching service "files": through two
 // sidecars (the callee's app is a plain HTTP server), and in library mode
 // (a Transport calling a handler served with Serve).
-func streamClients(t *testing.T, s *bus.Server, app *streamApp) []meshClient {
+func streamClients(t *testing.T, s *embedded.Server, app *streamApp) []meshClient {
 	startCallee(t, s, "files", app, noOutlier)
 	serveHandler(t, s, app, proxy.ServeConfig{Service: "fileslib"})
 	caller := startCaller(t, s, "frontend", singleAttempt)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/registry"
 )
 
@@ -17,7 +18,7 @@ func ExampleFollow() {
 		panic(err)
 	}
 	defer os.RemoveAll(dir)
-	srv, err := bus.StartServer(bus.ServerConfig{Port: -1, DataDir: dir})
+	srv, err := embedded.Start(embedded.Config{Port: -1, DataDir: dir})
 	if err != nil {
 		panic(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/registry"
 )
@@ -29,7 +30,7 @@ type followed struct {
 	w    *registry.Watcher
 }
 
-func followMesh(t *testing.T, s *bus.Server, prefix string, services ...string) *followed {
+func followMesh(t *testing.T, s *embedded.Server, prefix string, services ...string) *followed {
 	t.Helper()
 	nc := meshtest.Connect(t, s)
 	v := registry.NewView(registry.ViewConfig{})
@@ -48,7 +49,7 @@ func followMesh(t *testing.T, s *bus.Server, prefix string, services ...string) 
 
 // startAnnouncer starts an announcer on its own connection, stopped when the test
 // ends.
-func startAnnouncer(t *testing.T, s *bus.Server, cfg registry.AnnouncerConfig) (*registry.Announcer, *nats.Conn) {
+func startAnnouncer(t *testing.T, s *embedded.Server, cfg registry.AnnouncerConfig) (*registry.Announcer, *nats.Conn) {
 	t.Helper()
 	nc := meshtest.Connect(t, s)
 	if cfg.Interval == 0 {

@@ -10,7 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/registry"
 )
@@ -33,7 +33,7 @@ func (r *recorder) all() []registry.Update {
 	return append([]registry.Update(nil), r.updates...)
 }
 
-func startRegistry(t *testing.T, s *bus.Server) (*registry.Service, *registry.Client) {
+func startRegistry(t *testing.T, s *embedded.Server) (*registry.Service, *registry.Client) {
 	t.Helper()
 	svc, err := registry.StartService(meshtest.Connect(t, s), registry.ServiceConfig{})
 	if err != nil {
@@ -47,7 +47,7 @@ func startRegistry(t *testing.T, s *bus.Server) (*registry.Service, *registry.Cl
 	return svc, c
 }
 
-func announce(t *testing.T, s *bus.Server, service, instance string, status func() (registry.Health, int)) *registry.Announcer {
+func announce(t *testing.T, s *embedded.Server, service, instance string, status func() (registry.Health, int)) *registry.Announcer {
 	t.Helper()
 	a, err := registry.NewAnnouncer(meshtest.Connect(t, s), registry.AnnouncerConfig{
 		Service: service, Instance: instance, Interval: 100 * time.Millisecond, Status: status,

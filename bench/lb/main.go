@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/config"
 	"github.com/natsmesh/natsmesh/proxy"
 )
@@ -49,7 +50,7 @@ func run(conns int, duration, fast time.Duration, policies []string) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	srv, err := bus.StartServer(bus.ServerConfig{Port: -1, DataDir: dir})
+	srv, err := embedded.Start(embedded.Config{Port: -1, DataDir: dir})
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/config"
 	"github.com/natsmesh/natsmesh/examples/bookinfo"
 	"github.com/natsmesh/natsmesh/metrics"
@@ -149,16 +150,16 @@ afresh.`, stderr)
 
 // startDemoServer starts the embedded NATS server on listen, or on
 // 127.0.0.1:4222 and, when that is taken, on a free port.
-func startDemoServer(listen, data string, log *slog.Logger) (*bus.Server, error) {
+func startDemoServer(listen, data string, log *slog.Logger) (*embedded.Server, error) {
 	explicit := listen != ""
 	if !explicit {
-		listen = bus.DefaultListen
+		listen = embedded.DefaultListen
 	}
-	host, port, err := bus.ParseListen(listen)
+	host, port, err := embedded.ParseListen(listen)
 	if err != nil {
 		return nil, usageError{err}
 	}
-	cfg := bus.ServerConfig{Host: host, Port: port, DataDir: data, Logger: bus.SlogLogger(log.With("component", "nats-server"))}
+	cfg := embedded.Config{Host: host, Port: port, DataDir: data, Logger: embedded.SlogLogger(log.With("component", "nats-server"))}
 	if !explicit {
 		if l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port))); err != nil {
 			cfg.Port = -1 // taken: any free port
@@ -166,7 +167,7 @@ func startDemoServer(listen, data string, log *slog.Logger) (*bus.Server, error)
 			l.Close()
 		}
 	}
-	srv, err := bus.StartServer(cfg)
+	srv, err := embedded.Start(cfg)
 	if err != nil && explicit {
 		return nil, fmt.Errorf("NATS cannot listen on %s; choose another address with --listen: %w", listen, err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/config"
 	"github.com/natsmesh/natsmesh/metrics"
+	"github.com/natsmesh/natsmesh/metrics/prom"
 	"github.com/natsmesh/natsmesh/proxy"
 	"github.com/natsmesh/natsmesh/telemetry"
 )
@@ -168,7 +169,7 @@ Example:
 		}
 		defer stats.Stop()
 		stopStats = stats.Stop // before the connection drains: the last counts
-		stop, err := mf.serve(log, tcfg.Metrics)
+		stop, err := mf.serve(log, prom.NewCollector(tcfg.Metrics))
 		if err != nil {
 			return err
 		}

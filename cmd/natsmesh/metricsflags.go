@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/natsmesh/natsmesh/metrics"
+	"github.com/natsmesh/natsmesh/metrics/prom"
 )
 
 // metricsFlags are --metrics and --stats-interval, of the commands whose
@@ -67,11 +68,11 @@ func (m *metricsFlags) serve(log *slog.Logger, cs ...prometheus.Collector) (stop
 }
 
 func serveMetrics(addr string, log *slog.Logger, cs ...prometheus.Collector) (stop func(), err error) {
-	reg, err := metrics.NewRegistry(cs...)
+	reg, err := prom.NewRegistry(cs...)
 	if err != nil {
 		return nil, err
 	}
-	ep, err := metrics.Listen(addr, reg, log)
+	ep, err := prom.Listen(addr, reg, log)
 	if err != nil {
 		return nil, fmt.Errorf("cannot serve metrics on %s, which another program may be using; choose another address with --metrics: %w", addr, err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/config"
 	"github.com/natsmesh/natsmesh/metrics"
 	"github.com/natsmesh/natsmesh/registry"
@@ -38,8 +39,8 @@ bucket there; --metrics then has no NATS server figures (use that server's own
 monitoring). Run several for availability: one at a time publishes events (a
 lease in JetStream decides which), and another takes over within seconds when
 it dies; any of them answers natsmesh top.`, stderr)
-	listen := fs.String("listen", bus.DefaultListen, "address to listen on for NATS clients (port 0 picks a free one)")
-	data := fs.String("data", bus.DefaultDataDir(), "directory for JetStream data")
+	listen := fs.String("listen", embedded.DefaultListen, "address to listen on for NATS clients (port 0 picks a free one)")
+	data := fs.String("data", embedded.DefaultDataDir(), "directory for JetStream data")
 	prefix := prefixFlag(fs)
 	var nf natsFlags
 	nf.register(fs)
@@ -61,7 +62,7 @@ it dies; any of them answers natsmesh top.`, stderr)
 	if err != nil {
 		return err
 	}
-	host, port, err := bus.ParseListen(*listen)
+	host, port, err := embedded.ParseListen(*listen)
 	if err != nil {
 		return usageError{err}
 	}
@@ -72,19 +73,19 @@ it dies; any of them answers natsmesh top.`, stderr)
 		return err
 	}
 	url := nf.cfg.URL
-	embedded := url == ""
+	ownServer := url == ""
 	var collectors []prometheus.Collector
-	if embedded {
-		srv, err := bus.StartServer(bus.ServerConfig{
+	if ownServer {
+		srv, err := embedded.Start(embedded.Config{
 			Host: host, Port: port, DataDir: *data,
-			Logger: bus.SlogLogger(log.With("component", "nats-server")),
+			Logger: embedded.SlogLogger(log.With("component", "nats-server")),
 			Debug:  lf.level == "debug",
 		})
 		if err != nil {
 			return err
 		}
 		defer srv.Shutdown()
-		collectors = append(collectors, metrics.NewNATSCollector(srv.NATS()))
+		collectors = append(collectors, embedded.NewNATSCollector(srv.NATS()))
 		url = srv.ClientURL()
 		nf.cfg = bus.ConnectConfig{URL: url}
 	}
@@ -95,7 +96,7 @@ it dies; any of them answers natsmesh top.`, stderr)
 		return err
 	}
 	defer nc.Close()
-	if err := createConfigBucket(ctx, nc, *prefix, embedded, log); err != nil {
+	if err := createConfigBucket(ctx, nc, *prefix, ownServer, log); err != nil {
 		return err
 	}
 	reg, err := registry.StartService(nc, registry.ServiceConfig{Prefix: *prefix, Logger: log})
@@ -119,7 +120,7 @@ it dies; any of them answers natsmesh top.`, stderr)
 		}
 		defer stopMetrics()
 	}
-	if embedded {
+	if ownServer {
 		log.Info("natsmesh server ready", "url", url, "data", *data)
 		fmt.Fprintf(stdout, "natsmesh server listening on %s\n", url)
 	} else {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/config"
+	"github.com/natsmesh/natsmesh/metrics/prom"
 	"github.com/natsmesh/natsmesh/proxy"
 	"github.com/natsmesh/natsmesh/registry"
 	"github.com/natsmesh/natsmesh/telemetry"
@@ -172,7 +173,7 @@ subset.`, stderr)
 	}
 	var stopMetrics func()
 	if m := sc.Metrics(); m != nil {
-		stopMetrics, err = mf.serve(log, m)
+		stopMetrics, err = mf.serve(log, prom.NewCollector(m))
 	} else {
 		stopMetrics, err = mf.serve(log)
 	}

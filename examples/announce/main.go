@@ -20,6 +20,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/metrics"
+	"github.com/natsmesh/natsmesh/metrics/prom"
 	"github.com/natsmesh/natsmesh/proxy"
 	"github.com/natsmesh/natsmesh/registry"
 )
@@ -44,7 +45,7 @@ func main() {
 		log.Fatal(err)
 	}
 	defer stats.Stop()
-	reg, err := metrics.NewRegistry(set)
+	reg, err := prom.NewRegistry(prom.NewCollector(set))
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -52,7 +53,7 @@ func main() {
 	if addr == "" {
 		addr = "127.0.0.1:15095"
 	}
-	ep, err := metrics.Listen(addr, reg, nil)
+	ep, err := prom.Listen(addr, reg, nil)
 	if err != nil {
 		log.Fatal(err)
 	}

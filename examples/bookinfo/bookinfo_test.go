@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/examples/bookinfo"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/proxy"
@@ -37,7 +37,7 @@ func (a *app) headers() []http.Header {
 // startApp serves a bookinfo app on a real socket behind a sidecar of its
 // own (in subset version, for reviews), its calls going out through that
 // sidecar. wrap, if not nil, wraps the app's handler.
-func startApp(t *testing.T, s *bus.Server, configs proxy.ConfigSource, service, version string, wrap func(http.Handler) http.Handler) *app {
+func startApp(t *testing.T, s *embedded.Server, configs proxy.ConfigSource, service, version string, wrap func(http.Handler) http.Handler) *app {
 	t.Helper()
 	ts := httptest.NewUnstartedServer(nil)
 	cfg := proxy.SidecarConfig{

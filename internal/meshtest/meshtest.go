@@ -11,17 +11,18 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/bus/embedded"
 )
 
 // RunServer starts an embedded nats-server with JetStream on a random port,
 // stopped when the test ends. NATSMESH_TEST_LOG=1 shows its logs.
-func RunServer(t testing.TB) *bus.Server {
+func RunServer(t testing.TB) *embedded.Server {
 	t.Helper()
-	cfg := bus.ServerConfig{Port: -1, DataDir: t.TempDir()}
+	cfg := embedded.Config{Port: -1, DataDir: t.TempDir()}
 	if os.Getenv("NATSMESH_TEST_LOG") != "" {
 		cfg.Logger = testLogger{t}
 	}
-	s, err := bus.StartServer(cfg)
+	s, err := embedded.Start(cfg)
 	if err != nil {
 		t.Fatalf("start NATS server: %v", err)
 	}
@@ -31,7 +32,7 @@ func RunServer(t testing.TB) *bus.Server {
 
 // Connect connects to s with the mesh's connection policy, closed when the
 // test ends.
-func Connect(t testing.TB, s *bus.Server, opts ...nats.Option) *nats.Conn {
+func Connect(t testing.TB, s *embedded.Server, opts ...nats.Option) *nats.Conn {
 	t.Helper()
 	nc, err := bus.Connect(bus.ConnectConfig{URL: s.ClientURL(), Name: t.Name()}, opts...)
 	if err != nil {
@@ -70,7 +71,7 @@ func (l testLogger) Tracef(f string, a ...any)  { l.t.Logf("[NATS TRC] "+f, a...
 // Subscribe subscribes a connection of its own to subject, delivering into
 // ch, and returns once the server has the subscription, so nothing published
 // afterwards is missed. It ends with the test.
-func Subscribe(t testing.TB, s *bus.Server, subject string, ch chan *nats.Msg) {
+func Subscribe(t testing.TB, s *embedded.Server, subject string, ch chan *nats.Msg) {
 	t.Helper()
 	nc := Connect(t, s)
 	if _, err := nc.ChanSubscribe(subject, ch); err != nil {

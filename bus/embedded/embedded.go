@@ -1,4 +1,8 @@
-package bus
+// Package embedded runs nats-server inside the natsmesh process, with JetStream
+// on, for `natsmesh server`, `natsmesh demo`, tests and benchmarks, and exposes
+// its monitoring figures to Prometheus (NATSCollector). Libraries never import
+// it: they take a *nats.Conn to whichever server the program chose.
+package embedded
 
 import (
 	"errors"
@@ -16,9 +20,9 @@ import (
 // DefaultListen is where natsmesh server listens for NATS clients.
 const DefaultListen = "127.0.0.1:4222"
 
-// ServerConfig configures the embedded nats-server. The zero value listens on
+// Config configures the embedded nats-server. The zero value listens on
 // DefaultListen and stores JetStream data under DefaultDataDir().
-type ServerConfig struct {
+type Config struct {
 	// Host and Port to listen on. Port -1 picks a free random port (tests);
 	// Port 0 means 4222.
 	Host string
@@ -40,15 +44,15 @@ type Server struct {
 	ns *server.Server
 }
 
-// ParseListen splits "host:port" for ServerConfig; an empty host means 127.0.0.1.
+// ParseListen splits "host:port" for Config; an empty host means 127.0.0.1.
 func ParseListen(addr string) (host string, port int, err error) {
 	h, p, err := net.SplitHostPort(addr)
 	if err != nil {
-		return "", 0, fmt.Errorf("bus: listen address %q is not host:port (for example %s): %w", addr, DefaultListen, err)
+		return "", 0, fmt.Errorf("embedded: listen address %q is not host:port (for example %s): %w", addr, DefaultListen, err)
 	}
 	port, err = strconv.Atoi(p)
 	if err != nil || port < 0 || port > 65535 {
-		return "", 0, fmt.Errorf("bus: listen address %q has an invalid port; use 0-65535", addr)
+		return "", 0, fmt.Errorf("embedded: listen address %q has an invalid port; use 0-65535", addr)
 	}
 	if h == "" {
 		h = "127.0.0.1"
@@ -70,8 +74,8 @@ func DefaultDataDir() string {
 	return filepath.Join(os.TempDir(), "natsmesh")
 }
 
-// StartServer starts an embedded nats-server and waits until it accepts clients.
-func StartServer(cfg ServerConfig) (*Server, error) {
+// Start starts an embedded nats-server and waits until it accepts clients.
+func Start(cfg Config) (*Server, error) {
 	if cfg.Host == "" {
 		cfg.Host = "127.0.0.1"
 	}
@@ -88,7 +92,7 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		cfg.ReadyTimeout = 10 * time.Second
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
-		return nil, fmt.Errorf("bus: cannot create data directory %s (choose another with --data): %w", cfg.DataDir, err)
+		return nil, fmt.Errorf("embedded: cannot create data directory %s (choose another with --data): %w", cfg.DataDir, err)
 	}
 	opts := &server.Options{
 		ServerName: cfg.Name,
@@ -107,13 +111,13 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		// Fail with a clear message instead of nats-server's own log line.
 		l, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
 		if err != nil {
-			return nil, fmt.Errorf("bus: cannot listen on %s:%d (is another server running? choose another address with --listen): %w", cfg.Host, cfg.Port, err)
+			return nil, fmt.Errorf("embedded: cannot listen on %s:%d (is another server running? choose another address with --listen): %w", cfg.Host, cfg.Port, err)
 		}
 		l.Close()
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
-		return nil, fmt.Errorf("bus: configure embedded NATS server: %w", err)
+		return nil, fmt.Errorf("embedded: configure embedded NATS server: %w", err)
 	}
 	if cfg.Logger != nil {
 		ns.SetLoggerV2(cfg.Logger, cfg.Debug, cfg.Trace, false)
@@ -122,7 +126,7 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 	if !ns.ReadyForConnections(cfg.ReadyTimeout) {
 		ns.Shutdown()
 		ns.WaitForShutdown()
-		return nil, errors.New("bus: embedded NATS server did not become ready; check that the data directory is writable and the port is free")
+		return nil, errors.New("embedded: embedded NATS server did not become ready; check that the data directory is writable and the port is free")
 	}
 	return &Server{ns: ns}, nil
 }

@@ -1,4 +1,4 @@
-package metrics
+package embedded_test
 
 import (
 	"errors"
@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 )
 
@@ -50,7 +51,7 @@ func natsValue(t *testing.T, fams map[string]*dto.MetricFamily, name string) flo
 
 func TestNATSCollector(t *testing.T) {
 	srv := meshtest.RunServer(t)
-	c := NewNATSCollector(srv.NATS())
+	c := embedded.NewNATSCollector(srv.NATS())
 	before := natsGather(t, c)
 	var fams []*dto.MetricFamily
 	for _, f := range before {
@@ -121,7 +122,7 @@ func (failingVarz) Varz(*server.VarzOptions) (*server.Varz, error) {
 }
 
 func TestNATSCollectorDown(t *testing.T) {
-	fams := natsGather(t, NewNATSCollector(failingVarz{}))
+	fams := natsGather(t, embedded.NewNATSCollector(failingVarz{}))
 	if got := natsValue(t, fams, "natsmesh_nats_up"); got != 0 || len(fams) != 1 {
 		t.Errorf("up = %g with %d families, want only up = 0", got, len(fams))
 	}

@@ -1,4 +1,4 @@
-package metrics
+package embedded
 
 import (
 	"github.com/nats-io/nats-server/v2/server"
@@ -94,4 +94,11 @@ func (c *NATSCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descNATSJSAPI, float64(js.API.Total))
 		counter(descNATSJSAPIErrors, float64(js.API.Errors))
 	}
+}
+
+func oneIf(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

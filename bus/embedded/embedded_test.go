@@ -1,4 +1,4 @@
-package bus_test
+package embedded_test
 
 import (
 	"context"
@@ -15,12 +15,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 )
 
 func TestStartServer(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state", "natsmesh") // created by StartServer
-	s, err := bus.StartServer(bus.ServerConfig{Port: -1, DataDir: dir})
+	s, err := embedded.Start(embedded.Config{Port: -1, DataDir: dir})
 	if err != nil {
 		t.Fatalf("StartServer: %v", err)
 	}
@@ -124,9 +125,9 @@ func TestStartServerKeepsConfigAcrossRestart(t *testing.T) {
 	}
 }
 
-func startServer(t *testing.T, dir string) *bus.Server {
+func startServer(t *testing.T, dir string) *embedded.Server {
 	t.Helper()
-	s, err := bus.StartServer(bus.ServerConfig{Port: -1, DataDir: dir})
+	s, err := embedded.Start(embedded.Config{Port: -1, DataDir: dir})
 	if err != nil {
 		t.Fatalf("StartServer: %v", err)
 	}
@@ -154,7 +155,7 @@ func TestStartServerPortInUse(t *testing.T) {
 	defer l.Close()
 	port := l.Addr().(*net.TCPAddr).Port
 
-	s, err := bus.StartServer(bus.ServerConfig{Host: "127.0.0.1", Port: port, DataDir: t.TempDir()})
+	s, err := embedded.Start(embedded.Config{Host: "127.0.0.1", Port: port, DataDir: t.TempDir()})
 	if err == nil {
 		s.Shutdown()
 		t.Fatal("StartServer on a port in use succeeded")
@@ -170,7 +171,7 @@ func TestStartServerBadDataDir(t *testing.T) {
 	if err := os.WriteFile(file, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s, err := bus.StartServer(bus.ServerConfig{Port: -1, DataDir: filepath.Join(file, "sub")})
+	s, err := embedded.Start(embedded.Config{Port: -1, DataDir: filepath.Join(file, "sub")})
 	if err == nil {
 		s.Shutdown()
 		t.Fatal("StartServer with a data directory under a file succeeded")
@@ -211,7 +212,7 @@ func TestParseListen(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.addr, func(t *testing.T) {
-			host, port, err := bus.ParseListen(tt.addr)
+			host, port, err := embedded.ParseListen(tt.addr)
 			if tt.wantErr {
 				if err == nil {
 					t.Fatalf("ParseListen(%q) = %q, %d, nil; want an error", tt.addr, host, port)
@@ -233,12 +234,12 @@ func TestParseListen(t *testing.T) {
 
 func TestDefaultDataDir(t *testing.T) {
 	t.Setenv("XDG_STATE_HOME", "/var/state-test")
-	if got, want := bus.DefaultDataDir(), filepath.Join("/var/state-test", "natsmesh"); got != want {
+	if got, want := embedded.DefaultDataDir(), filepath.Join("/var/state-test", "natsmesh"); got != want {
 		t.Errorf("with XDG_STATE_HOME: %q, want %q", got, want)
 	}
 	t.Setenv("XDG_STATE_HOME", "")
 	t.Setenv("HOME", "/home/tester")
-	if got, want := bus.DefaultDataDir(), filepath.Join("/home/tester", ".local", "state", "natsmesh"); got != want {
+	if got, want := embedded.DefaultDataDir(), filepath.Join("/home/tester", ".local", "state", "natsmesh"); got != want {
 		t.Errorf("without XDG_STATE_HOME: %q, want %q", got, want)
 	}
 }
@@ -359,7 +360,7 @@ func TestConnectWaitForServer(t *testing.T) {
 		t.Fatalf("subscribe while waiting for the server: %v", err)
 	}
 
-	s, err := bus.StartServer(bus.ServerConfig{Port: port, DataDir: t.TempDir()})
+	s, err := embedded.Start(embedded.Config{Port: port, DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatalf("StartServer on %d: %v", port, err)
 	}
@@ -399,7 +400,7 @@ func TestConnectWaitForServer(t *testing.T) {
 func TestConnectReconnects(t *testing.T) {
 	port := freePort(t)
 	dir := t.TempDir()
-	s, err := bus.StartServer(bus.ServerConfig{Port: port, DataDir: dir})
+	s, err := embedded.Start(embedded.Config{Port: port, DataDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -420,7 +421,7 @@ func TestConnectReconnects(t *testing.T) {
 		t.Error("Publish while disconnected succeeded; want an error (no reconnect buffer)")
 	}
 
-	s, err = bus.StartServer(bus.ServerConfig{Port: port, DataDir: dir})
+	s, err = embedded.Start(embedded.Config{Port: port, DataDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}

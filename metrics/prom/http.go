@@ -1,4 +1,4 @@
-package metrics
+package prom
 
 import (
 	"context"
@@ -24,7 +24,7 @@ func NewRegistry(cs ...prometheus.Collector) (*prometheus.Registry, error) {
 	}, cs...)
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("metrics: %w", err)
+			return nil, fmt.Errorf("prom: %w", err)
 		}
 	}
 	return reg, nil
@@ -40,7 +40,7 @@ type Endpoint struct {
 func Listen(addr string, reg *prometheus.Registry, log *slog.Logger) (*Endpoint, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("metrics: cannot listen on %s: %w", addr, err)
+		return nil, fmt.Errorf("prom: cannot listen on %s: %w", addr, err)
 	}
 	if log == nil {
 		log = slog.Default()
