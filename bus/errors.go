@@ -24,29 +24,60 @@ const (
 	BadRequest          Code = "bad-request"
 	Forbidden           Code = "forbidden"
 	NotSupported        Code = "not-supported"
+	// NoRoute: a gateway has no route for the request's host and path.
+	NoRoute Code = "no-route"
 )
 
-// Status is the HTTP status a code is answered with. too-large is 413 for a
-// request body; a response that is too large is reported as 502 by the caller.
-func (c Code) Status() int {
-	switch c {
-	case NoResponders, CircuitOpen, Overloaded, MeshUnavailable:
-		return http.StatusServiceUnavailable
-	case Timeout:
-		return http.StatusGatewayTimeout
-	case UpstreamUnreachable, UpstreamLost:
-		return http.StatusBadGateway
-	case TooLarge:
-		return http.StatusRequestEntityTooLarge
-	case BadRequest:
-		return http.StatusBadRequest
-	case Forbidden:
-		return http.StatusForbidden
-	case NotSupported:
-		return http.StatusNotImplemented
-	}
-	return http.StatusBadGateway
+// Failure is what a code proves about the request it failed, and how the
+// mesh treats it: the one table that the retry rules, the breakers, outlier
+// ejection, metrics and config validation read.
+type Failure struct {
+	// Status is the HTTP status the code is answered with. too-large is 413
+	// for a request body; a response that is too large is reported as 502
+	// by the caller.
+	Status int
+	// Unsent: the request never reached an app, so any method may be
+	// retried (no-responders, overloaded, mesh-unavailable).
+	Unsent bool
+	// MaybeSent: the request may have reached an app, so only an idempotent
+	// one may be retried (timeout, upstream-lost, upstream-unreachable).
+	MaybeSent bool
+	// Breaker: the failure counts against the destination in the caller's
+	// circuit breaker.
+	Breaker bool
+	// Outlier: the callee's app failed the request, as outlier ejection
+	// counts it.
+	Outlier bool
 }
+
+// failures is the table of the mesh's codes (docs/architecture.md has it
+// too).
+var failures = map[Code]Failure{
+	NoResponders:        {Status: http.StatusServiceUnavailable, Unsent: true},
+	Timeout:             {Status: http.StatusGatewayTimeout, MaybeSent: true, Breaker: true, Outlier: true},
+	CircuitOpen:         {Status: http.StatusServiceUnavailable},
+	Overloaded:          {Status: http.StatusServiceUnavailable, Unsent: true, Breaker: true},
+	UpstreamUnreachable: {Status: http.StatusBadGateway, MaybeSent: true, Breaker: true, Outlier: true},
+	TooLarge:            {Status: http.StatusRequestEntityTooLarge},
+	MeshUnavailable:     {Status: http.StatusServiceUnavailable, Unsent: true},
+	UpstreamLost:        {Status: http.StatusBadGateway, MaybeSent: true, Breaker: true, Outlier: true},
+	BadRequest:          {Status: http.StatusBadRequest},
+	Forbidden:           {Status: http.StatusForbidden},
+	NotSupported:        {Status: http.StatusNotImplemented},
+	NoRoute:             {Status: http.StatusNotFound},
+}
+
+// Failure is the code's row of the table; a code the table does not know
+// (a newer peer's) is a 502 that proves nothing.
+func (c Code) Failure() Failure {
+	if f, ok := failures[c]; ok {
+		return f
+	}
+	return Failure{Status: http.StatusBadGateway}
+}
+
+// Status is the HTTP status a code is answered with.
+func (c Code) Status() int { return c.Failure().Status }
 
 // Error is a failure made by the mesh: a code, the HTTP status it is answered
 // with and one sentence for the human reading it.

@@ -1,6 +1,8 @@
 package bus
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -194,3 +196,14 @@ func (s Subjects) AllStats() string { return s.prefix() + ".stats.*.*" }
 // StatsSummary is the subject `natsmesh server` answers the mesh-wide
 // stats on (queue group "stats": one server answers).
 func (s Subjects) StatsSummary() string { return s.prefix() + ".stats.summary" }
+
+// NewInstanceID returns "<service>-<12 hex digits>", a valid instance name.
+func NewInstanceID(service string) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	id := hex.EncodeToString(b[:])
+	if len(service)+1+len(id) > MaxNameLen {
+		service = service[:MaxNameLen-1-len(id)]
+	}
+	return service + "-" + id
+}

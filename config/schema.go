@@ -51,7 +51,7 @@ type Retries struct {
 	// retried within its timeout (default: an attempt may use all the time
 	// left).
 	PerTryTimeout Duration `json:"perTryTimeout,omitempty" yaml:"perTryTimeout,omitempty"`
-	// Backoff is the first wait before a retry; the wait doubles with each
+	// Backoff is the first wait before a retry; the wait grows 1.5× with each
 	// retry, with ±50 % jitter (default 25ms).
 	Backoff Duration `json:"backoff,omitempty" yaml:"backoff,omitempty"`
 	// BackoffMax is the longest wait before a retry (default 250ms).

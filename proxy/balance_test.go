@@ -16,13 +16,14 @@ import (
 	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/proxy"
+	"github.com/natsmesh/natsmesh/sidecar"
 )
 
 // startInstances starts n instances of service behind sidecars that beat
 // every 100 ms; delay, if set, says how long instance i takes to answer.
-func startInstances(t *testing.T, s *embedded.Server, service string, n int, delay func(i int) time.Duration) []*proxy.Sidecar {
+func startInstances(t *testing.T, s *embedded.Server, service string, n int, delay func(i int) time.Duration) []*sidecar.Sidecar {
 	t.Helper()
-	scs := make([]*proxy.Sidecar, n)
+	scs := make([]*sidecar.Sidecar, n)
 	for i := range n {
 		d := time.Duration(0)
 		if delay != nil {
@@ -33,7 +34,7 @@ func startInstances(t *testing.T, s *embedded.Server, service string, n int, del
 				time.Sleep(d)
 			}
 			io.WriteString(w, "ok\n")
-		}), func(c *proxy.SidecarConfig) {
+		}), func(c *sidecar.Config) {
 			c.Instance = fmt.Sprintf("%s-%d", service, i)
 			c.Heartbeat = 100 * time.Millisecond
 			noOutlier(c)

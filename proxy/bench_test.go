@@ -11,7 +11,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/natsmesh/natsmesh/internal/meshtest"
-	"github.com/natsmesh/natsmesh/proxy"
+	"github.com/natsmesh/natsmesh/sidecar"
 )
 
 // BenchmarkSidecarToSidecar measures one call app → caller sidecar → NATS →
@@ -20,26 +20,26 @@ import (
 // sampling off, and with a config of five routes for the callee, whose last
 // route (the one every call takes) splits between two subsets.
 func BenchmarkSidecarToSidecar(b *testing.B) {
-	b.Run("default", func(b *testing.B) { benchSidecars(b, func(*proxy.SidecarConfig) {}) })
+	b.Run("default", func(b *testing.B) { benchSidecars(b, func(*sidecar.Config) {}) })
 	b.Run("routes", func(b *testing.B) {
 		cfgs := newMemConfigs()
 		cfgs.apply(b, benchRoutes)
-		benchSidecars(b, func(c *proxy.SidecarConfig) {
+		benchSidecars(b, func(c *sidecar.Config) {
 			if c.Service == "client" {
-				c.Configs = cfgs
+				c.Transport.Configs = cfgs
 			}
 		})
 	})
 	b.Run("nometrics", func(b *testing.B) {
-		benchSidecars(b, func(c *proxy.SidecarConfig) { c.StatsInterval = -1 })
+		benchSidecars(b, func(c *sidecar.Config) { c.StatsInterval = -1 })
 	})
 	b.Run("plain", func(b *testing.B) {
-		benchSidecars(b, func(c *proxy.SidecarConfig) { c.Retry.Retries = -1; c.DisableBreaker = true })
+		benchSidecars(b, func(c *sidecar.Config) { c.Transport.Retry.Retries = -1; c.Transport.DisableBreaker = true })
 	})
 	b.Run("unsampled", func(b *testing.B) {
 		tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.NeverSample()))
 		b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
-		benchSidecars(b, func(c *proxy.SidecarConfig) { c.TracerProvider = tp })
+		benchSidecars(b, func(c *sidecar.Config) { c.TracerProvider = tp })
 	})
 }
 
@@ -61,7 +61,7 @@ routes:
   - split: {v1: 50, v2: 50}
 `
 
-func benchSidecars(b *testing.B, mod func(*proxy.SidecarConfig)) {
+func benchSidecars(b *testing.B, mod func(*sidecar.Config)) {
 	s := meshtest.RunServer(b)
 	body := make([]byte, 64)
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -69,10 +69,10 @@ func benchSidecars(b *testing.B, mod func(*proxy.SidecarConfig)) {
 		_, _ = w.Write(body)
 	}))
 	b.Cleanup(app.Close)
-	start := func(service, subset string) *proxy.Sidecar {
-		cfg := proxy.SidecarConfig{Service: service, Subset: subset, Upstream: app.URL, Listen: "127.0.0.1:0", Logger: testLogger()}
+	start := func(service, subset string) *sidecar.Sidecar {
+		cfg := sidecar.Config{Service: service, Subset: subset, Upstream: app.URL, Listen: "127.0.0.1:0", Logger: testLogger()}
 		mod(&cfg)
-		sc, err := proxy.StartSidecar(meshtest.Connect(b, s), cfg)
+		sc, err := sidecar.Start(meshtest.Connect(b, s), cfg)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -5,10 +5,12 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/proxy/traffic"
 	"github.com/natsmesh/natsmesh/registry"
 )
 
@@ -82,3 +84,115 @@ func (c *callees) explain(service, subset string) string {
 }
 
 func (c *callees) stop() { c.f.Stop() }
+
+const (
+	// checkEvery is how often a call may look at the registry view's
+	// revision, which changes when an instance comes, goes or changes
+	// health.
+	checkEvery = int64(20 * time.Millisecond)
+	// refreshEvery is how often the instances' in-flight counts are read
+	// from the view when nothing else changed (heartbeats bring them every
+	// interval, 1 s by default).
+	refreshEvery = int64(250 * time.Millisecond)
+)
+
+// instanceSet is one refresh of a service's instances.
+type instanceSet struct {
+	rev     uint64
+	built   int64
+	all     *traffic.Group
+	subsets map[string]*traffic.Group
+	byID    map[string]*traffic.Endpoint
+}
+
+// group is the passing instances of the service (subset "") or of one of
+// its subsets.
+func (s *instanceSet) group(subset string) *traffic.Group {
+	if subset == "" {
+		return s.all
+	}
+	return s.subsets[subset]
+}
+
+// endpoints is a caller's view of one service's instances, refreshed from
+// the registry view by the calls themselves: at most one call every
+// checkEvery looks at the view's revision, and rebuilds the set when it
+// changed or refreshEvery has passed.
+type endpoints struct {
+	service    string
+	view       *registry.View
+	subj       bus.Subjects
+	set        atomic.Pointer[instanceSet]
+	checked    atomic.Int64
+	refreshing atomic.Bool
+}
+
+func (e *endpoints) current(now int64) *instanceSet {
+	s := e.set.Load()
+	if s != nil && now-e.checked.Load() < checkEvery {
+		return s
+	}
+	if !e.refreshing.CompareAndSwap(false, true) {
+		return s
+	}
+	defer e.refreshing.Store(false)
+	e.checked.Store(now)
+	if s != nil && now-s.built < refreshEvery && e.view.Rev() == s.rev {
+		return s
+	}
+	s = e.rebuild(s, now)
+	e.set.Store(s)
+	return s
+}
+
+// rebuild reads the service's passing instances from the view, keeping the
+// endpoints (and their in-flight counts) and groups of prev that still hold.
+func (e *endpoints) rebuild(prev *instanceSet, now int64) *instanceSet {
+	snap := e.view.Snapshot(e.service)
+	s := &instanceSet{rev: snap.Rev, built: now, subsets: make(map[string]*traffic.Group), byID: make(map[string]*traffic.Endpoint)}
+	var all []*traffic.Endpoint
+	bySubset := make(map[string][]*traffic.Endpoint)
+	for _, in := range snap.Services[e.service] { // sorted by id
+		if in.Health != registry.Passing {
+			continue
+		}
+		var ep *traffic.Endpoint
+		if prev != nil {
+			if old := prev.byID[in.Instance]; old != nil && old.Subset == in.Subset {
+				ep = old
+			}
+		}
+		if ep == nil {
+			ep = traffic.NewEndpoint(in.Instance, in.Subset, e.subj.Inst(in.Instance))
+		}
+		ep.SetHeartbeatInflight(int64(in.Inflight))
+		s.byID[ep.ID] = ep
+		all = append(all, ep)
+		if in.Subset != "" {
+			bySubset[in.Subset] = append(bySubset[in.Subset], ep)
+		}
+	}
+	s.all = traffic.NewGroup(all)
+	if prev != nil && prev.all.Same(all) {
+		s.all = prev.all
+	}
+	for subset, eps := range bySubset {
+		g := traffic.NewGroup(eps)
+		if prev != nil && prev.subsets[subset].Same(eps) {
+			g = prev.subsets[subset]
+		}
+		s.subsets[subset] = g
+	}
+	return s
+}
+
+// pick chooses an instance of the service (subset "") or of one subset with
+// the policy's picker (traffic.Pick); nil when the view has none (the call
+// goes to the queue group).
+func (e *endpoints) pick(p traffic.Picker, subset, key string, avoid *traffic.Endpoint, now int64) *traffic.Endpoint {
+	s := e.current(now)
+	if s == nil {
+		return nil
+	}
+	return traffic.Pick(p, s.group(subset), key, avoid, now)
+}

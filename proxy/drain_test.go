@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/natsmesh/natsmesh/internal/meshtest"
-	"github.com/natsmesh/natsmesh/proxy"
+	"github.com/natsmesh/natsmesh/sidecar"
 )
 
 // A request held by a draining instance finishes even when its app has to
@@ -25,7 +25,7 @@ func TestDrainKeepsOutboundForRequestsInFlight(t *testing.T) {
 
 	arrived := make(chan struct{})
 	release := make(chan struct{})
-	var mid *proxy.Sidecar
+	var mid *sidecar.Sidecar
 	app := startApp(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		close(arrived)
 		<-release
@@ -41,7 +41,7 @@ func TestDrainKeepsOutboundForRequestsInFlight(t *testing.T) {
 		io.WriteString(w, "mid got: "+string(b))
 	}))
 	nc := meshtest.Connect(t, s)
-	mid, err := proxy.StartSidecar(nc, proxy.SidecarConfig{Service: "mid", Upstream: app.URL, Listen: "127.0.0.1:0", Logger: testLogger()})
+	mid, err := sidecar.Start(nc, sidecar.Config{Service: "mid", Upstream: app.URL, Listen: "127.0.0.1:0", Logger: testLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}

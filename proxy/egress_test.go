@@ -13,6 +13,7 @@ import (
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/proxy"
+	"github.com/natsmesh/natsmesh/sidecar"
 )
 
 // Hosts that are not mesh names go out as through an ordinary forward proxy,
@@ -127,7 +128,7 @@ func TestEgressDenied(t *testing.T) {
 	addr := outsideApp(t, rec)
 	_, port, _ := net.SplitHostPort(addr)
 	startCallee(t, s, "svc", okApp, nil)
-	caller := startCaller(t, s, "frontend", func(c *proxy.SidecarConfig) { c.DenyEgress = true })
+	caller := startCaller(t, s, "frontend", func(c *sidecar.Config) { c.DenyEgress = true })
 
 	for _, tc := range []struct{ form, host string }{
 		{formProxy, addr},

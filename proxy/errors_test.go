@@ -17,6 +17,8 @@ import (
 	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/proxy"
+	"github.com/natsmesh/natsmesh/proxy/traffic"
+	"github.com/natsmesh/natsmesh/sidecar"
 )
 
 // Every Mesh-Error this issue produces, with its HTTP status (DESIGN.md,
@@ -29,7 +31,7 @@ var okApp = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 
 // allForms returns a client of each form: through caller's outbound
 // listener as a proxy and with a Host header, and a library Transport.
-func allForms(t *testing.T, s *embedded.Server, caller *proxy.Sidecar, libCfg proxy.TransportConfig) []meshClient {
+func allForms(t *testing.T, s *embedded.Server, caller *sidecar.Sidecar, libCfg proxy.TransportConfig) []meshClient {
 	return []meshClient{
 		sidecarClient(t, formProxy, caller, "frontend"),
 		sidecarClient(t, formHost, caller, "frontend"),
@@ -85,7 +87,7 @@ func TestTimeoutCancelsUpstream(t *testing.T) {
 			cancelled.Store(time.Now().UnixNano())
 		}
 	}), nil)
-	caller := startCaller(t, s, "frontend", func(c *proxy.SidecarConfig) { c.Timeout = timeout })
+	caller := startCaller(t, s, "frontend", func(c *sidecar.Config) { c.Transport.Timeout = timeout })
 	for _, c := range allForms(t, s, caller, proxy.TransportConfig{Timeout: timeout}) {
 		cancelled.Store(0)
 		start := time.Now()
@@ -117,7 +119,7 @@ func TestDeadlineReachesHandler(t *testing.T) {
 	serveHandler(t, s, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec.record(r, nil)
 	}), proxy.ServeConfig{Service: "svc"})
-	caller := startCaller(t, s, "frontend", func(c *proxy.SidecarConfig) { c.Timeout = 1500 * time.Millisecond })
+	caller := startCaller(t, s, "frontend", func(c *sidecar.Config) { c.Transport.Timeout = 1500 * time.Millisecond })
 	lib := libraryClient(t, s, proxy.TransportConfig{Timeout: 2 * time.Second})
 
 	check := func(name string, c meshClient, ctxTimeout, want time.Duration) {
@@ -156,10 +158,10 @@ func TestOverloaded(t *testing.T) {
 	_, callee := startCallee(t, s, "busy", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		g.wait(r.Context())
 		_, _ = io.WriteString(w, "done\n")
-	}), func(c *proxy.SidecarConfig) { c.MaxInflight = 2 })
+	}), func(c *sidecar.Config) { c.Serve.MaxInflight = 2 })
 	// overloaded proves the app never saw the request, so it is retried
 	// for any method; the breaker is off so that every attempt is made.
-	caller := startCaller(t, s, "frontend", func(c *proxy.SidecarConfig) { c.DisableBreaker = true })
+	caller := startCaller(t, s, "frontend", func(c *sidecar.Config) { c.Transport.DisableBreaker = true })
 	c := sidecarClient(t, formProxy, caller, "frontend")
 
 	held := make(chan int, 2)
@@ -177,7 +179,7 @@ func TestOverloaded(t *testing.T) {
 	}
 	g.waitArrived(t, 2)
 
-	attempts := 1 + proxy.DefaultRetries
+	attempts := 1 + traffic.DefaultRetries
 	for _, c := range allForms(t, s, caller, proxy.TransportConfig{DisableBreaker: true}) {
 		resp, body := c.get(t, "busy", "/third")
 		wantMeshError(t, resp, body, http.StatusServiceUnavailable, bus.Overloaded)
@@ -242,7 +244,7 @@ func TestBodiesAtTheMessageLimit(t *testing.T) {
 	limit := meshtest.Connect(t, s).MaxPayload()
 	maxBody := 3 * limit
 	maxText := strconv.FormatInt(maxBody, 10)
-	caller := startCaller(t, s, "frontend", func(c *proxy.SidecarConfig) { c.MaxBody = maxBody })
+	caller := startCaller(t, s, "frontend", func(c *sidecar.Config) { c.Transport.MaxBody = maxBody })
 
 	// onlyReader hides the body's length, so it is sent chunked.
 	type onlyReader struct{ io.Reader }
@@ -331,7 +333,7 @@ func TestMeshUnavailableWhenNATSDown(t *testing.T) {
 	// A GET sent just as the connection drops waits for the reconnect
 	// within its timeout; keep that short.
 	const timeout = 2 * time.Second
-	caller := startCaller(t, s, "frontend", func(c *proxy.SidecarConfig) { c.Timeout = timeout })
+	caller := startCaller(t, s, "frontend", func(c *sidecar.Config) { c.Transport.Timeout = timeout })
 	clients := allForms(t, s, caller, proxy.TransportConfig{Timeout: timeout})
 	for _, c := range clients {
 		if err := callOK(c, "svc")(); err != nil {
@@ -366,7 +368,7 @@ func TestInFlightWhenNATSDies(t *testing.T) {
 	startCallee(t, s, "svc", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		g.wait(r.Context())
 	}), nil)
-	caller := startCaller(t, s, "frontend", func(c *proxy.SidecarConfig) { c.Timeout = timeout })
+	caller := startCaller(t, s, "frontend", func(c *sidecar.Config) { c.Transport.Timeout = timeout })
 	clients := allForms(t, s, caller, proxy.TransportConfig{Timeout: timeout})
 
 	type result struct {
@@ -415,7 +417,7 @@ func TestReconnectAfterServerRestart(t *testing.T) {
 	// A GET sent just as the connection drops waits for the reconnect
 	// within its timeout; keep that short.
 	const timeout = 2 * time.Second
-	caller := startCaller(t, s, "frontend", func(c *proxy.SidecarConfig) { c.Timeout = timeout })
+	caller := startCaller(t, s, "frontend", func(c *sidecar.Config) { c.Transport.Timeout = timeout })
 	clients := allForms(t, s, caller, proxy.TransportConfig{Timeout: timeout})
 	for _, c := range clients {
 		if err := callOK(c, "svc")(); err != nil {
@@ -459,7 +461,7 @@ func TestSidecarStartsBeforeNATS(t *testing.T) {
 	}
 	t.Cleanup(nc.Close)
 	app := startApp(t, okApp)
-	sc, err := proxy.StartSidecar(nc, proxy.SidecarConfig{Service: "early", Upstream: app.URL, Listen: "127.0.0.1:0", Logger: testLogger()})
+	sc, err := sidecar.Start(nc, sidecar.Config{Service: "early", Upstream: app.URL, Listen: "127.0.0.1:0", Logger: testLogger()})
 	if err != nil {
 		t.Fatalf("start sidecar before NATS: %v", err)
 	}

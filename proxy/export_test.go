@@ -19,14 +19,10 @@ func PassingInstances(t *Transport, service, subset string) int {
 	if s == nil {
 		return 0
 	}
-	g := s.all
-	if subset != "" {
-		g = s.subsets[subset]
+	if g := s.group(subset); g != nil {
+		return g.Len()
 	}
-	if g == nil {
-		return 0
-	}
-	return len(g.eps)
+	return 0
 }
 
 // SetRewatchAfter sets how long a service whose config watch failed runs on

@@ -12,20 +12,22 @@ import (
 
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/bus/embedded"
+	"github.com/natsmesh/natsmesh/gateway"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/proxy"
+	"github.com/natsmesh/natsmesh/proxy/traffic"
 )
 
 func TestParseGatewayRoute(t *testing.T) {
 	tests := []struct {
 		name, in string
-		want     proxy.GatewayRoute
+		want     gateway.Route
 		err      string // part of the error; "" for none
 	}{
-		{name: "root", in: "/=productpage", want: proxy.GatewayRoute{Prefix: "/", Service: "productpage"}},
-		{name: "prefix", in: "/api=details", want: proxy.GatewayRoute{Prefix: "/api", Service: "details"}},
-		{name: "host", in: "shop.example.com/=productpage", want: proxy.GatewayRoute{Host: "shop.example.com", Prefix: "/", Service: "productpage"}},
-		{name: "host and prefix", in: "Shop.Example.com/api/v1=details", want: proxy.GatewayRoute{Host: "shop.example.com", Prefix: "/api/v1", Service: "details"}},
+		{name: "root", in: "/=productpage", want: gateway.Route{Prefix: "/", Service: "productpage"}},
+		{name: "prefix", in: "/api=details", want: gateway.Route{Prefix: "/api", Service: "details"}},
+		{name: "host", in: "shop.example.com/=productpage", want: gateway.Route{Host: "shop.example.com", Prefix: "/", Service: "productpage"}},
+		{name: "host and prefix", in: "Shop.Example.com/api/v1=details", want: gateway.Route{Host: "shop.example.com", Prefix: "/api/v1", Service: "details"}},
 		{name: "no equals", in: "/api", err: "no '='"},
 		{name: "prefix without slash", in: "api=details", err: "must start with '/'"},
 		{name: "empty prefix", in: "=details", err: "must start with '/'"},
@@ -37,7 +39,7 @@ func TestParseGatewayRoute(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := proxy.ParseGatewayRoute(tt.in)
+			got, err := gateway.ParseRoute(tt.in)
 			if tt.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.err) {
 					t.Fatalf("ParseGatewayRoute(%q) = %+v, %v; want an error with %q", tt.in, got, err, tt.err)
@@ -47,7 +49,7 @@ func TestParseGatewayRoute(t *testing.T) {
 			if err != nil || got != tt.want {
 				t.Fatalf("ParseGatewayRoute(%q) = %+v, %v; want %+v", tt.in, got, err, tt.want)
 			}
-			if _, err := proxy.ParseGatewayRoute(got.String()); err != nil {
+			if _, err := gateway.ParseRoute(got.String()); err != nil {
 				t.Errorf("String %q does not parse: %v", got.String(), err)
 			}
 		})
@@ -57,13 +59,13 @@ func TestParseGatewayRoute(t *testing.T) {
 func TestNewGatewayRejects(t *testing.T) {
 	s := meshtest.RunServer(t)
 	tr := newTransport(t, s, proxy.TransportConfig{})
-	for name, routes := range map[string][]proxy.GatewayRoute{
+	for name, routes := range map[string][]gateway.Route{
 		"none":      nil,
 		"no slash":  {{Prefix: "api", Service: "details"}},
 		"bad name":  {{Prefix: "/", Service: "Details"}},
 		"duplicate": {{Prefix: "/a", Service: "one"}, {Prefix: "/a", Service: "two"}},
 	} {
-		if _, err := proxy.NewGateway(tr, routes, testLogger()); err == nil {
+		if _, err := gateway.NewHandler(tr, routes, testLogger()); err == nil {
 			t.Errorf("%s: NewGateway(%v) made a gateway", name, routes)
 		}
 	}
@@ -72,18 +74,18 @@ func TestNewGatewayRejects(t *testing.T) {
 // startGateway serves a gateway with routes on a random port.
 func startGateway(t testing.TB, s *embedded.Server, cfg proxy.TransportConfig, routes ...string) *httptest.Server {
 	t.Helper()
-	var rs []proxy.GatewayRoute
+	var rs []gateway.Route
 	for _, r := range routes {
-		gr, err := proxy.ParseGatewayRoute(r)
+		gr, err := gateway.ParseRoute(r)
 		if err != nil {
 			t.Fatal(err)
 		}
 		rs = append(rs, gr)
 	}
 	if cfg.Caller == "" {
-		cfg.Caller = proxy.DefaultGatewayCaller
+		cfg.Caller = gateway.DefaultCaller
 	}
-	gw, err := proxy.NewGateway(newTransport(t, s, cfg), rs, testLogger())
+	gw, err := gateway.NewHandler(newTransport(t, s, cfg), rs, testLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +151,7 @@ func TestGatewayRoutes(t *testing.T) {
 	// No route: 404, with the routes in the sentence.
 	only := startGateway(t, s, proxy.TransportConfig{}, "/api=api", "shop.example.com/=shop")
 	resp, body := doRequest(t, hc, gatewayRequest(t, http.MethodGet, only.URL+"/nope", nil))
-	wantMeshError(t, resp, body, http.StatusNotFound, proxy.NoRoute)
+	wantMeshError(t, resp, body, http.StatusNotFound, bus.NoRoute)
 	for _, want := range []string{`"/nope"`, "/api=api", "shop.example.com/=shop"} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("no-route body %q does not mention %s", body, want)
@@ -223,7 +225,7 @@ func TestGatewayPassesRequest(t *testing.T) {
 
 func TestGatewayMeshErrors(t *testing.T) {
 	s := meshtest.RunServer(t)
-	gw := startGateway(t, s, proxy.TransportConfig{Retry: proxy.RetryPolicy{Retries: -1}}, "/=ghost")
+	gw := startGateway(t, s, proxy.TransportConfig{Retry: traffic.RetryPolicy{Retries: -1}}, "/=ghost")
 	hc := httpClient(t, &http.Transport{DisableCompression: true})
 	resp, body := doRequest(t, hc, gatewayRequest(t, http.MethodGet, gw.URL+"/", nil))
 	wantMeshError(t, resp, body, http.StatusServiceUnavailable, bus.NoResponders)

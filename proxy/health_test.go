@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/natsmesh/natsmesh/internal/meshtest"
-	"github.com/natsmesh/natsmesh/proxy"
 	"github.com/natsmesh/natsmesh/registry"
+	"github.com/natsmesh/natsmesh/sidecar"
 )
 
 // An instance whose app fails its health checks leaves the queue group (no
@@ -41,9 +41,9 @@ func TestHealthChecksTakeInstanceOutOfRotation(t *testing.T) {
 		io.WriteString(w, "sick")
 	})
 	okApp := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
-	hc := proxy.HealthCheckConfig{Path: "/healthz", Interval: 20 * time.Millisecond, Fails: 2, Passes: 2}
-	_, sick := startCallee(t, s, "hc", sickApp, func(c *proxy.SidecarConfig) { c.HealthCheck = hc; c.Heartbeat = 100 * time.Millisecond })
-	startCallee(t, s, "hc", okApp, func(c *proxy.SidecarConfig) { c.HealthCheck = hc; c.Heartbeat = 100 * time.Millisecond })
+	hc := sidecar.HealthCheckConfig{Path: "/healthz", Interval: 20 * time.Millisecond, Fails: 2, Passes: 2}
+	_, sick := startCallee(t, s, "hc", sickApp, func(c *sidecar.Config) { c.HealthCheck = hc; c.Heartbeat = 100 * time.Millisecond })
+	startCallee(t, s, "hc", okApp, func(c *sidecar.Config) { c.HealthCheck = hc; c.Heartbeat = 100 * time.Millisecond })
 	caller := startCaller(t, s, "front", nil)
 	c := sidecarClient(t, formProxy, caller, "front")
 
@@ -105,8 +105,8 @@ func TestNoRespondersExplainedFromRegistry(t *testing.T) {
 			http.Error(w, "down", http.StatusServiceUnavailable)
 		}
 	})
-	hc := proxy.HealthCheckConfig{Path: "/healthz", Interval: 20 * time.Millisecond, Fails: 1, Passes: 1}
-	_, sick := startCallee(t, s, "lonely", app, func(c *proxy.SidecarConfig) { c.HealthCheck = hc; c.Heartbeat = 100 * time.Millisecond })
+	hc := sidecar.HealthCheckConfig{Path: "/healthz", Interval: 20 * time.Millisecond, Fails: 1, Passes: 1}
+	_, sick := startCallee(t, s, "lonely", app, func(c *sidecar.Config) { c.HealthCheck = hc; c.Heartbeat = 100 * time.Millisecond })
 	meshtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		if !sick.Inbound().Paused() {
 			return fmt.Errorf("the failing instance is still in rotation")

@@ -19,6 +19,7 @@ import (
 	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/proxy"
+	"github.com/natsmesh/natsmesh/sidecar"
 )
 
 // clientTimeout bounds every HTTP call a test makes, so a hang fails the
@@ -45,27 +46,27 @@ func startApp(t testing.TB, h http.Handler) *httptest.Server {
 
 // startSidecar starts a sidecar on a connection of its own, with its
 // outbound listener on a random port, shut down when the test ends.
-func startSidecar(t testing.TB, s *embedded.Server, cfg proxy.SidecarConfig) *proxy.Sidecar {
+func startSidecar(t testing.TB, s *embedded.Server, cfg sidecar.Config) *sidecar.Sidecar {
 	t.Helper()
 	sc, _ := startSidecarConn(t, s, cfg)
 	return sc
 }
 
 // singleAttempt makes a caller's sidecar try each call once, with no breaker.
-func singleAttempt(c *proxy.SidecarConfig) {
-	c.Retry.Retries = -1
-	c.DisableBreaker = true
+func singleAttempt(c *sidecar.Config) {
+	c.Transport.Retry.Retries = -1
+	c.Transport.DisableBreaker = true
 }
 
 // noOutlier keeps a callee in rotation however its app answers.
-func noOutlier(c *proxy.SidecarConfig) { c.Outlier.Consecutive = -1 }
+func noOutlier(c *sidecar.Config) { c.Outlier.Consecutive = -1 }
 
 // startCallee serves app h as service through a sidecar. mod, if not nil,
 // adjusts the sidecar's config.
-func startCallee(t testing.TB, s *embedded.Server, service string, h http.Handler, mod func(*proxy.SidecarConfig)) (*httptest.Server, *proxy.Sidecar) {
+func startCallee(t testing.TB, s *embedded.Server, service string, h http.Handler, mod func(*sidecar.Config)) (*httptest.Server, *sidecar.Sidecar) {
 	t.Helper()
 	app := startApp(t, h)
-	cfg := proxy.SidecarConfig{Service: service, Upstream: app.URL}
+	cfg := sidecar.Config{Service: service, Upstream: app.URL}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -74,12 +75,12 @@ func startCallee(t testing.TB, s *embedded.Server, service string, h http.Handle
 
 // startCaller starts the sidecar of a calling service, whose own app is a
 // dummy; tests talk to its outbound listener.
-func startCaller(t testing.TB, s *embedded.Server, service string, mod func(*proxy.SidecarConfig)) *proxy.Sidecar {
+func startCaller(t testing.TB, s *embedded.Server, service string, mod func(*sidecar.Config)) *sidecar.Sidecar {
 	t.Helper()
 	app := startApp(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "the caller's own app\n")
 	}))
-	cfg := proxy.SidecarConfig{Service: service, Upstream: app.URL}
+	cfg := sidecar.Config{Service: service, Upstream: app.URL}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -159,7 +160,7 @@ type meshClient struct {
 	hc       *http.Client
 }
 
-func sidecarClient(t testing.TB, form string, caller *proxy.Sidecar, callerName string) meshClient {
+func sidecarClient(t testing.TB, form string, caller *sidecar.Sidecar, callerName string) meshClient {
 	addr := caller.OutboundAddr().String()
 	c := meshClient{form: form, outbound: addr, caller: callerName}
 	switch form {

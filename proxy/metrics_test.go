@@ -20,10 +20,12 @@ import (
 	"github.com/natsmesh/natsmesh/metrics"
 	"github.com/natsmesh/natsmesh/metrics/prom"
 	"github.com/natsmesh/natsmesh/proxy"
+	"github.com/natsmesh/natsmesh/proxy/traffic"
+	"github.com/natsmesh/natsmesh/sidecar"
 )
 
 // edgeOf finds one edge of a sidecar's metrics.
-func edgeOf(t *testing.T, sc *proxy.Sidecar, dir, peer string) metrics.EdgeSnapshot {
+func edgeOf(t *testing.T, sc *sidecar.Sidecar, dir, peer string) metrics.EdgeSnapshot {
 	t.Helper()
 	for _, e := range sc.Metrics().Snapshot(time.Now(), time.Second).Edges {
 		if e.Direction == dir && e.Peer == peer {
@@ -49,7 +51,7 @@ func TestMetricsKnownTraffic(t *testing.T) {
 			w.WriteHeader(http.StatusNotFound)
 		}
 	}), noOutlier)
-	caller := startCaller(t, s, "web", func(c *proxy.SidecarConfig) { c.DisableBreaker = true })
+	caller := startCaller(t, s, "web", func(c *sidecar.Config) { c.Transport.DisableBreaker = true })
 	c := sidecarClient(t, formProxy, caller, "web")
 
 	want := map[string]int{"/ok": 6, "/fail": 3, "/slow": 2, "/missing": 1}
@@ -115,7 +117,7 @@ func TestMetricsCardinality(t *testing.T) {
 
 	series := func() int {
 		n := 0
-		for _, sc := range []*proxy.Sidecar{caller, callee} {
+		for _, sc := range []*sidecar.Sidecar{caller, callee} {
 			reg, err := prom.NewRegistry(prom.NewCollector(sc.Metrics()))
 			if err != nil {
 				t.Fatal(err)
@@ -274,7 +276,7 @@ func TestMetricsResponseTooLargeForMessage(t *testing.T) {
 		_, _ = io.WriteString(w, "small body")
 	}), proxy.ServeConfig{Service: "big", Instance: "big-1", Metrics: callee})
 	caller := metrics.NewSet(metrics.Identity{Service: "web", Instance: "web-1", Kind: "library"}, metrics.Options{})
-	hc := httpClient(t, newTransport(t, s, proxy.TransportConfig{Caller: "web", Metrics: caller, Retry: proxy.RetryPolicy{Retries: -1}}))
+	hc := httpClient(t, newTransport(t, s, proxy.TransportConfig{Caller: "web", Metrics: caller, Retry: traffic.RetryPolicy{Retries: -1}}))
 	resp, _ := doRequest(t, hc, mustRequest(t, "http://big/"))
 	if resp.StatusCode != http.StatusBadGateway || resp.Header.Get(bus.HeaderError) != string(bus.TooLarge) {
 		t.Fatalf("status %d, Mesh-Error %q; want 502 too-large at once, not upstream-lost after the ack wait", resp.StatusCode, resp.Header.Get(bus.HeaderError))

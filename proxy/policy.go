@@ -3,15 +3,12 @@ package proxy
 import (
 	"context"
 	"log/slog"
-	"net/http"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/natsmesh/natsmesh/breaker"
 	"github.com/natsmesh/natsmesh/config"
+	"github.com/natsmesh/natsmesh/proxy/traffic"
 )
 
 // ConfigSource delivers the config documents of services as they change.
@@ -28,219 +25,22 @@ type ConfigSource interface {
 // calls to services beyond them use the defaults.
 const maxConfigWatches = 1024
 
-// maxServiceDestinations bounds the breakers and budgets a service with a
-// config keeps: the service and the subsets its routes name.
-const maxServiceDestinations = 4 * config.MaxSubsets
-
-// balancePolicy is a compiled config.LoadBalancer policy.
-type balancePolicy uint8
-
-const (
-	balanceQueue balancePolicy = iota
-	balanceRoundRobin
-	balanceLeastRequest
-	balanceRingHash
-)
-
-var balanceNames = [...]string{config.PolicyQueue, config.PolicyRoundRobin, config.PolicyLeastRequest, config.PolicyRingHash}
-
-func (b balancePolicy) String() string { return balanceNames[b] }
-
-func balanceOf(name string) balancePolicy {
-	for i, n := range balanceNames {
-		if n == name {
-			return balancePolicy(i)
-		}
-	}
-	return balanceQueue
-}
-
-// policy is how a Transport calls one service: the transport's defaults, or
-// a service's config document compiled. It is immutable once made; a new
-// revision is a new policy, swapped in whole, and a call reads the policy
-// once at its start and uses it for all its attempts.
-type policy struct {
-	revision uint64
-	fromDoc  bool
-
-	timeout time.Duration
-	retry   RetryPolicy // defaults applied; Retries is the count
-	retryOn retryConds
-
-	// dests are the service's breakers and retry budgets; a new revision
-	// keeps them unless their settings change.
-	dests       destinations
-	breakerKey  breakerKey
-	openTimeout time.Duration
-
-	own        target  // the whole service; zero in the transport's defaults
-	routes     []route // in order
-	balance    balancePolicy
-	hashHeader string // canonical
-	fault      *fault
-}
-
-// breakerKey is what makes two breakers' settings equal.
-type breakerKey struct {
-	failures, minRequests, probes int
-	ratio                         float64
-	window, open                  time.Duration
-}
-
-func keyOfBreaker(s breaker.Settings) breakerKey {
-	return breakerKey{
-		failures: s.ConsecutiveFailures, minRequests: s.MinRequests, probes: s.HalfOpenProbes,
-		ratio: s.FailureRatio, window: s.Window, open: s.OpenTimeout,
-	}
-}
-
-// policyBase is what a Transport's flags say, from which documents override
-// field by field.
-type policyBase struct {
-	timeout  time.Duration
-	retry    RetryPolicy      // defaults applied
-	breaker  breaker.Settings // as configured, before DisableBreaker
-	disabled bool             // DisableBreaker
-}
-
-// breakerSettings are the breaker settings of a document over the base.
-func (b *policyBase) breakerSettings(doc *config.Breaker) breaker.Settings {
-	s, disabled := b.breaker, b.disabled
-	if doc != nil {
-		if doc.Enabled != nil {
-			disabled = !*doc.Enabled
-		}
-		if doc.Failures > 0 {
-			s.ConsecutiveFailures = doc.Failures
-		}
-		if doc.Ratio > 0 {
-			s.FailureRatio = doc.Ratio
-		}
-		if doc.MinRequests > 0 {
-			s.MinRequests = doc.MinRequests
-		}
-		if doc.Window > 0 {
-			s.Window = doc.Window.D()
-		}
-		if doc.Open > 0 {
-			s.OpenTimeout = doc.Open.D()
-		}
-		if doc.Probes > 0 {
-			s.HalfOpenProbes = doc.Probes
-		}
-	}
-	if disabled {
-		s.ConsecutiveFailures, s.FailureRatio = -1, -1
-	}
-	return s
-}
-
-// compile makes the policy of service from its validated document (nil: the
-// defaults), keeping prev's breakers and budgets when their settings are the
-// same.
-func (t *Transport) compile(service string, doc *config.Service, revision uint64, prev *policy) *policy {
-	b := &t.base
-	p := &policy{
-		revision: revision, fromDoc: doc != nil,
-		timeout: b.timeout, retry: b.retry, retryOn: allRetryConds,
-		own: serviceTarget(t.subj, service),
-	}
-	var docBreaker *config.Breaker
-	if doc != nil {
-		if doc.Timeout > 0 {
-			p.timeout = doc.Timeout.D()
-		}
-		if r := doc.Retries; r != nil {
-			if r.Attempts != nil {
-				p.retry.Retries = *r.Attempts
-			}
-			if len(r.On) > 0 {
-				p.retryOn = 0
-				for _, c := range r.On {
-					p.retryOn |= retryCondNames[c]
-				}
-			}
-			if r.PerTryTimeout > 0 {
-				p.retry.PerTryTimeout = r.PerTryTimeout.D()
-			}
-			if r.Backoff > 0 {
-				p.retry.BackoffBase = r.Backoff.D()
-			}
-			if r.BackoffMax > 0 {
-				p.retry.BackoffMax = r.BackoffMax.D()
-			}
-			p.retry.BackoffMax = max(p.retry.BackoffMax, p.retry.BackoffBase)
-			if bg := r.Budget; bg != nil {
-				if bg.Ratio != nil {
-					p.retry.BudgetRatio = *bg.Ratio
-				}
-				if bg.MinPerSecond != nil {
-					p.retry.BudgetMinPerSecond = *bg.MinPerSecond
-				}
-			}
-		}
-		docBreaker = doc.Breaker
-		if lb := doc.LoadBalancer; lb != nil {
-			p.balance = balanceOf(lb.Policy)
-			if p.balance == balanceRingHash {
-				p.hashHeader = http.CanonicalHeaderKey(lb.HashHeader)
-			}
-		}
-		for i := range doc.Routes {
-			if r := compileRoute(t.subj, service, &doc.Routes[i]); len(r.targets) > 0 {
-				p.routes = append(p.routes, r)
-			}
-		}
-		p.fault = compileFault(service, doc.Fault)
-	}
-
-	bs := b.breakerSettings(docBreaker)
-	p.breakerKey = keyOfBreaker(bs)
-	p.openTimeout = bs.OpenTimeout
-	if p.openTimeout <= 0 {
-		p.openTimeout = breaker.DefaultOpenTimeout
-	}
-	if prev != nil && prev.breakerKey == p.breakerKey {
-		p.dests.breakers = prev.dests.breakers
-	} else {
-		p.dests.breakers = breaker.NewSet(bs, maxServiceDestinations)
-		if t.metrics != nil && service != "" {
-			// Any earlier breakers of the service are dropped for these,
-			// which start closed.
-			t.metrics.CloseBreakers(service)
-		}
-	}
-	if prev != nil && prev.retry.BudgetRatio == p.retry.BudgetRatio && prev.retry.BudgetMinPerSecond == p.retry.BudgetMinPerSecond {
-		p.dests.budgets = prev.dests.budgets
-	} else {
-		p.dests.budgets = newBudgets(p.retry.BudgetRatio, p.retry.BudgetMinPerSecond, maxServiceDestinations)
+// compile makes the policy of service from its document (nil: the
+// defaults) over the transport's base, keeping prev's breakers and budgets
+// when their settings are the same.
+func (t *Transport) compile(service string, doc *config.Service, revision uint64, prev *traffic.Policy) *traffic.Policy {
+	p := traffic.Compile(t.subj, service, doc, revision, &t.base, prev)
+	if p.NewBreakers() && t.metrics != nil {
+		// Any earlier breakers of the service are dropped for these,
+		// which start closed.
+		t.metrics.CloseBreakers(service)
 	}
 	return p
 }
 
-// describe is the policy in a few words, for the line logged when it
-// applies.
-func (p *policy) describe() string {
-	var parts []string
-	if p.balance == balanceRingHash {
-		parts = append(parts, "ring-hash on "+p.hashHeader)
-	} else {
-		parts = append(parts, p.balance.String())
-	}
-	parts = append(parts, "timeout "+p.timeout.String())
-	parts = append(parts, "retries "+strconv.Itoa(p.retry.Retries))
-	if p.breakerKey.failures < 0 && p.breakerKey.ratio < 0 {
-		parts = append(parts, "breaker off")
-	}
-	if f := p.fault; f != nil {
-		parts = append(parts, f.describe())
-	}
-	return strings.Join(parts, ", ")
-}
-
 // serviceConfig is a watched service's current policy.
 type serviceConfig struct {
-	p       atomic.Pointer[policy]
+	p       atomic.Pointer[traffic.Policy]
 	ready   chan struct{} // closed once Watch has returned
 	isReady atomic.Bool
 	mu      sync.Mutex // orders applies
@@ -258,7 +58,7 @@ var rewatchAfter = 30 * time.Second
 // service starts watching its document and waits until the watch has
 // delivered it (bounded by the ConfigSource); later calls read it with one
 // atomic load.
-func (t *Transport) policyFor(service string) *policy {
+func (t *Transport) policyFor(service string) *traffic.Policy {
 	if t.configs == nil {
 		return t.defaults
 	}
@@ -326,12 +126,12 @@ func (t *Transport) applyConfig(sc *serviceConfig, service string, doc *config.S
 	defer sc.mu.Unlock()
 	prev := sc.p.Load()
 	if doc == nil {
-		if !prev.fromDoc {
+		if !prev.FromDoc() {
 			return
 		}
 		p := t.compile(service, nil, revision, prev)
 		sc.p.Store(p)
-		t.logs.always(slog.LevelInfo, "service config removed; calls use the defaults", "service", service, "revision", revision, "policy", p.describe())
+		t.logs.always(slog.LevelInfo, "service config removed; calls use the defaults", "service", service, "revision", revision, "policy", p.String())
 		return
 	}
 	if doc.Service != service {
@@ -344,7 +144,7 @@ func (t *Transport) applyConfig(sc *serviceConfig, service string, doc *config.S
 	}
 	p := t.compile(service, doc, revision, prev)
 	sc.p.Store(p)
-	t.logs.always(slog.LevelInfo, "service config applied", "service", service, "revision", revision, "routes", len(p.routes), "policy", p.describe())
+	t.logs.always(slog.LevelInfo, "service config applied", "service", service, "revision", revision, "routes", p.Routes(), "policy", p.String())
 }
 
 // stopWatches ends the config watches; Close calls it once.

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/natsmesh/natsmesh/internal/meshtest"
-	"github.com/natsmesh/natsmesh/proxy"
 	"github.com/natsmesh/natsmesh/registry"
+	"github.com/natsmesh/natsmesh/sidecar"
 )
 
 // A sidecar announces its instance: up and passing while it serves, with its
@@ -34,7 +34,7 @@ func TestSidecarHeartbeats(t *testing.T) {
 		<-release
 	}))
 	nc := meshtest.Connect(t, s)
-	sc, err := proxy.StartSidecar(nc, proxy.SidecarConfig{Service: "beats", Upstream: app.URL, Listen: "127.0.0.1:0", Heartbeat: 100 * time.Millisecond, Logger: testLogger()})
+	sc, err := sidecar.Start(nc, sidecar.Config{Service: "beats", Upstream: app.URL, Listen: "127.0.0.1:0", Heartbeat: 100 * time.Millisecond, Logger: testLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,7 +21,9 @@ import (
 	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/proxy"
+	"github.com/natsmesh/natsmesh/proxy/traffic"
 	"github.com/natsmesh/natsmesh/registry"
+	"github.com/natsmesh/natsmesh/sidecar"
 )
 
 // Tests of the resilience features: retries and their budget, the circuit
@@ -30,7 +32,7 @@ import (
 
 // startSidecarConn is startSidecar that also returns the sidecar's own NATS
 // connection, so a test can close it to simulate the instance's death.
-func startSidecarConn(t testing.TB, s *embedded.Server, cfg proxy.SidecarConfig) (*proxy.Sidecar, *nats.Conn) {
+func startSidecarConn(t testing.TB, s *embedded.Server, cfg sidecar.Config) (*sidecar.Sidecar, *nats.Conn) {
 	t.Helper()
 	nc := meshtest.Connect(t, s)
 	if cfg.Listen == "" {
@@ -39,7 +41,7 @@ func startSidecarConn(t testing.TB, s *embedded.Server, cfg proxy.SidecarConfig)
 	if cfg.Logger == nil {
 		cfg.Logger = testLogger()
 	}
-	sc, err := proxy.StartSidecar(nc, cfg)
+	sc, err := sidecar.Start(nc, cfg)
 	if err != nil {
 		t.Fatalf("start sidecar %s: %v", cfg.Service, err)
 	}
@@ -57,7 +59,7 @@ func startSidecarConn(t testing.TB, s *embedded.Server, cfg proxy.SidecarConfig)
 // and budgets of their own): through the outbound listener of a new caller
 // sidecar "frontend" configured by mod, and a library Transport configured
 // by lib.
-func callerForms(t *testing.T, s *embedded.Server, mod func(*proxy.SidecarConfig), lib proxy.TransportConfig) []meshClient {
+func callerForms(t *testing.T, s *embedded.Server, mod func(*sidecar.Config), lib proxy.TransportConfig) []meshClient {
 	caller := startCaller(t, s, "frontend", mod)
 	return []meshClient{sidecarClient(t, formProxy, caller, "frontend"), libraryClient(t, s, lib)}
 }
@@ -99,8 +101,8 @@ func TestRetryRules(t *testing.T) {
 	rec := newRecorder()
 	startCallee(t, s, "svc", failFirstApp(rec), noOutlier)
 	// Short backoffs keep the test fast; they do not change what is retried.
-	fast := proxy.RetryPolicy{BackoffBase: time.Millisecond, BackoffMax: 2 * time.Millisecond}
-	mod := func(c *proxy.SidecarConfig) { c.DisableBreaker, c.Retry = true, fast }
+	fast := traffic.RetryPolicy{BackoffBase: time.Millisecond, BackoffMax: 2 * time.Millisecond}
+	mod := func(c *sidecar.Config) { c.Transport.DisableBreaker, c.Transport.Retry = true, fast }
 	clients := callerForms(t, s, mod, proxy.TransportConfig{DisableBreaker: true, Retry: fast})
 
 	methods := []retryMethod{
@@ -176,7 +178,7 @@ func TestRetryRulesMeshFailures(t *testing.T) {
 		s := meshtest.RunServer(t)
 		app, _ := startCallee(t, s, "svc", okApp, noOutlier)
 		app.Close()
-		noBreaker := func(c *proxy.SidecarConfig) { c.DisableBreaker = true }
+		noBreaker := func(c *sidecar.Config) { c.Transport.DisableBreaker = true }
 		for _, c := range callerForms(t, s, noBreaker, proxy.TransportConfig{DisableBreaker: true}) {
 			for _, tc := range []struct {
 				method, header string
@@ -217,8 +219,8 @@ func TestRetryRulesMeshFailures(t *testing.T) {
 		// After the parallel subtests, before the sidecar's shutdown.
 		t.Cleanup(func() { close(release) })
 		const perTry = 200 * time.Millisecond
-		retry := proxy.RetryPolicy{PerTryTimeout: perTry}
-		mod := func(c *proxy.SidecarConfig) { c.DisableBreaker, c.Retry, c.Timeout = true, retry, 10*time.Second }
+		retry := traffic.RetryPolicy{PerTryTimeout: perTry}
+		mod := func(c *sidecar.Config) { c.Transport.DisableBreaker, c.Transport.Retry, c.Transport.Timeout = true, retry, 10*time.Second }
 		for _, c := range callerForms(t, s, mod, proxy.TransportConfig{DisableBreaker: true, Retry: retry, Timeout: 10 * time.Second}) {
 			for _, method := range []string{http.MethodGet, http.MethodPost} {
 				t.Run(c.form+"/"+method, func(t *testing.T) {
@@ -258,9 +260,9 @@ func TestNoRespondersRetriedForAnyMethod(t *testing.T) {
 	t.Parallel()
 	s := meshtest.RunServer(t)
 	// The sidecar keeps the default backoff; short ones keep the rest fast.
-	clients := callerForms(t, s, nil, proxy.TransportConfig{Retry: proxy.RetryPolicy{BackoffBase: time.Millisecond}})
-	clients = append(clients, libraryClient(t, s, proxy.TransportConfig{Retry: proxy.RetryPolicy{Retries: 4, BackoffBase: time.Millisecond}}))
-	wantRetries := []int{proxy.DefaultRetries, proxy.DefaultRetries, 4}
+	clients := callerForms(t, s, nil, proxy.TransportConfig{Retry: traffic.RetryPolicy{BackoffBase: time.Millisecond}})
+	clients = append(clients, libraryClient(t, s, proxy.TransportConfig{Retry: traffic.RetryPolicy{Retries: 4, BackoffBase: time.Millisecond}}))
+	wantRetries := []int{traffic.DefaultRetries, traffic.DefaultRetries, 4}
 	for i, c := range clients {
 		for _, tc := range []struct {
 			name     string
@@ -268,8 +270,8 @@ func TestNoRespondersRetriedForAnyMethod(t *testing.T) {
 			attempts int
 		}{
 			{"small body", 10, 1 + wantRetries[i]},
-			{"body at the limit", proxy.RetryBodyLimit, 1 + wantRetries[i]},
-			{"body over the limit", proxy.RetryBodyLimit + 1, 1},
+			{"body at the limit", traffic.RetryBodyLimit, 1 + wantRetries[i]},
+			{"body over the limit", traffic.RetryBodyLimit + 1, 1},
 		} {
 			req := c.newRequest(t, http.MethodPost, "ghost", "/orders", strings.NewReader(strings.Repeat("x", tc.size)))
 			resp, body := c.do(t, req)
@@ -300,7 +302,7 @@ func TestRetryBudgetBoundsAttempts(t *testing.T) {
 	// Short backoffs keep the test fast; they do not change the budget.
 	c := libraryClient(t, s, proxy.TransportConfig{
 		DisableBreaker: true,
-		Retry:          proxy.RetryPolicy{Retries: 2, BackoffBase: time.Millisecond, BackoffMax: 2 * time.Millisecond},
+		Retry:          traffic.RetryPolicy{Retries: 2, BackoffBase: time.Millisecond, BackoffMax: 2 * time.Millisecond},
 	})
 	const calls = 300
 	start := time.Now()
@@ -380,12 +382,12 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 			startCallee(t, s, "healthy", okApp, noOutlier)
 			tr := &transitions{}
 			settings := breaker.Settings{ConsecutiveFailures: 3, OpenTimeout: 300 * time.Millisecond, HalfOpenProbes: 2, OnStateChange: tr.record}
-			never := proxy.RetryPolicy{Retries: -1}
+			never := traffic.RetryPolicy{Retries: -1}
 			var c meshClient
 			if form == formLibrary {
 				c = libraryClient(t, s, proxy.TransportConfig{Retry: never, Breaker: settings})
 			} else {
-				caller := startCaller(t, s, "frontend", func(c *proxy.SidecarConfig) { c.Retry, c.Breaker = never, settings })
+				caller := startCaller(t, s, "frontend", func(c *sidecar.Config) { c.Transport.Retry, c.Transport.Breaker = never, settings })
 				c = sidecarClient(t, formProxy, caller, "frontend")
 			}
 
@@ -505,7 +507,7 @@ func TestBreakerCountsOnlyTheDestinationsFailures(t *testing.T) {
 	const trip = 2
 	settings := breaker.Settings{ConsecutiveFailures: trip, FailureRatio: -1}
 	newClient := func(cfg proxy.TransportConfig) meshClient {
-		cfg.Retry, cfg.Breaker = proxy.RetryPolicy{Retries: -1}, settings
+		cfg.Retry, cfg.Breaker = traffic.RetryPolicy{Retries: -1}, settings
 		return libraryClient(t, s, cfg)
 	}
 	callN := func(c meshClient, n int, service, path string) (codes []string) {
@@ -574,7 +576,7 @@ func TestBreakerCountsOnlyTheDestinationsFailures(t *testing.T) {
 		}
 	})
 	t.Run("disabled", func(t *testing.T) {
-		c := libraryClient(t, s, proxy.TransportConfig{Retry: proxy.RetryPolicy{Retries: -1}, Breaker: settings, DisableBreaker: true})
+		c := libraryClient(t, s, proxy.TransportConfig{Retry: traffic.RetryPolicy{Retries: -1}, Breaker: settings, DisableBreaker: true})
 		callN(c, 10, "svc", "/503")
 		if circuitOpen(c, "svc") {
 			t.Errorf("DisableBreaker: 10 failures opened the breaker")
@@ -645,7 +647,7 @@ func TestHolderDeathDetectedByProbe(t *testing.T) {
 				defer close(release)
 				var first atomic.Bool // the first request, wherever it lands, is held
 				type instance struct {
-					sc       *proxy.Sidecar
+					sc       *sidecar.Sidecar
 					nc       *nats.Conn
 					held     atomic.Bool
 					requests atomic.Int64
@@ -665,14 +667,14 @@ func TestHolderDeathDetectedByProbe(t *testing.T) {
 						}
 						_, _ = io.WriteString(w, "served\n")
 					}))
-					in.sc, in.nc = startSidecarConn(t, s, proxy.SidecarConfig{Service: "svc", Upstream: app.URL, Outlier: proxy.OutlierConfig{Consecutive: -1}})
+					in.sc, in.nc = startSidecarConn(t, s, sidecar.Config{Service: "svc", Upstream: app.URL, Outlier: sidecar.OutlierConfig{Consecutive: -1}})
 					insts[i] = in
 				}
 				var c meshClient
 				if form == formLibrary {
 					c = libraryClient(t, s, proxy.TransportConfig{Timeout: timeout})
 				} else {
-					caller := startCaller(t, s, "frontend", func(c *proxy.SidecarConfig) { c.Timeout = timeout })
+					caller := startCaller(t, s, "frontend", func(c *sidecar.Config) { c.Transport.Timeout = timeout })
 					c = sidecarClient(t, formProxy, caller, "frontend")
 				}
 
@@ -761,7 +763,7 @@ func TestUnacknowledgedRequestIsLost(t *testing.T) {
 	}
 	const ackWait = 200 * time.Millisecond
 	clients := callerForms(t, s,
-		func(c *proxy.SidecarConfig) { c.AckWait, c.Timeout, c.DisableBreaker = ackWait, 10*time.Second, true },
+		func(c *sidecar.Config) { c.Transport.AckWait, c.Transport.Timeout, c.Transport.DisableBreaker = ackWait, 10*time.Second, true },
 		proxy.TransportConfig{AckWait: ackWait, Timeout: 10 * time.Second, DisableBreaker: true})
 	t.Cleanup(func() {
 		mu.Lock()
@@ -946,8 +948,8 @@ func TestNoRespondersRightAfterReconnect(t *testing.T) {
 			t.Fatalf("%s right after the reconnect: status %d Mesh-Error %q (Mesh-Attempts %s), want 200 once the callee is back",
 				r.resp.Request.Method, r.resp.StatusCode, r.resp.Header.Get(bus.HeaderError), r.resp.Header.Get(bus.HeaderAttempts))
 		}
-		if got := attemptsOf(r.resp); got <= 1+proxy.DefaultRetries {
-			t.Errorf("%s: Mesh-Attempts %d, want more than the %d of the usual retries", r.resp.Request.Method, got, 1+proxy.DefaultRetries)
+		if got := attemptsOf(r.resp); got <= 1+traffic.DefaultRetries {
+			t.Errorf("%s: Mesh-Attempts %d, want more than the %d of the usual retries", r.resp.Request.Method, got, 1+traffic.DefaultRetries)
 		}
 		t.Logf("%s succeeded %s after the reconnect, in %d attempts", r.resp.Request.Method, r.at.Sub(reconnected).Round(time.Millisecond), attemptsOf(r.resp))
 	}
@@ -956,8 +958,8 @@ func TestNoRespondersRightAfterReconnect(t *testing.T) {
 	time.Sleep(time.Until(reconnected.Add(1100 * time.Millisecond)))
 	resp, body := c.get(t, "ghost", "/")
 	wantMeshError(t, resp, body, http.StatusServiceUnavailable, bus.NoResponders)
-	if got := attemptsOf(resp); got != 1+proxy.DefaultRetries {
-		t.Errorf("ghost, long after the reconnect: Mesh-Attempts %d, want %d", got, 1+proxy.DefaultRetries)
+	if got := attemptsOf(resp); got != 1+traffic.DefaultRetries {
+		t.Errorf("ghost, long after the reconnect: Mesh-Attempts %d, want %d", got, 1+traffic.DefaultRetries)
 	}
 }
 
@@ -965,12 +967,12 @@ func TestNoRespondersRightAfterReconnect(t *testing.T) {
 type outlierEnv struct {
 	s     *embedded.Server
 	view  *registry.View
-	scs   []*proxy.Sidecar
+	scs   []*sidecar.Sidecar
 	fails []*atomic.Bool
 	c     meshClient
 }
 
-func newOutlierEnv(t *testing.T, n int, cfg proxy.OutlierConfig) *outlierEnv {
+func newOutlierEnv(t *testing.T, n int, cfg sidecar.OutlierConfig) *outlierEnv {
 	e := &outlierEnv{s: meshtest.RunServer(t), view: registry.NewView(registry.ViewConfig{})}
 	f, err := registry.Follow(meshtest.Connect(t, e.s), e.view, "", "svc")
 	if err != nil {
@@ -986,7 +988,7 @@ func newOutlierEnv(t *testing.T, n int, cfg proxy.OutlierConfig) *outlierEnv {
 			}
 			_, _ = io.WriteString(w, name)
 		}))
-		sc := startSidecar(t, e.s, proxy.SidecarConfig{
+		sc := startSidecar(t, e.s, sidecar.Config{
 			Service: "svc", Instance: fmt.Sprintf("svc-%d", i), Upstream: app.URL,
 			Heartbeat: 100 * time.Millisecond, Outlier: cfg,
 		})
@@ -1037,7 +1039,7 @@ func (e *outlierEnv) callUntilEjected(t *testing.T) *http.Response {
 func TestOutlierEjection(t *testing.T) {
 	t.Parallel()
 	const base = 500 * time.Millisecond
-	e := newOutlierEnv(t, 3, proxy.OutlierConfig{Consecutive: 3, BaseEjection: base})
+	e := newOutlierEnv(t, 3, sidecar.OutlierConfig{Consecutive: 3, BaseEjection: base})
 	bad := e.scs[0]
 	e.fails[0].Store(true)
 	e.waitHealth(t, 5*time.Second, func(h map[string]registry.Health) error {
@@ -1112,7 +1114,7 @@ func TestOutlierEjection(t *testing.T) {
 // no-responders.
 func TestOutlierLastPassingInstanceStays(t *testing.T) {
 	t.Parallel()
-	e := newOutlierEnv(t, 1, proxy.OutlierConfig{Consecutive: 3, BaseEjection: 10 * time.Second})
+	e := newOutlierEnv(t, 1, sidecar.OutlierConfig{Consecutive: 3, BaseEjection: 10 * time.Second})
 	e.fails[0].Store(true)
 	for i := range 10 {
 		resp, _ := e.c.get(t, "svc", "/")
@@ -1135,7 +1137,7 @@ func TestOutlierLastPassingInstanceStays(t *testing.T) {
 // instance of its service passes any more, and then stays in (last passing).
 func TestOutlierRejoinsWhenOthersAreGone(t *testing.T) {
 	t.Parallel()
-	e := newOutlierEnv(t, 2, proxy.OutlierConfig{Consecutive: 3, BaseEjection: 30 * time.Second})
+	e := newOutlierEnv(t, 2, sidecar.OutlierConfig{Consecutive: 3, BaseEjection: 30 * time.Second})
 	bad, good := e.scs[0], e.scs[1]
 	e.fails[0].Store(true)
 	e.waitHealth(t, 5*time.Second, func(h map[string]registry.Health) error {
@@ -1287,7 +1289,7 @@ func TestProbedDeathIsNotRemembered(t *testing.T) {
 		case <-r.Context().Done():
 		}
 	}))
-	cfg := proxy.SidecarConfig{Service: "svc", Instance: "svc-fixed", Upstream: app.URL, Outlier: proxy.OutlierConfig{Consecutive: -1}}
+	cfg := sidecar.Config{Service: "svc", Instance: "svc-fixed", Upstream: app.URL, Outlier: sidecar.OutlierConfig{Consecutive: -1}}
 	_, nc := startSidecarConn(t, s, cfg)
 	const probe = 50 * time.Millisecond
 	c := libraryClient(t, s, proxy.TransportConfig{Timeout: 10 * time.Second, ProbeInterval: probe})

@@ -18,6 +18,7 @@ import (
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/proxy"
 	"github.com/natsmesh/natsmesh/registry"
+	"github.com/natsmesh/natsmesh/sidecar"
 )
 
 // subsetApp is an instance of a service in a subset, served in library
@@ -144,7 +145,7 @@ func TestRouteHeaderMatchSidecars(t *testing.T) {
 	for _, subset := range []string{"v1", "v2"} {
 		startCallee(t, s, "reviews", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			io.WriteString(w, subset+"\n")
-		}), func(c *proxy.SidecarConfig) { c.Subset = subset })
+		}), func(c *sidecar.Config) { c.Subset = subset })
 	}
 	cfgs := newMemConfigs()
 	cfgs.apply(t, `
@@ -155,7 +156,7 @@ routes:
     split: {v2: 100}
   - split: {v1: 100}
 `)
-	caller := startCaller(t, s, "productpage", func(c *proxy.SidecarConfig) { c.Configs = cfgs })
+	caller := startCaller(t, s, "productpage", func(c *sidecar.Config) { c.Transport.Configs = cfgs })
 	c := sidecarClient(t, formProxy, caller, "productpage")
 	users := []string{"jason", "bob", "", "Jason", "jason2"}
 	var failed atomic.Int64
@@ -428,9 +429,10 @@ func TestSubsetNameValidated(t *testing.T) {
 	s := meshtest.RunServer(t)
 	nc := meshtest.Connect(t, s)
 	for _, bad := range []string{"V2", "v2.x", "*", ">", "a b"} {
-		_, err := proxy.StartSidecar(nc, proxy.SidecarConfig{Service: "reviews", Subset: bad, Upstream: "http://127.0.0.1:1", Listen: "127.0.0.1:0"})
-		if err == nil || !strings.Contains(err.Error(), "--subset") {
-			t.Errorf("sidecar subset %q: err = %v, want a --subset error", bad, err)
+		_, err := sidecar.Start(nc, sidecar.Config{Service: "reviews", Subset: bad, Upstream: "http://127.0.0.1:1", Listen: "127.0.0.1:0"})
+		// A library names the config field; only the command names flags.
+		if err == nil || !strings.Contains(err.Error(), "Config.Subset") || !errors.Is(err, sidecar.ErrInvalidConfig) {
+			t.Errorf("sidecar subset %q: err = %v, want an ErrInvalidConfig naming Config.Subset", bad, err)
 		}
 		if _, err := proxy.Serve(nc, http.NotFoundHandler(), proxy.ServeConfig{Service: "reviews", Subset: bad}); err == nil {
 			t.Errorf("Serve accepted subset %q", bad)
@@ -449,10 +451,10 @@ func TestOutlierLastOfSubsetStays(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(f.Stop)
-	startCallee(t, s, "reviews", okApp, func(c *proxy.SidecarConfig) { c.Subset = "v1"; c.Heartbeat = 100 * time.Millisecond })
+	startCallee(t, s, "reviews", okApp, func(c *sidecar.Config) { c.Subset = "v1"; c.Heartbeat = 100 * time.Millisecond })
 	_, v2 := startCallee(t, s, "reviews", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusServiceUnavailable)
-	}), func(c *proxy.SidecarConfig) {
+	}), func(c *sidecar.Config) {
 		c.Subset, c.Heartbeat, c.Outlier.Consecutive = "v2", 100*time.Millisecond, 3
 	})
 	// Both pass in the registry (the v2 sidecar's own view hears the same

@@ -19,6 +19,8 @@ import (
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/proxy"
+	"github.com/natsmesh/natsmesh/proxy/traffic"
+	"github.com/natsmesh/natsmesh/sidecar"
 )
 
 // HTTP semantics that must survive app → sidecar → NATS → sidecar → app and
@@ -179,7 +181,7 @@ func TestSemantics(t *testing.T) {
 			clients := []meshClient{
 				sidecarClient(t, formProxy, caller, "frontend"),
 				sidecarClient(t, formHost, caller, "frontend"),
-				libraryClient(t, s, proxy.TransportConfig{Caller: "backoffice", Retry: proxy.RetryPolicy{Retries: -1}, DisableBreaker: true}),
+				libraryClient(t, s, proxy.TransportConfig{Caller: "backoffice", Retry: traffic.RetryPolicy{Retries: -1}, DisableBreaker: true}),
 			}
 			for _, c := range clients {
 				t.Run(c.form, func(t *testing.T) {
@@ -733,7 +735,7 @@ func TestWireFormat(t *testing.T) {
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	caller := startCaller(t, s, "frontend", func(c *proxy.SidecarConfig) { c.Timeout = 2 * time.Second })
+	caller := startCaller(t, s, "frontend", func(c *sidecar.Config) { c.Transport.Timeout = 2 * time.Second })
 	c := sidecarClient(t, formProxy, caller, "frontend")
 
 	req := c.newRequest(t, http.MethodPost, "wire:9080", "/w?a=%20&b=ü", strings.NewReader("body"))

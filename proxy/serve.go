@@ -19,6 +19,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/metrics"
+	"github.com/natsmesh/natsmesh/proxy/traffic"
 )
 
 // DefaultMaxInflight is the default concurrency limit of one instance.
@@ -114,7 +115,7 @@ func Serve(nc *nats.Conn, h http.Handler, cfg ServeConfig) (*Server, error) {
 		}
 	}
 	if cfg.Instance == "" {
-		cfg.Instance = NewInstanceID(cfg.Service)
+		cfg.Instance = bus.NewInstanceID(cfg.Service)
 	}
 	if err := bus.ValidateName("instance", cfg.Instance); err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
@@ -352,11 +353,7 @@ func ackDelay(v string) (time.Duration, bool) {
 // outlier detection counts it.
 func appFailed(status int, e *bus.Error) bool {
 	if e != nil {
-		switch e.Code {
-		case bus.UpstreamUnreachable, bus.Timeout, bus.UpstreamLost:
-			return true
-		}
-		return false
+		return e.Code.Failure().Outlier
 	}
 	return status >= 500
 }
@@ -404,40 +401,52 @@ func (s *Server) serve(m *nats.Msg) {
 	if v := m.Header[bus.HeaderStream]; len(v) > 0 {
 		s.openRequestStream(&w, m)
 	}
-	if u, ok := s.h.(*Upstream); ok {
-		// The sidecar's path: straight from the message to the app, with no
-		// http.Request or context in between.
-		if e := u.forward(context.Background(), deadline, method, uri, bus.First(m.Header, bus.HeaderHost), m.Header, m.Data, &w); e != nil {
-			w.err = e
-		}
-	} else if e := s.handleMsg(deadline, &w, m, method, uri); e != nil {
-		w.err = e
-	}
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	ejected := w.ejected
-	if s.outcome != nil && !w.outcomeDone && !w.callerFailed() {
-		ejected = s.outcome(appFailed(w.status, w.err))
-	}
-	rec := outcome{status: w.status}
+	ejected := s.answer(&w, m, method, uri, deadline)
+	rec := traffic.Outcome{Status: w.status}
 	if w.err != nil {
-		rec = outcome{code: w.err.Code, status: w.err.Status}
+		rec = traffic.Outcome{Code: w.err.Code, Status: w.err.Status}
 	}
 	if span != nil {
 		endSpan(span, rec)
 	}
 	if edge != nil {
-		edge.Done(rec.status, rec.code, 1, time.Since(start))
+		edge.Done(rec.Status, rec.Code, 1, time.Since(start))
 	}
-	if w.streaming {
+	switch {
+	case w.streaming:
 		s.finishStream(&w)
-		return
-	}
-	if w.err != nil {
+	case w.err != nil:
 		s.respondErrorEjected(m, w.err, ejected)
-		return
+	default:
+		s.respond(&w, m, method, ejected)
 	}
+}
+
+// answer has the request answered, by the app (an Upstream, straight from
+// the message, with no http.Request or context in between) or by the
+// handler, and tells outlier detection how it went; it returns the ejection
+// that started, if any.
+func (s *Server) answer(w *responseWriter, m *nats.Msg, method, uri string, deadline time.Time) time.Duration {
+	var e *bus.Error
+	if u, ok := s.h.(*Upstream); ok {
+		e = u.forward(context.Background(), deadline, method, uri, bus.First(m.Header, bus.HeaderHost), m.Header, m.Data, w)
+	} else {
+		e = s.handleMsg(deadline, w, m, method, uri)
+	}
+	if e != nil {
+		w.err = e
+	}
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	if s.outcome != nil && !w.outcomeDone && !w.callerFailed() {
+		return s.outcome(appFailed(w.status, w.err))
+	}
+	return w.ejected
+}
+
+// respond sends the app's answer, which fits one message.
+func (s *Server) respond(w *responseWriter, m *nats.Msg, method string, ejected time.Duration) {
 	if w.status >= 500 {
 		s.recordFailure("HTTP " + bus.StatusText(w.status) + " from the app")
 	}

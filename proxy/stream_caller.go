@@ -90,7 +90,7 @@ type callerWait struct {
 	timer   *time.Timer
 }
 
-func (w *callerWait) next() (*nats.Msg, *bus.Error, error) {
+func (w *callerWait) next() (*nats.Msg, error) {
 	deadline := time.Now().Add(w.idle)
 	step := min(w.idle, w.t.probeInterval)
 	if w.timer == nil {
@@ -103,23 +103,23 @@ func (w *callerWait) next() (*nats.Msg, *bus.Error, error) {
 		case m := <-w.ch:
 			if m == nil {
 				if w.t.isClosed() {
-					return nil, nil, ErrTransportClosed
+					return nil, ErrTransportClosed
 				}
-				return nil, bus.Errorf(bus.UpstreamLost, "the NATS connection dropped in the middle of a body streamed with %s", w.service), nil
+				return nil, bus.Errorf(bus.UpstreamLost, "the NATS connection dropped in the middle of a body streamed with %s", w.service)
 			}
-			return m, nil, nil
+			return m, nil
 		case <-w.timer.C:
 			if !time.Now().Before(deadline) {
-				return nil, bus.Errorf(bus.Timeout, "the body streamed with %q did not move for %s", w.service, w.idle.Round(time.Millisecond)), nil
+				return nil, bus.Errorf(bus.Timeout, "the body streamed with %q did not move for %s", w.service, w.idle.Round(time.Millisecond))
 			}
 			if w.t.probes.dead(w.holder) {
-				return nil, bus.Errorf(bus.UpstreamLost, "instance %s of %q went away in the middle of a streamed body", w.holder, w.service), nil
+				return nil, bus.Errorf(bus.UpstreamLost, "instance %s of %q went away in the middle of a streamed body", w.holder, w.service)
 			}
 			w.timer.Reset(min(time.Until(deadline), w.t.probeInterval))
 		case <-w.ctx.Done():
-			return nil, nil, w.ctx.Err()
+			return nil, w.ctx.Err()
 		case <-w.quit:
-			return nil, nil, errStreamClosed
+			return nil, errStreamClosed
 		}
 	}
 }
@@ -143,19 +143,17 @@ func (t *Transport) cancelAt(holder, replyTo string) {
 // when the body could not go: the client's body failed or grew past
 // max-body (the callee is told with a Mesh-Error chunk), or the callee went
 // quiet or away.
-func (t *Transport) upload(ctx context.Context, pl *plan, rb *reqStream, ch chan *nats.Msg, replyTo, holder string, credit int64, idle time.Duration) (*nats.Msg, *bus.Error, error) {
+func (t *Transport) upload(ctx context.Context, pl *plan, rb *reqStream, ch chan *nats.Msg, replyTo, holder string, credit int64, idle time.Duration) (*nats.Msg, error) {
 	var answer *nats.Msg
 	w := callerWait{t: t, ctx: ctx, ch: ch, holder: holder, service: pl.service, idle: idle}
 	defer w.stop()
 	snd := sender{nc: t.nc, subject: t.subj.Inst(holder), tag: []string{replyTo}, credit: credit, chunk: chunkSize(t.nc.MaxPayload())}
 	snd.wait = func() (int64, error) {
 		for {
-			m, e, err := w.next()
+			m, err := w.next()
 			switch {
 			case err != nil:
 				return 0, err
-			case e != nil:
-				return 0, e
 			case m.Header[bus.HeaderCredit] != nil && m.Header[bus.HeaderStatus] == nil:
 				if n, _ := strconv.ParseInt(bus.First(m.Header, bus.HeaderCredit), 10, 64); n > 0 {
 					return n, nil
@@ -167,21 +165,21 @@ func (t *Transport) upload(ctx context.Context, pl *plan, rb *reqStream, ch chan
 			}
 		}
 	}
-	failed := func(err error) (*nats.Msg, *bus.Error, error) {
-		var e *bus.Error
-		switch {
-		case errors.Is(err, errAnswered):
-			return answer, nil, nil
-		case errors.As(err, &e):
-			return nil, e, nil
-		}
-		return nil, nil, err
+	err := rb.send(&snd)
+	if errors.Is(err, errAnswered) {
+		return answer, nil
 	}
+	return nil, err
+}
+
+// send sends the body: its prefix already read, then the rest in chunks of
+// at least minCharge (a chunk costs that much anyway), then its end.
+func (rb *reqStream) send(snd *sender) error {
 	total := int64(len(rb.prefix))
 	if total > 0 {
 		rb.sent = true
 		if err := snd.write(rb.prefix); err != nil {
-			return failed(err)
+			return err
 		}
 	}
 	bp := getChunk()
@@ -189,8 +187,6 @@ func (t *Transport) upload(ctx context.Context, pl *plan, rb *reqStream, ch chan
 	buf := (*bp)[:snd.chunk]
 	fill := min(minCharge, len(buf))
 	for {
-		// Read at least minCharge (a chunk costs that much anyway) or to
-		// the end of the body.
 		n := 0
 		var rerr error
 		for n < fill && rerr == nil {
@@ -203,26 +199,22 @@ func (t *Transport) upload(ctx context.Context, pl *plan, rb *reqStream, ch chan
 			if total > rb.max {
 				e := tooLargeBody(rb.max)
 				_ = snd.abort(e)
-				return nil, e, nil
+				return e
 			}
 			rb.sent = true
 			if err := snd.write(buf[:n]); err != nil {
-				return failed(err)
+				return err
 			}
 		}
 		if rerr == io.EOF {
-			break
+			return snd.end()
 		}
 		if rerr != nil {
 			e := bus.Errorf(bus.BadRequest, "the request body failed after %d bytes: %v", total, rerr)
 			_ = snd.abort(e)
-			return nil, e, nil
+			return e
 		}
 	}
-	if err := snd.end(); err != nil {
-		return failed(err)
-	}
-	return nil, nil, nil
 }
 
 // respStream is a response body that arrives in chunks. Its receiver reads
@@ -266,12 +258,9 @@ func (st *respStream) length(head *nats.Msg) int64 {
 
 func (st *respStream) nextMsg() (*nats.Msg, error) {
 	for {
-		m, e, err := st.w.next()
+		m, err := st.w.next()
 		if err != nil {
 			return nil, err
-		}
-		if e != nil {
-			return nil, e
 		}
 		if m.Header[bus.HeaderSeq] != nil {
 			return m, nil
@@ -338,7 +327,7 @@ func writeStream(w http.ResponseWriter, r *http.Request, m *nats.Msg, st *respSt
 	defer st.Close()
 	code, ok := replyStatus(m)
 	if !ok {
-		writeError(w, r, badStatus())
+		WriteError(w, r, badStatus())
 		return
 	}
 	copyReplyHeaders(w.Header(), m)

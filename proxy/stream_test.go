@@ -21,6 +21,7 @@ import (
 	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/proxy"
+	"github.com/natsmesh/natsmesh/sidecar"
 )
 
 // streamApp serves the endpoints the stream tests use.
@@ -301,7 +302,7 @@ func TestStreamHolderDiesNotRetried(t *testing.T) {
 	})
 	app := startApp(t, h)
 	nc := meshtest.Connect(t, s)
-	dying, err := proxy.StartSidecar(nc, proxy.SidecarConfig{Service: "files", Upstream: app.URL, Listen: "127.0.0.1:0", Logger: testLogger()})
+	dying, err := sidecar.Start(nc, sidecar.Config{Service: "files", Upstream: app.URL, Listen: "127.0.0.1:0", Logger: testLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,7 +317,7 @@ func TestStreamHolderDiesNotRetried(t *testing.T) {
 	// A short timeout: the dead instance's request waits for chunks that
 	// never come for as long (its app's server waits for the rest of the
 	// body until then).
-	caller := startCaller(t, s, "frontend", func(c *proxy.SidecarConfig) { c.Timeout = 2 * time.Second })
+	caller := startCaller(t, s, "frontend", func(c *sidecar.Config) { c.Transport.Timeout = 2 * time.Second })
 	c := sidecarClient(t, formProxy, caller, "frontend")
 	pr, pw := io.Pipe()
 	go func() {

@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/proxy/traffic"
 )
 
 // tracerName names the proxy's spans' instrumentation scope.
@@ -87,7 +88,7 @@ func (tr *tracer) startClient(ctx context.Context, service, subject, method, uri
 }
 
 // endClient ends a call's client span with how the call went.
-func endClient(span trace.Span, r *reply) {
+func endClient(span trace.Span, r *reply, e *bus.Error) {
 	if !span.IsRecording() {
 		span.End()
 		return
@@ -96,9 +97,9 @@ func endClient(span trace.Span, r *reply) {
 	if r.attempts > 1 {
 		span.SetAttributes(semconv.HTTPRequestResendCount(r.attempts - 1))
 	}
-	o := outcome{}
-	if r.err != nil || r.m != nil {
-		o = outcomeOf(r.m, r.err)
+	o := traffic.Outcome{}
+	if e != nil || r.m != nil {
+		o = outcomeOf(r.m, e)
 	}
 	endSpan(span, o)
 }
@@ -127,20 +128,20 @@ func (tr *tracer) startServer(m *nats.Msg, instance, method, uri string) trace.S
 }
 
 // endSpan records the outcome of a call on its span.
-func endSpan(span trace.Span, o outcome) {
+func endSpan(span trace.Span, o traffic.Outcome) {
 	if !span.IsRecording() {
 		span.End()
 		return
 	}
-	if o.status != 0 {
-		span.SetAttributes(semconv.HTTPResponseStatusCode(o.status))
+	if o.Status != 0 {
+		span.SetAttributes(semconv.HTTPResponseStatusCode(o.Status))
 	}
 	switch {
-	case o.code != "":
-		span.SetAttributes(semconv.ErrorTypeKey.String(string(o.code)), attribute.String("natsmesh.error", string(o.code)))
-		span.SetStatus(codes.Error, string(o.code))
-	case o.status >= 500:
-		span.SetAttributes(semconv.ErrorTypeKey.String(bus.StatusText(o.status)))
+	case o.Code != "":
+		span.SetAttributes(semconv.ErrorTypeKey.String(string(o.Code)), attribute.String("natsmesh.error", string(o.Code)))
+		span.SetStatus(codes.Error, string(o.Code))
+	case o.Status >= 500:
+		span.SetAttributes(semconv.ErrorTypeKey.String(bus.StatusText(o.Status)))
 		span.SetStatus(codes.Error, "")
 	}
 	span.End()

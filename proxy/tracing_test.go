@@ -20,6 +20,8 @@ import (
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/proxy"
+	"github.com/natsmesh/natsmesh/proxy/traffic"
+	"github.com/natsmesh/natsmesh/sidecar"
 )
 
 // w3cTraceHeaders are the W3C trace-context headers.
@@ -58,8 +60,8 @@ func (l *headerLog) get(path string) http.Header {
 // test calls b through a; b's app calls c through b's own sidecar, passing
 // the trace headers of its request on, as an instrumented app would.
 type chain struct {
-	a      *proxy.Sidecar
-	b, c   *proxy.Sidecar
+	a      *sidecar.Sidecar
+	b, c   *sidecar.Sidecar
 	hc     *http.Client // through a's outbound listener
 	cSeen  *headerLog   // what c's app received
 	bSeen  *headerLog   // what b's app received
@@ -73,8 +75,8 @@ func newChain(t *testing.T, tp trace.TracerProvider, traced ...string) *chain {
 	for _, name := range traced {
 		ch.traced[name] = true
 	}
-	with := func(name string) func(*proxy.SidecarConfig) {
-		return func(c *proxy.SidecarConfig) {
+	with := func(name string) func(*sidecar.Config) {
+		return func(c *sidecar.Config) {
 			c.Outlier.Consecutive = -1
 			if ch.traced[name] {
 				c.TracerProvider = tp
@@ -343,7 +345,7 @@ func TestTraceRecordsFailures(t *testing.T) {
 		"http.request.method": "POST",
 		"server.address":      "nobody",
 		"error.type":          string(bus.NoResponders),
-		"natsmesh.attempts":   fmt.Sprint(1 + proxy.DefaultRetries),
+		"natsmesh.attempts":   fmt.Sprint(1 + traffic.DefaultRetries),
 	})
 	if s.Status.Code != codes.Error || s.SpanKind != trace.SpanKindClient {
 		t.Errorf("client span of no-responders: kind %s status %v, want client, Error", s.SpanKind, s.Status.Code)

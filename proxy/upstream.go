@@ -3,9 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -21,17 +19,6 @@ import (
 
 	"github.com/natsmesh/natsmesh/bus"
 )
-
-// NewInstanceID returns "<service>-<12 hex digits>", a valid instance name.
-func NewInstanceID(service string) string {
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	id := hex.EncodeToString(b[:])
-	if len(service)+1+len(id) > bus.MaxNameLen {
-		service = service[:bus.MaxNameLen-1-len(id)]
-	}
-	return service + "-" + id
-}
 
 // Upstream forwards requests to one local HTTP app over a pool of keep-alive
 // HTTP/1.1 connections. The request URI goes out byte for byte, redirects are
@@ -132,7 +119,7 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer putBuf(buf)
 	if r.Body != nil {
 		if _, err := buf.ReadFrom(r.Body); err != nil {
-			writeError(w, r, bus.Errorf(bus.BadRequest, "cannot read the request body: %v", err))
+			WriteError(w, r, bus.Errorf(bus.BadRequest, "cannot read the request body: %v", err))
 			return
 		}
 	}
@@ -156,7 +143,7 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			rw.setMeshError(e)
 			return
 		}
-		writeError(w, r, e)
+		WriteError(w, r, e)
 		return
 	}
 	if !ours {

@@ -30,6 +30,7 @@ import (
 	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/config"
 	"github.com/natsmesh/natsmesh/proxy"
+	"github.com/natsmesh/natsmesh/sidecar"
 )
 
 func main() {
@@ -88,7 +89,7 @@ func run(conns int, duration, fast time.Duration, policies []string) error {
 			return err
 		}
 		defer nc.Close()
-		sc, err := proxy.StartSidecar(nc, proxy.SidecarConfig{
+		sc, err := sidecar.Start(nc, sidecar.Config{
 			Service: "svc", Instance: fmt.Sprintf("svc-%d", i), Upstream: app.URL, Listen: "127.0.0.1:0",
 			Heartbeat: 200 * time.Millisecond, Logger: quiet,
 		})
@@ -106,9 +107,9 @@ func run(conns int, duration, fast time.Duration, policies []string) error {
 	if err != nil {
 		return err
 	}
-	caller, err := proxy.StartSidecar(cnc, proxy.SidecarConfig{
+	caller, err := sidecar.Start(cnc, sidecar.Config{
 		Service: "client", Upstream: "http://127.0.0.1:1", Listen: "127.0.0.1:0",
-		Configs: watcher, Logger: quiet,
+		Logger: quiet, Transport: proxy.TransportConfig{Configs: watcher},
 	})
 	if err != nil {
 		return err

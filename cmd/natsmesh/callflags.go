@@ -6,6 +6,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/breaker"
 	"github.com/natsmesh/natsmesh/proxy"
+	"github.com/natsmesh/natsmesh/proxy/traffic"
 )
 
 // callFlags are the knobs of outbound calls that the sidecar and the gateway
@@ -15,19 +16,19 @@ import (
 type callFlags struct {
 	retries        *int
 	breakerOn      *string
-	Retry          proxy.RetryPolicy
+	Retry          traffic.RetryPolicy
 	Breaker        breaker.Settings
 	DisableBreaker bool
 	AckWait        time.Duration
 }
 
 func (c *callFlags) register(fs *flag.FlagSet) {
-	c.retries = fs.Int("retries", proxy.DefaultRetries, "retries of a failed outbound call (0: none); only failures that are safe to retry are, see README")
-	fs.DurationVar(&c.Retry.BackoffBase, "retry-backoff", proxy.DefaultBackoffBase, "first wait before a retry; it doubles, with jitter, up to --retry-backoff-max")
-	fs.DurationVar(&c.Retry.BackoffMax, "retry-backoff-max", proxy.DefaultBackoffMax, "longest wait before a retry")
+	c.retries = fs.Int("retries", traffic.DefaultRetries, "retries of a failed outbound call (0: none); only failures that are safe to retry are, see README")
+	fs.DurationVar(&c.Retry.BackoffBase, "retry-backoff", traffic.DefaultBackoffBase, "first wait before a retry; it grows 1.5× per retry, with jitter, up to --retry-backoff-max")
+	fs.DurationVar(&c.Retry.BackoffMax, "retry-backoff-max", traffic.DefaultBackoffMax, "longest wait before a retry")
 	fs.DurationVar(&c.Retry.PerTryTimeout, "per-try-timeout", 0, "deadline of each attempt, so a timed-out idempotent call can be retried (0: an attempt may use the whole --timeout)")
-	fs.Float64Var(&c.Retry.BudgetRatio, "retry-budget", proxy.DefaultBudgetRatio, "retries per destination may be at most this share of its calls over 10s, plus --retry-budget-min")
-	fs.Float64Var(&c.Retry.BudgetMinPerSecond, "retry-budget-min", proxy.DefaultBudgetMinPerSecond, "retries per second per destination always allowed by the budget")
+	fs.Float64Var(&c.Retry.BudgetRatio, "retry-budget", traffic.DefaultBudgetRatio, "retries per destination may be at most this share of its calls over 10s, plus --retry-budget-min")
+	fs.Float64Var(&c.Retry.BudgetMinPerSecond, "retry-budget-min", traffic.DefaultBudgetMinPerSecond, "retries per second per destination always allowed by the budget")
 	c.breakerOn = fs.String("breaker", "on", "circuit breaker per destination service: on or off")
 	fs.IntVar(&c.Breaker.ConsecutiveFailures, "breaker-failures", breaker.DefaultConsecutiveFailures, "failures in a row that open the breaker")
 	fs.Float64Var(&c.Breaker.FailureRatio, "breaker-ratio", breaker.DefaultFailureRatio, "share of failed calls over --breaker-window that opens the breaker")
@@ -72,4 +73,9 @@ func checkMaxBody(n int64) error {
 		return usagef("--max-body %d: use 1 or more bytes", n)
 	}
 	return nil
+}
+
+// transport sets the call knobs on tc.
+func (c *callFlags) transport(tc *proxy.TransportConfig) {
+	tc.Retry, tc.Breaker, tc.DisableBreaker, tc.AckWait = c.Retry, c.Breaker, c.DisableBreaker, c.AckWait
 }

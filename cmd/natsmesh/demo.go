@@ -18,9 +18,11 @@ import (
 	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/config"
 	"github.com/natsmesh/natsmesh/examples/bookinfo"
+	"github.com/natsmesh/natsmesh/gateway"
 	"github.com/natsmesh/natsmesh/metrics"
 	"github.com/natsmesh/natsmesh/proxy"
 	"github.com/natsmesh/natsmesh/registry"
+	"github.com/natsmesh/natsmesh/sidecar"
 )
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -246,14 +248,15 @@ func (d *demo) app(service, version string) error {
 		ln.Close()
 		return err
 	}
-	cfg := proxy.SidecarConfig{
+	cfg := sidecar.Config{
 		Service: service, Upstream: "http://" + ln.Addr().String(), Listen: "127.0.0.1:0",
-		Configs: watcher, Logger: d.log.With("service", service), StatsInterval: d.statsInterval,
+		Logger: d.log.With("service", service), StatsInterval: d.statsInterval,
+		Transport: proxy.TransportConfig{Configs: watcher},
 	}
 	if service == "reviews" {
 		cfg.Subset = version
 	}
-	sc, err := proxy.StartSidecar(nc, cfg)
+	sc, err := sidecar.Start(nc, cfg)
 	if err != nil {
 		ln.Close()
 		return err
@@ -277,7 +280,7 @@ func (d *demo) app(service, version string) error {
 }
 
 // gateway serves the gateway on ln: every path to productpage.
-func (d *demo) gateway(ln net.Listener) (*http.Server, error) {
+func (d *demo) gateway(ln net.Listener) (*gateway.Gateway, error) {
 	nc, err := bus.Connect(bus.ConnectConfig{URL: d.url, Name: "natsmesh-demo-gateway", Logger: d.log})
 	if err != nil {
 		return nil, err
@@ -287,25 +290,11 @@ func (d *demo) gateway(ln net.Listener) (*http.Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	set := metrics.NewSet(metrics.Identity{Service: "gateway", Instance: proxy.NewInstanceID("gateway"), Kind: "gateway"}, metrics.Options{})
-	set.SetState(metrics.StateServing)
-	stats, err := metrics.StartPublisher(nc, "", set, d.statsInterval, d.log)
-	if err != nil {
-		return nil, err
-	}
-	d.onStop(func(context.Context) { stats.Stop() })
-	tr, err := proxy.NewTransport(nc, proxy.TransportConfig{Caller: "gateway", Configs: watcher, Logger: d.log, Metrics: set})
-	if err != nil {
-		return nil, err
-	}
-	d.onStop(func(context.Context) { tr.Close() })
-	gw, err := proxy.NewGateway(tr, []proxy.GatewayRoute{{Prefix: "/", Service: "productpage"}}, d.log)
-	if err != nil {
-		return nil, err
-	}
-	hs := &http.Server{Handler: gw, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = hs.Serve(ln) }()
-	return hs, nil
+	return gateway.Start(nc, gateway.Config{
+		Listener: ln, Routes: []gateway.Route{{Prefix: "/", Service: "productpage"}},
+		StatsInterval: d.statsInterval, Logger: d.log,
+		Transport: proxy.TransportConfig{Configs: watcher},
+	})
 }
 
 // demoLoad requests page rate times a second, every fourth time as user jason,

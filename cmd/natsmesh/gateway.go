@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
-	"net/http"
 	"strings"
 	"time"
 
@@ -15,14 +13,14 @@ import (
 
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/config"
-	"github.com/natsmesh/natsmesh/metrics"
+	"github.com/natsmesh/natsmesh/gateway"
 	"github.com/natsmesh/natsmesh/metrics/prom"
 	"github.com/natsmesh/natsmesh/proxy"
 	"github.com/natsmesh/natsmesh/telemetry"
 )
 
 // routeFlags collect the repeated --route flag.
-type routeFlags []proxy.GatewayRoute
+type routeFlags []gateway.Route
 
 func (r *routeFlags) String() string {
 	s := make([]string, len(*r))
@@ -33,9 +31,9 @@ func (r *routeFlags) String() string {
 }
 
 func (r *routeFlags) Set(v string) error {
-	rt, err := proxy.ParseGatewayRoute(v)
+	rt, err := gateway.ParseRoute(v)
 	if err != nil {
-		return errors.New(strings.TrimPrefix(err.Error(), "proxy: "))
+		return err
 	}
 	*r = append(*r, rt)
 	return nil
@@ -74,8 +72,8 @@ Example:
 	lf.register(fs)
 	var routes routeFlags
 	fs.Var(&routes, "route", "PREFIX=SERVICE or HOST/PREFIX=SERVICE, for example /=productpage or shop.example.com/api=details (required; repeat for more routes)")
-	listen := fs.String("listen", proxy.DefaultGatewayListen, "address the gateway takes traffic on")
-	name := fs.String("name", proxy.DefaultGatewayCaller, "name the gateway calls services as (their Mesh-Caller), and its service.name in traces")
+	listen := fs.String("listen", gateway.DefaultListen, "address the gateway takes traffic on")
+	name := fs.String("name", gateway.DefaultCaller, "name the gateway calls services as (their Mesh-Caller), and its service.name in traces")
 	prefix := prefixFlag(fs)
 	timeout := fs.Duration("timeout", proxy.DefaultTimeout, "deadline of each request's call, retries included, unless the service's config sets another")
 	maxBody := fs.Int64("max-body", proxy.DefaultMaxBody, "largest request body, in bytes, a client may send; larger ones are answered 413 too-large (bodies over one NATS message stream in chunks)")
@@ -147,71 +145,49 @@ Example:
 			log.Warn("traces not flushed", "error", err)
 		}
 	}()
-	tcfg := proxy.TransportConfig{
-		Caller: *name, Prefix: *prefix, Timeout: *timeout, MaxBody: *maxBody,
-		Retry: calls.Retry, Breaker: calls.Breaker, DisableBreaker: calls.DisableBreaker, AckWait: calls.AckWait,
-		Logger: log, Follow: true,
+	cfg := gateway.Config{
+		Name: *name, Listener: ln, Routes: routes, Prefix: *prefix, Logger: log, StatsInterval: -1,
+		Transport: proxy.TransportConfig{Timeout: *timeout, MaxBody: *maxBody},
 	}
+	calls.transport(&cfg.Transport)
 	if tracing.Enabled() {
-		tcfg.TracerProvider = tracing.TracerProvider()
+		cfg.TracerProvider = tracing.TracerProvider()
 		log.Info("tracing on", "exporter", tracing.Exporter())
 	}
-	if tcfg.Configs, err = config.NewWatcher(nc, *prefix, log); err != nil {
+	if cfg.Transport.Configs, err = config.NewWatcher(nc, *prefix, log); err != nil {
 		return err
 	}
-	stopStats := func() {}
 	if mf.interval > 0 {
-		tcfg.Metrics = metrics.NewSet(metrics.Identity{Service: *name, Instance: proxy.NewInstanceID(*name), Kind: "gateway"}, metrics.Options{})
-		tcfg.Metrics.SetState(metrics.StateServing)
-		stats, err := metrics.StartPublisher(nc, *prefix, tcfg.Metrics, mf.interval, log)
+		cfg.StatsInterval = mf.interval
+	}
+	gw, err := gateway.Start(nc, cfg)
+	if errors.Is(err, gateway.ErrInvalidConfig) {
+		return usageError{err}
+	} else if err != nil {
+		return err
+	}
+	if m := gw.Metrics(); m != nil {
+		stop, err := mf.serve(log, prom.NewCollector(m))
 		if err != nil {
-			return err
-		}
-		defer stats.Stop()
-		stopStats = stats.Stop // before the connection drains: the last counts
-		stop, err := mf.serve(log, prom.NewCollector(tcfg.Metrics))
-		if err != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_ = gw.Shutdown(sctx)
 			return err
 		}
 		defer stop()
 	}
-	tr, err := proxy.NewTransport(nc, tcfg)
-	if err != nil {
-		return err
-	}
-	defer tr.Close()
-	gw, err := proxy.NewGateway(tr, routes, log)
-	if err != nil {
-		return usagef("%s", strings.TrimPrefix(err.Error(), "proxy: "))
-	}
-	srv := &http.Server{
-		Handler:           gw,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
 	log.Info("gateway ready", "listen", ln.Addr().String(), "routes", routes.String(), "nats", nf.cfg.URL)
-	fmt.Fprintf(stdout, "gateway on http://%s\n", ln.Addr())
+	fmt.Fprintf(stdout, "gateway on http://%s\n", gw.Addr())
 
 	select {
 	case <-ctx.Done():
-	case err := <-served:
+	case err := <-gw.Failed():
 		return fmt.Errorf("the gateway stopped serving: %w", err)
 	}
 	log.Info("draining")
-	if tcfg.Metrics != nil {
-		tcfg.Metrics.SetState(metrics.StateDraining)
-	}
 	dctx, cancel := context.WithTimeout(context.Background(), *drain)
 	defer cancel()
-	err = srv.Shutdown(dctx)
-	if serr := <-served; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
-		err = errors.Join(err, serr)
-	}
-	tr.Close()
-	stopStats()
+	err = gw.Shutdown(dctx)
 	drainNATS(dctx, nc, closed)
 	if err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/natsmesh/natsmesh/metrics/prom"
 	"github.com/natsmesh/natsmesh/proxy"
 	"github.com/natsmesh/natsmesh/registry"
+	"github.com/natsmesh/natsmesh/sidecar"
 	"github.com/natsmesh/natsmesh/telemetry"
 )
 
@@ -42,16 +44,16 @@ subset.`, stderr)
 	nf.register(fs)
 	var lf logFlags
 	lf.register(fs)
-	var cfg proxy.SidecarConfig
+	var cfg sidecar.Config
 	fs.StringVar(&cfg.Service, "service", "", "service name (required): lowercase letters, digits, '-' or '_'")
 	fs.StringVar(&cfg.Subset, "subset", "", "subset of the service this instance is in, for example v2: routes of the service's config that pick v2 reach it (default: none; it takes only the service's unrouted calls)")
 	fs.StringVar(&cfg.Instance, "instance", "", "instance id (default <service>-<random>)")
 	fs.StringVar(&cfg.Upstream, "upstream", "", "URL of the app, for example http://127.0.0.1:8080 (required)")
-	fs.StringVar(&cfg.Listen, "listen", proxy.DefaultOutboundListen, "address of the outbound proxy the app calls through")
+	fs.StringVar(&cfg.Listen, "listen", sidecar.DefaultListen, "address of the outbound proxy the app calls through")
 	prefix := prefixFlag(fs)
-	fs.IntVar(&cfg.MaxInflight, "max-inflight", proxy.DefaultMaxInflight, "inbound requests handled at once; more are answered 503 overloaded")
-	fs.DurationVar(&cfg.Timeout, "timeout", proxy.DefaultTimeout, "default deadline of calls: the app's outbound calls, and inbound requests that carry none")
-	fs.Int64Var(&cfg.MaxBody, "max-body", proxy.DefaultMaxBody, "largest request body, in bytes, the app may send through the mesh; larger ones are answered 413 too-large (bodies over one NATS message stream in chunks)")
+	fs.IntVar(&cfg.Serve.MaxInflight, "max-inflight", proxy.DefaultMaxInflight, "inbound requests handled at once; more are answered 503 overloaded")
+	fs.DurationVar(&cfg.Transport.Timeout, "timeout", proxy.DefaultTimeout, "default deadline of calls: the app's outbound calls, and inbound requests that carry none")
+	fs.Int64Var(&cfg.Transport.MaxBody, "max-body", proxy.DefaultMaxBody, "largest request body, in bytes, the app may send through the mesh; larger ones are answered 413 too-large (bodies over one NATS message stream in chunks)")
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", registry.DefaultInterval, "interval of the instance's heartbeats; it expires from the registry after 3 missed ones")
 	fs.StringVar(&cfg.HealthCheck.Path, "health-path", "", "path of the app's health check, for example /healthz; while it fails the instance takes no traffic (default: no checks)")
 	fs.DurationVar(&cfg.HealthCheck.Interval, "health-interval", time.Second, "interval between health checks")
@@ -59,9 +61,9 @@ subset.`, stderr)
 	fs.IntVar(&cfg.HealthCheck.Passes, "health-passes", 2, "passed checks in a row before it takes traffic again")
 	var calls callFlags
 	calls.register(fs)
-	outlier := fs.Int("outlier-failures", proxy.DefaultOutlierConsecutive, "app failures in a row (5xx, refused, timed out) that eject this instance from its queue groups (0: never)")
-	fs.DurationVar(&cfg.Outlier.BaseEjection, "outlier-ejection", proxy.DefaultBaseEjection, "first ejection time; each repeat adds as much")
-	fs.DurationVar(&cfg.Outlier.MaxEjection, "outlier-max-ejection", proxy.DefaultMaxEjection, "longest ejection time")
+	outlier := fs.Int("outlier-failures", sidecar.DefaultOutlierConsecutive, "app failures in a row (5xx, refused, timed out) that eject this instance from its queue groups (0: never)")
+	fs.DurationVar(&cfg.Outlier.BaseEjection, "outlier-ejection", sidecar.DefaultBaseEjection, "first ejection time; each repeat adds as much")
+	fs.DurationVar(&cfg.Outlier.MaxEjection, "outlier-max-ejection", sidecar.DefaultMaxEjection, "longest ejection time")
 	egress := fs.String("egress", "allow", "calls to hosts outside the mesh: allow or deny")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "longest wait for in-flight requests on shutdown")
 	var mf metricsFlags
@@ -80,8 +82,9 @@ subset.`, stderr)
 		return err
 	}
 	cfg.StatsInterval = mf.statsInterval()
-	cfg.Retry, cfg.Breaker, cfg.DisableBreaker, cfg.AckWait = calls.Retry, calls.Breaker, calls.DisableBreaker, calls.AckWait
-	if err := checkMaxBody(cfg.MaxBody); err != nil {
+	calls.transport(&cfg.Transport)
+	cfg.Serve.Timeout = cfg.Transport.Timeout
+	if err := checkMaxBody(cfg.Transport.MaxBody); err != nil {
 		return err
 	}
 	switch {
@@ -135,8 +138,13 @@ subset.`, stderr)
 	cfg.Logger = log
 
 	if cfg.Instance == "" {
-		cfg.Instance = proxy.NewInstanceID(cfg.Service)
+		cfg.Instance = bus.NewInstanceID(cfg.Service)
 	}
+	// The port first: a taken one is the likeliest mistake, and needs no NATS.
+	if cfg.Listener, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return fmt.Errorf("cannot listen on %s for the app's outbound calls, which another program may be using (%v); choose another address with --listen", cfg.Listen, err)
+	}
+	defer cfg.Listener.Close()
 	nf.cfg.Name = "natsmesh-sidecar-" + cfg.Instance
 	nf.cfg.WaitForServer = true
 	nf.cfg.Logger = log
@@ -164,10 +172,10 @@ subset.`, stderr)
 		cfg.TracerProvider = tracing.TracerProvider()
 		log.Info("tracing on", "exporter", tracing.Exporter())
 	}
-	if cfg.Configs, err = config.NewWatcher(nc, cfg.Prefix, log); err != nil {
+	if cfg.Transport.Configs, err = config.NewWatcher(nc, cfg.Prefix, log); err != nil {
 		return err
 	}
-	sc, err := proxy.StartSidecar(nc, cfg)
+	sc, err := sidecar.Start(nc, cfg)
 	if err != nil {
 		return err
 	}

@@ -38,7 +38,7 @@ func main() {
 	// Metrics are opt-in for Go programs: a Set, given to Serve (and to a
 	// Transport, for calls the program makes), published on NATS and, if
 	// wanted, served to Prometheus.
-	instance := proxy.NewInstanceID("hello-go")
+	instance := bus.NewInstanceID("hello-go")
 	set := metrics.NewSet(metrics.Identity{Service: "hello-go", Instance: instance, Kind: "library"}, metrics.Options{})
 	stats, err := metrics.StartPublisher(nc, "", set, 0, nil)
 	if err != nil {

@@ -17,15 +17,16 @@ import (
 	"github.com/natsmesh/natsmesh/examples/bookinfo"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/proxy"
+	"github.com/natsmesh/natsmesh/sidecar"
 )
 
 // app is one bookinfo app running behind its own sidecar, with the headers
 // of the requests it received.
 type app struct {
-	URL     string
-	sidecar *proxy.Sidecar
-	mu      sync.Mutex
-	seen    []http.Header
+	URL  string
+	sc   *sidecar.Sidecar
+	mu   sync.Mutex
+	seen []http.Header
 }
 
 func (a *app) headers() []http.Header {
@@ -40,17 +41,17 @@ func (a *app) headers() []http.Header {
 func startApp(t *testing.T, s *embedded.Server, configs proxy.ConfigSource, service, version string, wrap func(http.Handler) http.Handler) *app {
 	t.Helper()
 	ts := httptest.NewUnstartedServer(nil)
-	cfg := proxy.SidecarConfig{
-		Service:  service,
-		Upstream: "http://" + ts.Listener.Addr().String(),
-		Listen:   "127.0.0.1:0",
-		Logger:   slog.New(slog.DiscardHandler),
-		Configs:  configs,
+	cfg := sidecar.Config{
+		Service:   service,
+		Upstream:  "http://" + ts.Listener.Addr().String(),
+		Listen:    "127.0.0.1:0",
+		Logger:    slog.New(slog.DiscardHandler),
+		Transport: proxy.TransportConfig{Configs: configs},
 	}
 	if service == "reviews" {
 		cfg.Subset = version
 	}
-	sc, err := proxy.StartSidecar(meshtest.Connect(t, s), cfg)
+	sc, err := sidecar.Start(meshtest.Connect(t, s), cfg)
 	if err != nil {
 		t.Fatalf("start sidecar of %s: %v", service, err)
 	}
@@ -66,7 +67,7 @@ func startApp(t *testing.T, s *embedded.Server, configs proxy.ConfigSource, serv
 	if wrap != nil {
 		h = wrap(h)
 	}
-	a := &app{sidecar: sc}
+	a := &app{sc: sc}
 	ts.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a.mu.Lock()
 		a.seen = append(a.seen, r.Header.Clone())
@@ -160,8 +161,8 @@ func TestProductPageReviewsV1HasNoStars(t *testing.T) {
 	mustContain(t, body,
 		"The Comedy of Errors", "PublisherA", "123-1234567890", // details
 		"An extremely entertaining play by Shakespeare", // reviews
-		"Reviews served by reviews-v1 (instance "+apps["reviews:v1"].sidecar.Instance()+")",
-		"Details served by instance "+apps["details"].sidecar.Instance(),
+		"Reviews served by reviews-v1 (instance "+apps["reviews:v1"].sc.Instance()+")",
+		"Details served by instance "+apps["details"].sc.Instance(),
 	)
 	if strings.Contains(body, "★") || strings.Contains(body, "currently unavailable") {
 		t.Errorf("reviews v1 shows no stars and nothing is unavailable:\n%s", body)

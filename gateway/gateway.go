@@ -1,4 +1,4 @@
-package proxy
+package gateway
 
 import (
 	"fmt"
@@ -9,51 +9,48 @@ import (
 	"strings"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/proxy"
 )
 
-// DefaultGatewayListen is where a gateway takes traffic from outside the mesh.
-const DefaultGatewayListen = "127.0.0.1:9080"
+// DefaultListen is where a gateway takes traffic from outside the mesh.
+const DefaultListen = "127.0.0.1:9080"
 
-// DefaultGatewayCaller is the Mesh-Caller a gateway's calls carry.
-const DefaultGatewayCaller = "gateway"
+// DefaultCaller is the Mesh-Caller a gateway's calls carry.
+const DefaultCaller = "gateway"
 
-// NoRoute is the Mesh-Error code of a request a gateway has no route for,
-// answered 404.
-const NoRoute bus.Code = "no-route"
-
-// GatewayRoute sends requests whose Host matches (empty: any host) and whose
+// Route sends requests whose Host matches (empty: any host) and whose
 // path starts with Prefix to Service.
-type GatewayRoute struct {
+type Route struct {
 	Host    string // exact host, without port; "" matches any
 	Prefix  string // path prefix, starting with "/"
 	Service string
 }
 
-// String is the route as ParseGatewayRoute reads it.
-func (r GatewayRoute) String() string { return r.Host + r.Prefix + "=" + r.Service }
+// String is the route as ParseRoute reads it.
+func (r Route) String() string { return r.Host + r.Prefix + "=" + r.Service }
 
-// ParseGatewayRoute parses "PREFIX=SERVICE" or "HOST/PREFIX=SERVICE" (e.g.
+// ParseRoute parses "PREFIX=SERVICE" or "HOST/PREFIX=SERVICE" (e.g.
 // "/=productpage", "/api=details", "shop.example.com/=productpage").
-func ParseGatewayRoute(s string) (GatewayRoute, error) {
+func ParseRoute(s string) (Route, error) {
 	left, service, ok := strings.Cut(s, "=")
 	if !ok {
-		return GatewayRoute{}, fmt.Errorf("proxy: route %q has no '=': write PREFIX=SERVICE or HOST/PREFIX=SERVICE, for example /api=details", s)
+		return Route{}, fmt.Errorf("gateway: route %q has no '=': write PREFIX=SERVICE or HOST/PREFIX=SERVICE, for example /api=details", s)
 	}
-	var r GatewayRoute
+	var r Route
 	if i := strings.IndexByte(left, '/'); i >= 0 {
 		r.Host, r.Prefix = left[:i], left[i:]
 	} else {
-		return GatewayRoute{}, fmt.Errorf("proxy: route %q: the path prefix must start with '/': write PREFIX=SERVICE or HOST/PREFIX=SERVICE, for example /api=%s", s, service)
+		return Route{}, fmt.Errorf("gateway: route %q: the path prefix must start with '/': write PREFIX=SERVICE or HOST/PREFIX=SERVICE, for example /api=%s", s, service)
 	}
 	r.Service = service
 	if err := r.validate(); err != nil {
-		return GatewayRoute{}, fmt.Errorf("proxy: route %q: %w", s, err)
+		return Route{}, fmt.Errorf("gateway: route %q: %w", s, err)
 	}
 	r.Host = strings.ToLower(r.Host)
 	return r, nil
 }
 
-func (r GatewayRoute) validate() error {
+func (r Route) validate() error {
 	if !strings.HasPrefix(r.Prefix, "/") {
 		return fmt.Errorf("the path prefix %q must start with '/'", r.Prefix)
 	}
@@ -68,7 +65,7 @@ func (r GatewayRoute) validate() error {
 	return bus.ValidateName("service", r.Service)
 }
 
-// Gateway is the mesh's ingress: an http.Handler, a reverse proxy that takes
+// handler is the mesh's ingress: an http.Handler, a reverse proxy that takes
 // ordinary requests from outside the mesh (browsers, curl) and calls the
 // service of the route matching each one's host and path, through a
 // Transport: with its timeouts, retries, breakers, per-service config and
@@ -81,40 +78,40 @@ func (r GatewayRoute) validate() error {
 // client are dropped; the calls carry the Transport's Caller as Mesh-Caller.
 // Failures, a request no route matches included (404, Mesh-Error: no-route),
 // are answered as the mesh's error responses.
-type Gateway struct {
-	t      *Transport
-	routes []GatewayRoute // host-specific first, then by longer prefix
-	list   string         // the routes, for the no-route sentence
+type handler struct {
+	t      *proxy.Transport
+	routes []Route // host-specific first, then by longer prefix
+	list   string  // the routes, for the no-route sentence
 	log    *slog.Logger
 }
 
-var _ http.Handler = (*Gateway)(nil)
+var _ http.Handler = (*handler)(nil)
 
-// NewGateway makes an http.Handler that forwards each request to the service
+// NewHandler makes an http.Handler that forwards each request to the service
 // of the longest matching route (host-specific routes before host-less ones)
 // through t; no route → 404 with a sentence listing the routes. Request path
 // and query pass unchanged.
-func NewGateway(t *Transport, routes []GatewayRoute, log *slog.Logger) (*Gateway, error) {
+func NewHandler(t *proxy.Transport, routes []Route, log *slog.Logger) (http.Handler, error) {
 	if t == nil {
-		return nil, fmt.Errorf("proxy: the gateway needs a transport")
+		return nil, fmt.Errorf("%w: the gateway needs a transport", ErrInvalidConfig)
 	}
 	if len(routes) == 0 {
-		return nil, fmt.Errorf("proxy: the gateway needs at least one route, for example /=productpage")
+		return nil, fmt.Errorf("%w: Config.Routes: the gateway needs at least one route, for example /=productpage", ErrInvalidConfig)
 	}
 	if log == nil {
 		log = slog.Default()
 	}
-	rs := make([]GatewayRoute, len(routes))
+	rs := make([]Route, len(routes))
 	seen := make(map[[2]string]string, len(routes))
 	names := make([]string, len(routes))
 	for i, r := range routes {
 		if err := r.validate(); err != nil {
-			return nil, fmt.Errorf("proxy: route %s: %w", r, err)
+			return nil, fmt.Errorf("%w: Config.Routes: route %s: %w", ErrInvalidConfig, r, err)
 		}
 		r.Host = strings.ToLower(r.Host)
 		key := [2]string{r.Host, r.Prefix}
 		if s, dup := seen[key]; dup && s != r.Service {
-			return nil, fmt.Errorf("proxy: routes %s and %s have the same host and prefix", r.Host+r.Prefix+"="+s, r)
+			return nil, fmt.Errorf("%w: Config.Routes: routes %s and %s have the same host and prefix", ErrInvalidConfig, r.Host+r.Prefix+"="+s, r)
 		}
 		seen[key] = r.Service
 		rs[i] = r
@@ -126,14 +123,11 @@ func NewGateway(t *Transport, routes []GatewayRoute, log *slog.Logger) (*Gateway
 		}
 		return len(rs[i].Prefix) > len(rs[j].Prefix)
 	})
-	return &Gateway{t: t, routes: rs, list: strings.Join(names, ", "), log: log}, nil
+	return &handler{t: t, routes: rs, list: strings.Join(names, ", "), log: log}, nil
 }
 
-// Routes are the gateway's routes in the order they are tried.
-func (g *Gateway) Routes() []GatewayRoute { return append([]GatewayRoute(nil), g.routes...) }
-
 // match is the route for a request's host and path, or nil.
-func (g *Gateway) match(host, path string) *GatewayRoute {
+func (g *handler) match(host, path string) *Route {
 	host = requestHost(host)
 	for i := range g.routes {
 		r := &g.routes[i]
@@ -153,9 +147,9 @@ func requestHost(host string) string {
 	return strings.TrimSuffix(strings.ToLower(host), ".")
 }
 
-func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (g *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodConnect {
-		writeError(w, r, bus.Errorf(bus.BadRequest, "the gateway is not a forward proxy: send ordinary requests (GET /path with a Host header), not CONNECT"))
+		proxy.WriteError(w, r, bus.Errorf(bus.BadRequest, "the gateway is not a forward proxy: send ordinary requests (GET /path with a Host header), not CONNECT"))
 		return
 	}
 	path := r.URL.Path
@@ -165,11 +159,11 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	route := g.match(r.Host, path)
 	if route == nil {
 		g.log.Debug("no gateway route", "host", r.Host, "path", path)
-		writeError(w, r, &bus.Error{Code: NoRoute, Status: http.StatusNotFound,
+		proxy.WriteError(w, r, &bus.Error{Code: bus.NoRoute, Status: http.StatusNotFound,
 			Message: fmt.Sprintf("no gateway route matches host %q and path %q; the routes are %s", r.Host, path, g.list)})
 		return
 	}
-	forward(g.t, w, r, route.Service, r.Host, forwardedHeader(r))
+	g.t.Forward(w, r, route.Service, r.Host, forwardedHeader(r))
 }
 
 // forwardedHeader is r's header with the X-Forwarded-* headers a reverse

@@ -1,4 +1,4 @@
-package proxy
+package traffic
 
 import (
 	"math/rand/v2"
@@ -10,21 +10,22 @@ import (
 	"github.com/natsmesh/natsmesh/config"
 )
 
-// target is where a call goes: the whole service (subset "") or one subset,
+// Target is where a call goes: the whole service (Subset "") or one subset,
 // with the subject its queue group listens on and the key of its breaker and
 // retry budget ("reviews", "reviews/v2").
-type target struct {
-	subset  string
-	subject string
-	key     string
+type Target struct {
+	Subset  string
+	Subject string
+	Key     string
 }
 
-func serviceTarget(subj bus.Subjects, service string) target {
-	return target{subject: subj.RPC(service), key: service}
+// ServiceTarget is the target of the whole service.
+func ServiceTarget(subj bus.Subjects, service string) Target {
+	return Target{Subject: subj.RPC(service), Key: service}
 }
 
-func subsetTarget(subj bus.Subjects, service, subset string) target {
-	return target{subset: subset, subject: subj.RPCSubset(service, subset), key: service + "/" + subset}
+func subsetTarget(subj bus.Subjects, service, subset string) Target {
+	return Target{Subset: subset, Subject: subj.RPCSubset(service, subset), Key: service + "/" + subset}
 }
 
 // route is a compiled config.Route: its match, and its split as a table of
@@ -34,7 +35,7 @@ type route struct {
 	prefix  string        // "" matches every path
 	methods []string      // empty matches every method
 	headers []headerMatch // all must hold
-	targets []target      // subsets with a weight above 0, by name
+	targets []Target      // subsets with a weight above 0, by name
 	cum     []int         // cum[i]: the sum of the weights of targets[:i+1]; the last is 100
 }
 
@@ -78,32 +79,23 @@ func (r *route) matches(method, uri string, hdr http.Header) bool {
 			return false
 		}
 	}
-	if len(r.methods) > 0 {
-		found := false
-		for _, m := range r.methods {
-			if m == method {
-				found = true
-				break
-			}
-		}
-		if !found {
-			return false
-		}
+	if len(r.methods) > 0 && !contains(r.methods, method) {
+		return false
 	}
 	for i := range r.headers {
-		if !headerHas(hdr, r.headers[i].name, r.headers[i].value) {
+		if !contains(hdr[r.headers[i].name], r.headers[i].value) {
 			return false
 		}
 	}
 	return true
 }
 
-// headerHas reports whether one of the values of header name is value. name
-// is in canonical form, as net/http keeps the names of the requests it reads
-// and http.Header.Set those it is given.
-func headerHas(hdr http.Header, name, value string) bool {
-	for _, v := range hdr[name] {
-		if v == value {
+// contains reports whether v is one of vs. (Header names are in canonical
+// form, as net/http keeps the names of the requests it reads and
+// http.Header.Set those it is given.)
+func contains(vs []string, v string) bool {
+	for _, s := range vs {
+		if s == v {
 			return true
 		}
 	}
@@ -111,7 +103,7 @@ func headerHas(hdr http.Header, name, value string) bool {
 }
 
 // pick chooses a subset by weight; n is a number in [0, 100).
-func (r *route) pick(n int) *target {
+func (r *route) pick(n int) *Target {
 	for i, c := range r.cum {
 		if n < c {
 			return &r.targets[i]
@@ -120,9 +112,11 @@ func (r *route) pick(n int) *target {
 	return &r.targets[len(r.targets)-1]
 }
 
-// routeRequest returns the target of the first route that matches the
-// request, nil if none does (the call goes to the whole service).
-func (p *policy) routeRequest(method, uri string, hdr http.Header) *target {
+// Route is the routing decision: the target of the first route of the
+// service's config that matches the request (a subset, picked by the
+// route's weights), else the whole service; nil for the defaults policy of
+// services without a config, whose caller targets the service itself.
+func (p *Policy) Route(method, uri string, hdr http.Header) *Target {
 	for i := range p.routes {
 		r := &p.routes[i]
 		if !r.matches(method, uri, hdr) {
@@ -133,5 +127,8 @@ func (p *policy) routeRequest(method, uri string, hdr http.Header) *target {
 		}
 		return r.pick(rand.IntN(100))
 	}
-	return nil
+	if p.own.Subject == "" {
+		return nil
+	}
+	return &p.own
 }

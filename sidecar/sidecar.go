@@ -1,4 +1,4 @@
-package proxy
+package sidecar
 
 import (
 	"context"
@@ -15,15 +15,18 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/natsmesh/natsmesh/breaker"
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/metrics"
+	"github.com/natsmesh/natsmesh/proxy"
 	"github.com/natsmesh/natsmesh/registry"
 )
 
-// SidecarConfig configures one service instance's sidecar. Zero values are
-// the documented defaults.
-type SidecarConfig struct {
+// ErrInvalidConfig is wrapped by the errors of a Config that Start refuses.
+var ErrInvalidConfig = errors.New("sidecar: invalid config")
+
+// Config configures one service instance's sidecar. Zero values are the
+// documented defaults.
+type Config struct {
 	Service string // required
 	// Subset, if set, puts the instance in a subset of its service (a
 	// version, say), which config routes can send a share of the calls to:
@@ -33,17 +36,11 @@ type SidecarConfig struct {
 	Subset   string
 	Instance string // default "<service>-<random>"
 	Upstream string // the app, http://127.0.0.1:PORT; required
-	// Listen is the outbound listener; default DefaultOutboundListen.
-	Listen string
+	// Listener, if set, takes the app's outbound calls; else the sidecar
+	// listens on Listen (default DefaultListen).
+	Listener net.Listener
+	Listen   string
 	Prefix string
-	// MaxInflight limits inbound requests handled at once (default 1024).
-	MaxInflight int
-	// Timeout is the default deadline of calls (default 15 s): of the app's
-	// outbound calls, and of inbound requests that carry no Mesh-Timeout.
-	Timeout time.Duration
-	// MaxBody limits the request bodies of the app's outbound calls
-	// (default DefaultMaxBody); see TransportConfig.MaxBody.
-	MaxBody int64
 	// DenyEgress refuses outbound calls to hosts outside the mesh.
 	DenyEgress bool
 	// Heartbeat is the interval of the instance's heartbeats (default 1 s).
@@ -53,42 +50,74 @@ type SidecarConfig struct {
 	HealthCheck HealthCheckConfig
 	// Outlier configures outlier ejection of this instance.
 	Outlier OutlierConfig
-	// Retry, Breaker, DisableBreaker, AckWait and ProbeInterval configure
-	// the app's outbound calls, as in TransportConfig.
-	Retry          RetryPolicy
-	Breaker        breaker.Settings
-	DisableBreaker bool
-	AckWait        time.Duration
-	ProbeInterval  time.Duration
-	// TracerProvider, if set, records a client span per outbound call and a
-	// server span per inbound request.
-	TracerProvider trace.TracerProvider
-	// Configs, if set, delivers the config documents of the services the
-	// app calls, which override Timeout, Retry and Breaker service by
-	// service and add routes, load balancing and faults (see
-	// TransportConfig.Configs).
-	Configs ConfigSource
 	// StatsInterval is how often the instance publishes its stats snapshot
 	// on <prefix>.stats.<service>.<instance> (default
 	// metrics.DefaultInterval). Negative records no metrics at all.
 	StatsInterval time.Duration
-	Logger        *slog.Logger
+	// TracerProvider, if set, records a client span per outbound call and a
+	// server span per inbound request.
+	TracerProvider trace.TracerProvider
+	Logger         *slog.Logger
+
+	// Transport configures the app's outbound calls (timeouts, retries,
+	// breakers, config documents, body limit). The sidecar sets its Caller
+	// (Service), Prefix, Logger, TracerProvider, Follow and Metrics.
+	Transport proxy.TransportConfig
+	// Serve configures the inbound side (concurrency limit, the deadline of
+	// requests that carry none). The sidecar sets its Service, Subset,
+	// Instance, Prefix, Logger, TracerProvider, Outcome and Metrics.
+	Serve proxy.ServeConfig
+}
+
+// invalid is an error of field f of a Config.
+func invalid(f string, err error) error {
+	return fmt.Errorf("%w: Config.%s: %w", ErrInvalidConfig, f, err)
+}
+
+// validate checks cfg and sets its defaults.
+func (cfg *Config) validate() error {
+	if err := bus.ValidateName("service", cfg.Service); err != nil {
+		return invalid("Service", err)
+	}
+	if cfg.Subset != "" {
+		if err := bus.ValidateName("subset", cfg.Subset); err != nil {
+			return invalid("Subset", err)
+		}
+	}
+	if cfg.Upstream == "" {
+		return invalid("Upstream", errors.New("required: the URL of the app this sidecar serves, for example http://127.0.0.1:8080"))
+	}
+	if cfg.Instance == "" {
+		cfg.Instance = bus.NewInstanceID(cfg.Service)
+	}
+	if err := bus.ValidateName("instance", cfg.Instance); err != nil {
+		return invalid("Instance", err)
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = DefaultListen
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return nil
 }
 
 // Sidecar is a running sidecar: the inbound side serving the app to the mesh
 // and the outbound listener taking the app's calls.
 type Sidecar struct {
-	cfg      SidecarConfig
+	cfg      Config
 	log      *slog.Logger
-	upstream *Upstream
-	inbound  *Server
-	tr       *Transport
+	upstream *proxy.Upstream
+	inbound  *proxy.Server
+	tr       *proxy.Transport
 	egress   *Egress
 	ln       net.Listener
 	http     *http.Server
 	served   chan error
 	announce *registry.Announcer
 	discover *registry.Discovery
+	peers    *registry.View     // the instance's own service, for the outlier
+	follower *registry.Follower // of peers
 	health   *healthChecker
 	outlier  *outlier
 	metrics  *metrics.Set
@@ -103,109 +132,64 @@ type Sidecar struct {
 	err      error
 }
 
-// StartSidecar starts a sidecar on a caller-owned connection.
-func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
-	if err := bus.ValidateName("service", cfg.Service); err != nil {
-		return nil, fmt.Errorf("proxy: --service: %w", err)
-	}
-	if cfg.Subset != "" {
-		if err := bus.ValidateName("subset", cfg.Subset); err != nil {
-			return nil, fmt.Errorf("proxy: --subset: %w", err)
-		}
-	}
-	if cfg.Upstream == "" {
-		return nil, errors.New("proxy: --upstream is required: the URL of the app this sidecar serves, for example http://127.0.0.1:8080")
-	}
-	if cfg.Listen == "" {
-		cfg.Listen = DefaultOutboundListen
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if cfg.MaxInflight <= 0 {
-		cfg.MaxInflight = DefaultMaxInflight
-	}
-	s := &Sidecar{cfg: cfg, log: cfg.Logger, served: make(chan error, 1)}
-	var err error
-	if s.upstream, err = NewUpstream(cfg.Upstream, 0); err != nil {
+// Start starts a sidecar on a caller-owned connection: it serves the app to
+// the mesh (heartbeats, health checks, outlier ejection, NATS discovery,
+// stats) and takes the app's outbound calls on cfg.Listen.
+func Start(nc *nats.Conn, cfg Config) (_ *Sidecar, err error) {
+	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	if cfg.Instance == "" {
-		cfg.Instance = NewInstanceID(cfg.Service)
+	s := &Sidecar{cfg: cfg, log: cfg.Logger, served: make(chan error, 1)}
+	// Teardown by stack: what started is undone, in reverse, if a later
+	// part fails.
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	if s.upstream, err = proxy.NewUpstream(cfg.Upstream, 0); err != nil {
+		return nil, invalid("Upstream", err)
 	}
-	if err := bus.ValidateName("instance", cfg.Instance); err != nil {
-		return nil, fmt.Errorf("proxy: --instance: %w", err)
-	}
+	undo = append(undo, s.upstream.Close)
 	if !cfg.DenyEgress {
 		s.egress = NewEgress(cfg.Instance, cfg.Logger)
+		undo = append(undo, s.egress.Close)
 	}
 	if cfg.StatsInterval >= 0 {
 		s.metrics = metrics.NewSet(metrics.Identity{Service: cfg.Service, Subset: cfg.Subset, Instance: cfg.Instance, Kind: "sidecar"}, metrics.Options{})
 		s.metrics.SetState(metrics.StateServing)
 	}
-	if s.tr, err = NewTransport(nc, TransportConfig{
-		Caller: cfg.Service, Prefix: cfg.Prefix, Timeout: cfg.Timeout, MaxBody: cfg.MaxBody,
-		Retry: cfg.Retry, Breaker: cfg.Breaker, DisableBreaker: cfg.DisableBreaker,
-		AckWait: cfg.AckWait, ProbeInterval: cfg.ProbeInterval, Logger: cfg.Logger,
-		TracerProvider: cfg.TracerProvider, Configs: cfg.Configs, Follow: true, Metrics: s.metrics,
-	}); err != nil {
+	if s.tr, err = proxy.NewTransport(nc, s.transportConfig()); err != nil {
 		return nil, err
 	}
+	undo = append(undo, func() { s.tr.Close() })
 	var outcome func(bool) time.Duration
 	if cfg.Outlier.Consecutive >= 0 {
-		cfg.Outlier.defaults()
-		// The instance follows its own service, to see whether another
-		// instance passes before it ejects itself.
-		s.tr.callees.note(cfg.Service)
-		s.outlier = &outlier{cfg: cfg.Outlier, log: cfg.Logger, othersPassing: s.othersPassing, setEjected: s.setEjected}
-		outcome = s.outlier.observe
-	}
-	if s.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
-		s.tr.Close()
-		return nil, fmt.Errorf("proxy: cannot listen on %s for outbound calls (choose another address with --listen): %w", cfg.Listen, err)
-	}
-	if s.inbound, err = Serve(nc, s.upstream, ServeConfig{
-		Service: cfg.Service, Subset: cfg.Subset, Instance: cfg.Instance, Prefix: cfg.Prefix,
-		MaxInflight: cfg.MaxInflight, Timeout: cfg.Timeout, Logger: cfg.Logger,
-		Outcome: outcome, TracerProvider: cfg.TracerProvider, Metrics: s.metrics,
-	}); err != nil {
-		s.ln.Close()
-		s.tr.Close()
-		return nil, err
-	}
-	if s.announce, err = registry.NewAnnouncer(nc, registry.AnnouncerConfig{
-		Service: cfg.Service, Subset: cfg.Subset, Instance: s.inbound.Instance(), Prefix: cfg.Prefix,
-		Interval: cfg.Heartbeat, Logger: cfg.Logger, Status: s.status,
-	}); err != nil {
-		s.inbound.Stop()
-		s.ln.Close()
-		s.tr.Close()
-		return nil, err
-	}
-	if s.discover, err = registry.StartDiscovery(nc, registry.DiscoveryConfig{
-		Service: cfg.Service, Instance: s.inbound.Instance(), Prefix: cfg.Prefix, Counts: s.counts,
-	}); err != nil {
-		s.announce.Stop()
-		s.inbound.Stop()
-		s.ln.Close()
-		s.tr.Close()
-		return nil, err
-	}
-	if s.metrics != nil {
-		if s.stats, err = metrics.StartPublisher(nc, cfg.Prefix, s.metrics, cfg.StatsInterval, cfg.Logger); err != nil {
-			s.discover.Stop()
-			s.announce.Stop()
-			s.inbound.Stop()
-			s.ln.Close()
-			s.tr.Close()
+		if err := s.followPeers(nc); err != nil {
 			return nil, err
 		}
+		undo = append(undo, s.follower.Stop)
+		s.cfg.Outlier.defaults()
+		s.outlier = &outlier{cfg: s.cfg.Outlier, log: cfg.Logger, othersPassing: s.othersPassing, setEjected: s.setEjected}
+		outcome = s.outlier.observe
+	}
+	if s.ln = cfg.Listener; s.ln == nil {
+		if s.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+			return nil, fmt.Errorf("sidecar: cannot listen on %s for outbound calls (Config.Listen): %w", cfg.Listen, err)
+		}
+		undo = append(undo, func() { s.ln.Close() })
+	}
+	if err := s.join(nc, outcome, &undo); err != nil {
+		return nil, err
 	}
 	if cfg.HealthCheck.Path != "" {
 		s.health = startHealthChecker(strings.TrimSuffix(cfg.Upstream, "/"), cfg.HealthCheck, s.onHealth)
 	}
 	s.http = &http.Server{
-		Handler:           NewOutbound(s.tr, s.egress, cfg.Logger),
+		Handler:           &outbound{t: s.tr, egress: s.egress},
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
@@ -216,6 +200,63 @@ func StartSidecar(nc *nats.Conn, cfg SidecarConfig) (*Sidecar, error) {
 		go s.watchPeers()
 	}
 	return s, nil
+}
+
+// transportConfig is the outbound Transport's config: the user's, with what
+// the sidecar decides.
+func (s *Sidecar) transportConfig() proxy.TransportConfig {
+	tc := s.cfg.Transport
+	tc.Caller, tc.Prefix, tc.Logger = s.cfg.Service, s.cfg.Prefix, s.cfg.Logger
+	tc.TracerProvider, tc.Follow, tc.Metrics = s.cfg.TracerProvider, true, s.metrics
+	return tc
+}
+
+// followPeers keeps a registry view of the instance's own service, to see
+// whether another instance passes before it ejects itself.
+func (s *Sidecar) followPeers(nc *nats.Conn) error {
+	s.peers = registry.NewView(registry.ViewConfig{})
+	f, err := registry.NewFollower(nc, s.peers, s.cfg.Prefix)
+	if err != nil {
+		return err
+	}
+	if err := f.Add(s.cfg.Service); err != nil {
+		f.Stop()
+		return err
+	}
+	s.follower = f
+	return nil
+}
+
+// join serves the app to the mesh: its queue groups, its heartbeats, NATS
+// discovery and its stats.
+func (s *Sidecar) join(nc *nats.Conn, outcome func(bool) time.Duration, undo *[]func()) (err error) {
+	cfg := s.cfg
+	sc := cfg.Serve
+	sc.Service, sc.Subset, sc.Instance, sc.Prefix = cfg.Service, cfg.Subset, cfg.Instance, cfg.Prefix
+	sc.Logger, sc.Outcome, sc.TracerProvider, sc.Metrics = cfg.Logger, outcome, cfg.TracerProvider, s.metrics
+	if s.inbound, err = proxy.Serve(nc, s.upstream, sc); err != nil {
+		return err
+	}
+	*undo = append(*undo, s.inbound.Stop)
+	if s.announce, err = registry.NewAnnouncer(nc, registry.AnnouncerConfig{
+		Service: cfg.Service, Subset: cfg.Subset, Instance: s.inbound.Instance(), Prefix: cfg.Prefix,
+		Interval: cfg.Heartbeat, Logger: cfg.Logger, Status: s.status,
+	}); err != nil {
+		return err
+	}
+	*undo = append(*undo, s.announce.Stop)
+	if s.discover, err = registry.StartDiscovery(nc, registry.DiscoveryConfig{
+		Service: cfg.Service, Instance: s.inbound.Instance(), Prefix: cfg.Prefix, Counts: s.counts,
+	}); err != nil {
+		return err
+	}
+	*undo = append(*undo, s.discover.Stop)
+	if s.metrics != nil {
+		if s.stats, err = metrics.StartPublisher(nc, cfg.Prefix, s.metrics, cfg.StatsInterval, cfg.Logger); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // status is what the instance's heartbeats report.
@@ -293,7 +334,7 @@ func (s *Sidecar) rotate() {
 // route may send there only), else of its service.
 func (s *Sidecar) othersPassing() int {
 	n := 0
-	for _, in := range s.tr.callees.view.Snapshot(s.cfg.Service).Services[s.cfg.Service] {
+	for _, in := range s.peers.Snapshot(s.cfg.Service).Services[s.cfg.Service] {
 		if in.Instance != s.inbound.Instance() && in.Health == registry.Passing && (s.cfg.Subset == "" || in.Subset == s.cfg.Subset) {
 			n++
 		}
@@ -306,7 +347,7 @@ func (s *Sidecar) othersPassing() int {
 func (s *Sidecar) watchPeers() {
 	defer close(s.peerDone)
 	for {
-		_, w := s.tr.callees.view.Watch(s.cfg.Service, 0)
+		_, w := s.peers.Watch(s.cfg.Service, 0)
 		s.outlier.recheck() // an event may have been missed before this watch
 		for open := true; open; {
 			select {
@@ -333,7 +374,7 @@ func (s *Sidecar) OutboundAddr() net.Addr { return s.ln.Addr() }
 func (s *Sidecar) Metrics() *metrics.Set { return s.metrics }
 
 // Inbound is the inbound server, for its counters.
-func (s *Sidecar) Inbound() *Server { return s.inbound }
+func (s *Sidecar) Inbound() *proxy.Server { return s.inbound }
 
 // Shutdown drains the sidecar: the instance leaves its queue group and
 // finishes the requests it holds, with the outbound proxy still serving the
@@ -372,6 +413,9 @@ func (s *Sidecar) Shutdown(ctx context.Context) error {
 			s.egress.Close()
 		}
 		s.tr.Close()
+		if s.follower != nil {
+			s.follower.Stop()
+		}
 		s.upstream.Close()
 		if err := <-s.served; err != nil && !errors.Is(err, http.ErrServerClosed) {
 			outErr = errors.Join(outErr, err)

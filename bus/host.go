@@ -1,16 +1,14 @@
-package proxy
+package bus
 
 import (
 	"strings"
-
-	"github.com/natsmesh/natsmesh/bus"
 )
 
 // ServiceFromHost maps a request's host to a mesh service. A single-label host
 // other than localhost ("ratings", "ratings:9080") or a "<name>.mesh" host is a
 // mesh service; ok is false for any other host, which is egress. A host that
 // names the mesh but is not a valid service name gives a bad-request error.
-func ServiceFromHost(host string) (service string, ok bool, err *bus.Error) {
+func ServiceFromHost(host string) (service string, ok bool, err *Error) {
 	h := host
 	if i := strings.LastIndexByte(h, ':'); i >= 0 && !strings.Contains(h[i:], "]") {
 		if strings.IndexByte(h[:i], ':') >= 0 && !strings.HasPrefix(h, "[") {
@@ -19,7 +17,7 @@ func ServiceFromHost(host string) (service string, ok bool, err *bus.Error) {
 		h = h[:i]
 	}
 	if h == "" {
-		return "", false, bus.Errorf(bus.BadRequest, "the request names no host; call a service as http://<service>/... or with a Host: <service> header")
+		return "", false, Errorf(BadRequest, "the request names no host; call a service as http://<service>/... or with a Host: <service> header")
 	}
 	h = strings.ToLower(h)
 	h = strings.TrimSuffix(h, ".") // fully qualified form
@@ -28,8 +26,8 @@ func ServiceFromHost(host string) (service string, ok bool, err *bus.Error) {
 	} else if strings.IndexByte(h, '.') >= 0 || strings.HasPrefix(h, "[") || h == "localhost" {
 		return "", false, nil
 	}
-	if verr := bus.ValidateName("service", h); verr != nil {
-		return "", false, bus.Errorf(bus.BadRequest, "host %q does not name a valid mesh service: %v", host, verr)
+	if verr := ValidateName("service", h); verr != nil {
+		return "", false, Errorf(BadRequest, "host %q does not name a valid mesh service: %v", host, verr)
 	}
 	return h, true, nil
 }

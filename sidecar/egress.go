@@ -1,4 +1,4 @@
-package proxy
+package sidecar
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/proxy"
 )
 
 // Egress forwards requests for hosts outside the mesh as an ordinary forward
@@ -66,7 +67,7 @@ func NewEgress(name string, log *slog.Logger) *Egress {
 		Transport:     e.tr,
 		FlushInterval: -1, // stream responses as they come
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			writeError(w, r, bus.Errorf(bus.UpstreamUnreachable, "cannot reach %s outside the mesh: %v", r.Host, unwrapNetError(err)))
+			proxy.WriteError(w, r, bus.Errorf(bus.UpstreamUnreachable, "cannot reach %s outside the mesh: %v", r.Host, unwrapNetError(err)))
 		},
 	}
 	return e
@@ -87,7 +88,7 @@ func (e *Egress) looped(r *http.Request) bool {
 
 func (e *Egress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if e.looped(r) {
-		writeError(w, r, bus.Errorf(bus.BadRequest, "the request for %s came back to the proxy that forwarded it; call a mesh service by name (http://<service>/...) instead of the proxy's own address", r.Host))
+		proxy.WriteError(w, r, bus.Errorf(bus.BadRequest, "the request for %s came back to the proxy that forwarded it; call a mesh service by name (http://<service>/...) instead of the proxy's own address", r.Host))
 		return
 	}
 	if r.Method == http.MethodConnect {
@@ -102,21 +103,21 @@ func (e *Egress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (e *Egress) tunnel(w http.ResponseWriter, r *http.Request) {
 	target := r.Host
 	if _, _, err := net.SplitHostPort(target); err != nil {
-		writeError(w, r, bus.Errorf(bus.BadRequest, "CONNECT needs host:port, got %q", target))
+		proxy.WriteError(w, r, bus.Errorf(bus.BadRequest, "CONNECT needs host:port, got %q", target))
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	upstream, err := e.dialer.DialContext(ctx, "tcp", target)
 	cancel()
 	if err != nil {
-		writeError(w, r, bus.Errorf(bus.UpstreamUnreachable, "cannot reach %s outside the mesh: %v", target, unwrapNetError(err)))
+		proxy.WriteError(w, r, bus.Errorf(bus.UpstreamUnreachable, "cannot reach %s outside the mesh: %v", target, unwrapNetError(err)))
 		return
 	}
 	rc := http.NewResponseController(w)
 	client, brw, err := rc.Hijack()
 	if err != nil {
 		upstream.Close()
-		writeError(w, r, bus.Errorf(bus.BadRequest, "CONNECT is not possible on this connection: %v", err))
+		proxy.WriteError(w, r, bus.Errorf(bus.BadRequest, "CONNECT is not possible on this connection: %v", err))
 		return
 	}
 	if !e.track(client, upstream) {
