@@ -8,10 +8,8 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/natsmesh/natsmesh/bus"
@@ -65,24 +63,6 @@ afresh.`, stderr)
 	if err != nil {
 		return err
 	}
-	// Ctrl-C on "go run ./cmd/natsmesh demo" signals both go run and the
-	// demo, and go run passes its signal on: the demo gets two at once. Only
-	// a signal more than a second after the first stops it without the
-	// clean shutdown.
-	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(sigs)
-	go func() {
-		<-ctx.Done()
-		first := time.Now()
-		for range sigs {
-			if time.Since(first) > time.Second {
-				fmt.Fprintln(stderr, "natsmesh demo: stopping at once")
-				os.Exit(1)
-			}
-		}
-	}()
-
 	// The gateway's port first: it is the one the user opens.
 	gln, err := net.Listen("tcp", *gatewayListen)
 	if err != nil {
