@@ -8,20 +8,18 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/config"
+	"github.com/natsmesh/natsmesh/controlplane"
 	"github.com/natsmesh/natsmesh/examples/bookinfo"
 	"github.com/natsmesh/natsmesh/gateway"
 	"github.com/natsmesh/natsmesh/metrics"
 	"github.com/natsmesh/natsmesh/proxy"
-	"github.com/natsmesh/natsmesh/registry"
 	"github.com/natsmesh/natsmesh/sidecar"
 )
 
@@ -67,24 +65,6 @@ afresh.`, stderr)
 	if err != nil {
 		return err
 	}
-	// Ctrl-C on "go run ./cmd/natsmesh demo" signals both go run and the
-	// demo, and go run passes its signal on: the demo gets two at once. Only
-	// a signal more than a second after the first stops it without the
-	// clean shutdown.
-	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(sigs)
-	go func() {
-		<-ctx.Done()
-		first := time.Now()
-		for range sigs {
-			if time.Since(first) > time.Second {
-				fmt.Fprintln(stderr, "natsmesh demo: stopping at once")
-				os.Exit(1)
-			}
-		}
-	}()
-
 	// The gateway's port first: it is the one the user opens.
 	gln, err := net.Listen("tcp", *gatewayListen)
 	if err != nil {
@@ -106,7 +86,7 @@ afresh.`, stderr)
 
 	d := &demo{url: url, log: log, statsInterval: *statsInterval}
 	defer d.stop()
-	if err := d.start(ctx); err != nil {
+	if err := d.start(); err != nil {
 		return err
 	}
 	gw, err := d.gateway(gln)
@@ -197,25 +177,21 @@ func (d *demo) stop() {
 
 // start runs the registry, the config bucket and every bookinfo app with its
 // sidecar.
-func (d *demo) start(ctx context.Context) error {
+func (d *demo) start() error {
 	nc, err := bus.Connect(bus.ConnectConfig{URL: d.url, Name: "natsmesh-demo-registry", Logger: d.log})
 	if err != nil {
 		return err
 	}
 	d.onStop(func(context.Context) { nc.Close() })
-	if err := createConfigBucket(ctx, nc, "", true, d.log); err != nil {
-		return err
-	}
-	reg, err := registry.StartService(nc, registry.ServiceConfig{Logger: d.log})
+	cp, err := controlplane.Start(nc, controlplane.Config{Logger: d.log, RequireConfigBucket: true})
 	if err != nil {
 		return err
 	}
-	d.onStop(func(context.Context) { reg.Stop() })
-	agg, err := metrics.StartAggregator(nc, metrics.AggregatorConfig{Logger: d.log, Alive: reg.View().Has})
-	if err != nil {
-		return err
-	}
-	d.onStop(func(context.Context) { agg.Stop() })
+	d.onStop(func(ctx context.Context) {
+		if err := cp.Shutdown(ctx); err != nil {
+			d.log.Warn("control plane shutdown", "error", err)
+		}
+	})
 	for _, svc := range bookinfo.Services {
 		versions := []string{"v1"}
 		if svc == "reviews" {

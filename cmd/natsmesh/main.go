@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 )
 
 const usage = `natsmesh is an HTTP service mesh on NATS.
@@ -69,14 +70,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "natsmesh: unknown command %q\n\n%s", args[0], usage)
 		return 2
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := notifyContext(args[0], stderr)
 	defer stop()
-	go func() {
-		// After the first signal, a second one ends the process at once
-		// instead of waiting for a drain to finish.
-		<-ctx.Done()
-		stop()
-	}()
 	err := cmd(ctx, args[1:], stdout, stderr)
 	var exit exitError
 	switch {
@@ -90,4 +85,52 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "natsmesh %s: %v\n", args[0], err)
 	return 1
+}
+
+// notifyContext returns a context that the first SIGINT or SIGTERM cancels,
+// for a clean shutdown of the command. A further signal more than a second
+// after the first ends the process at once, with status 1 and a line on
+// stderr; one within that second is ignored, because Ctrl-C on
+// "go run ./cmd/natsmesh <command>" signals both go run and natsmesh, and
+// go run passes its signal on: one Ctrl-C arrives twice at once. stop ends
+// the watch and cancels the context.
+func notifyContext(command string, stderr io.Writer) (ctx context.Context, stop func()) {
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		watchSignals(sigs, quit, cancel, func() {
+			fmt.Fprintf(stderr, "natsmesh %s: stopping at once\n", command)
+			os.Exit(1)
+		})
+	}()
+	return ctx, func() {
+		signal.Stop(sigs)
+		close(quit)
+		<-done
+		cancel()
+	}
+}
+
+// watchSignals is notifyContext's policy: the first signal from sigs calls
+// cancel, and every one more than a second after the first calls atOnce.
+// It returns when quit is closed.
+func watchSignals(sigs <-chan os.Signal, quit <-chan struct{}, cancel, atOnce func()) {
+	var first time.Time
+	for {
+		select {
+		case <-quit:
+			return
+		case <-sigs:
+		}
+		switch {
+		case first.IsZero():
+			first = time.Now()
+			cancel()
+		case time.Since(first) > time.Second:
+			atOnce()
+		}
+	}
 }

@@ -2,20 +2,16 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/bus/embedded"
-	"github.com/natsmesh/natsmesh/config"
-	"github.com/natsmesh/natsmesh/metrics"
-	"github.com/natsmesh/natsmesh/registry"
+	"github.com/natsmesh/natsmesh/controlplane"
 )
 
 func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -96,23 +92,13 @@ it dies; any of them answers natsmesh top.`, stderr)
 		return err
 	}
 	defer nc.Close()
-	if err := createConfigBucket(ctx, nc, *prefix, ownServer, log); err != nil {
-		return err
-	}
-	reg, err := registry.StartService(nc, registry.ServiceConfig{Prefix: *prefix, Logger: log})
+	// On the embedded server, which has JetStream, the config bucket must
+	// be there; on someone else's NATS the mesh may run without it.
+	cp, err := controlplane.Start(nc, controlplane.Config{Prefix: *prefix, Logger: log, RequireConfigBucket: ownServer})
 	if err != nil {
 		return err
 	}
-	defer reg.Stop()
-	// Every server follows the snapshots, leader or not, and any one of
-	// them answers a summary request (a queue group).
-	agg, err := metrics.StartAggregator(nc, metrics.AggregatorConfig{
-		Prefix: *prefix, Logger: log.With("component", "stats"), Alive: reg.View().Has,
-	})
-	if err != nil {
-		return err
-	}
-	defer agg.Stop()
+	defer shutdownControlPlane(cp, log)
 	if *metricsAddr != "" {
 		stopMetrics, err := serveMetrics(*metricsAddr, log, collectors...)
 		if err != nil {
@@ -132,28 +118,11 @@ it dies; any of them answers natsmesh top.`, stderr)
 	return nil
 }
 
-// createConfigBucket makes the mesh's config bucket if it is missing. On an
-// embedded server it must succeed; on someone else's NATS without JetStream
-// the mesh runs without stored config, and the server says so.
-func createConfigBucket(ctx context.Context, nc *nats.Conn, prefix string, embedded bool, log *slog.Logger) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+// shutdownControlPlane stops the control plane, waiting at most 10 s.
+func shutdownControlPlane(cp *controlplane.ControlPlane, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	st, err := config.CreateStore(ctx, nc, prefix)
-	switch {
-	case err == nil:
-	case !embedded && errors.Is(err, config.ErrNoJetStream):
-		log.Warn("no JetStream on this NATS: natsmesh apply cannot store config, and proxies run on their defaults", "error", err)
-		return nil
-	case !embedded:
-		log.Warn("config bucket not available; natsmesh apply will fail until it is", "error", err)
-		return nil
-	default:
-		return err
+	if err := cp.Shutdown(ctx); err != nil {
+		log.Warn("control plane shutdown", "error", err)
 	}
-	kept, err := st.HistoryKept(ctx)
-	if err == nil && kept < config.MinHistory {
-		log.Warn("the config bucket keeps fewer revisions than natsmesh config rollback expects", "bucket", st.Bucket(), "history", kept, "want", config.History)
-	}
-	log.Info("config bucket ready", "bucket", st.Bucket(), "history", kept)
-	return nil
 }

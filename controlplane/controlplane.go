@@ -1,0 +1,127 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/metrics"
+	"github.com/natsmesh/natsmesh/registry"
+)
+
+// DefaultBucketTimeout bounds creating or opening the config bucket when
+// Config.BucketTimeout is 0.
+const DefaultBucketTimeout = 10 * time.Second
+
+// Config configures a control plane. The zero value serves the mesh with
+// prefix bus.DefaultPrefix, logs to slog.Default(), waits up to
+// DefaultBucketTimeout for the config bucket, and runs on without it when
+// it cannot be had.
+type Config struct {
+	// Prefix is the mesh's subject prefix; "" is bus.DefaultPrefix.
+	Prefix string
+	// Logger receives the control plane's logs; the stats aggregator's
+	// carry component=stats. Default slog.Default().
+	Logger *slog.Logger
+	// RequireConfigBucket makes Start fail when the config bucket can be
+	// neither opened nor created, as it must on a server that embeds NATS
+	// with JetStream. Without it, Start logs a warning and goes on: the
+	// mesh runs without stored config (no JetStream on this NATS), or
+	// natsmesh apply fails until the bucket is there.
+	RequireConfigBucket bool
+	// BucketTimeout bounds creating or opening the config bucket; 0 means
+	// DefaultBucketTimeout.
+	BucketTimeout time.Duration
+}
+
+func (c *Config) validate() error {
+	if c.Prefix != "" {
+		if err := bus.ValidatePrefix(c.Prefix); err != nil {
+			return fmt.Errorf("controlplane: Prefix: %w", err)
+		}
+	}
+	if c.BucketTimeout < 0 {
+		return fmt.Errorf("controlplane: BucketTimeout %s is negative; use 0 for the default %s", c.BucketTimeout, DefaultBucketTimeout)
+	}
+	return nil
+}
+
+func (c *Config) setDefaults() {
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.BucketTimeout == 0 {
+		c.BucketTimeout = DefaultBucketTimeout
+	}
+}
+
+// ControlPlane is a running control plane: the registry service and the
+// stats aggregator, on the mesh whose config bucket Start made sure of.
+type ControlPlane struct {
+	registry *registry.Service
+	stats    *metrics.Aggregator
+
+	once sync.Once
+	done chan struct{} // closed when both have stopped
+}
+
+// Start makes sure of the config bucket, then starts the registry service
+// and the stats aggregator on nc, which the caller owns and closes after
+// Shutdown.
+func Start(nc *nats.Conn, cfg Config) (*ControlPlane, error) {
+	if nc == nil {
+		return nil, errors.New("controlplane: Start needs a NATS connection")
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	if err := ensureConfigBucket(nc, cfg); err != nil {
+		return nil, err
+	}
+	reg, err := registry.StartService(nc, registry.ServiceConfig{Prefix: cfg.Prefix, Logger: cfg.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("controlplane: registry service: %w", err)
+	}
+	agg, err := metrics.StartAggregator(nc, metrics.AggregatorConfig{
+		Prefix: cfg.Prefix, Logger: cfg.Logger.With("component", "stats"), Alive: reg.View().Has,
+	})
+	if err != nil {
+		reg.Stop()
+		return nil, fmt.Errorf("controlplane: stats aggregator: %w", err)
+	}
+	return &ControlPlane{registry: reg, stats: agg, done: make(chan struct{})}, nil
+}
+
+// Shutdown stops the stats aggregator (a summary being computed is still
+// sent), then the registry service (which hands its lease over), and
+// returns once both have stopped, or with ctx's error when ctx ends first;
+// the stopping then goes on in the background. It is safe to call twice and
+// from several goroutines: every call waits for the same stop. The
+// connection stays open.
+func (c *ControlPlane) Shutdown(ctx context.Context) error {
+	c.once.Do(func() {
+		go func() {
+			defer close(c.done)
+			c.stats.Stop()
+			c.registry.Stop()
+		}()
+	})
+	select {
+	case <-c.done:
+		return nil
+	default:
+	}
+	select {
+	case <-c.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("controlplane: shutdown: %w", context.Cause(ctx))
+	}
+}
