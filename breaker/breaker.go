@@ -9,10 +9,13 @@
 //
 // Use is two-step, as a proxy needs (the result is known after the call):
 //
-//	done, err := b.Allow()
+//	ticket, err := b.Try()
 //	if err != nil { /* answer circuit-open */ }
 //	... make the call ...
-//	done(breaker.Success) // or Failure, or Ignore for a cancelled call
+//	ticket.Done(breaker.Success) // or Failure, or Ignore for a cancelled call
+//
+// A Ticket is a small value, so asking allocates nothing on the request
+// path.
 //
 // Compared with sony/gobreaker: gobreaker trips by default after more than 5
 // consecutive failures and has no failure-ratio window (ReadyToTrip sees
@@ -56,7 +59,7 @@ func (s State) String() string {
 	return "unknown"
 }
 
-// Result is the outcome of a call, told to the breaker with done.
+// Result is the outcome of a call, told to the breaker with Ticket.Done.
 type Result int
 
 // The results.
@@ -66,7 +69,7 @@ const (
 	Ignore // the call was cancelled by its caller: it says nothing of the callee
 )
 
-// Errors Allow returns.
+// Errors Try returns.
 var (
 	ErrOpen          = errors.New("breaker: open")
 	ErrTooManyProbes = errors.New("breaker: half-open, probes in flight")
@@ -194,24 +197,14 @@ func (b *Breaker) current(now time.Time) State {
 	return b.state
 }
 
-// Allow asks to make a call. On success, done must be called exactly once
-// with the call's result; calls after the first are ignored.
-func (b *Breaker) Allow() (done func(Result), err error) {
-	t, err := b.Try()
-	if err != nil {
-		return nil, err
-	}
-	var once sync.Once
-	return func(r Result) { once.Do(func() { t.Done(r) }) }, nil
-}
-
-// Ticket is a call the breaker let through, for Try's callers.
+// Ticket is a call the breaker let through.
 type Ticket struct {
 	b   *Breaker
 	gen uint64
 }
 
-// Try is Allow without an allocation, for a proxy's request path: on
+// Try asks to make a call: it returns ErrOpen while the breaker is open,
+// ErrTooManyProbes while half-open with all its probes in flight. On
 // success, the ticket's Done must be called exactly once with the call's
 // result (more calls would count it again).
 func (b *Breaker) Try() (Ticket, error) {

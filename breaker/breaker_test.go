@@ -14,11 +14,11 @@ import (
 // call makes one call with the given result; it fails the test if refused.
 func call(t *testing.T, b *breaker.Breaker, r breaker.Result) {
 	t.Helper()
-	done, err := b.Allow()
+	ticket, err := b.Try()
 	if err != nil {
 		t.Fatalf("call refused in state %s: %v", b.State(), err)
 	}
-	done(r)
+	ticket.Done(r)
 }
 
 func TestTripsOnConsecutiveFailures(t *testing.T) {
@@ -36,8 +36,8 @@ func TestTripsOnConsecutiveFailures(t *testing.T) {
 	if b.State() != breaker.Open {
 		t.Fatalf("state %s after 3 failures in a row, want open", b.State())
 	}
-	if _, err := b.Allow(); !errors.Is(err, breaker.ErrOpen) {
-		t.Fatalf("Allow while open: %v, want ErrOpen", err)
+	if _, err := b.Try(); !errors.Is(err, breaker.ErrOpen) {
+		t.Fatalf("Try while open: %v, want ErrOpen", err)
 	}
 }
 
@@ -89,26 +89,26 @@ func TestHalfOpenProbes(t *testing.T) {
 	b := breaker.New("svc", breaker.Settings{ConsecutiveFailures: 1, FailureRatio: -1, OpenTimeout: 5 * time.Second, HalfOpenProbes: 2, Clock: clock})
 	call(t, b, breaker.Failure)
 	clock.Advance(4 * time.Second)
-	if _, err := b.Allow(); !errors.Is(err, breaker.ErrOpen) {
+	if _, err := b.Try(); !errors.Is(err, breaker.ErrOpen) {
 		t.Fatalf("allowed before the open timeout: %v", err)
 	}
 	clock.Advance(time.Second)
 	if b.State() != breaker.HalfOpen {
 		t.Fatalf("state %s after the open timeout, want half-open", b.State())
 	}
-	d1, err1 := b.Allow()
-	d2, err2 := b.Allow()
+	p1, err1 := b.Try()
+	p2, err2 := b.Try()
 	if err1 != nil || err2 != nil {
 		t.Fatalf("probes refused: %v %v", err1, err2)
 	}
-	if _, err := b.Allow(); !errors.Is(err, breaker.ErrTooManyProbes) {
+	if _, err := b.Try(); !errors.Is(err, breaker.ErrTooManyProbes) {
 		t.Fatalf("third probe: %v, want ErrTooManyProbes", err)
 	}
-	d1(breaker.Success)
+	p1.Done(breaker.Success)
 	if b.State() != breaker.HalfOpen {
 		t.Fatalf("closed after 1 of 2 probes")
 	}
-	d2(breaker.Success)
+	p2.Done(breaker.Success)
 	if b.State() != breaker.Closed {
 		t.Fatalf("state %s after all probes succeeded, want closed", b.State())
 	}
@@ -131,18 +131,21 @@ func TestHalfOpenProbes(t *testing.T) {
 func TestStaleResultsIgnored(t *testing.T) {
 	clock := meshtest.NewClock()
 	b := breaker.New("svc", breaker.Settings{ConsecutiveFailures: 1, FailureRatio: -1, HalfOpenProbes: 1, Clock: clock})
-	old, err := b.Allow()
+	old, err := b.Try()
 	if err != nil {
 		t.Fatal(err)
 	}
 	call(t, b, breaker.Failure)
 	clock.Advance(breaker.DefaultOpenTimeout)
 	call(t, b, breaker.Success)
-	old(breaker.Failure)
+	old.Done(breaker.Failure)
 	if b.State() != breaker.Closed {
 		t.Fatalf("a result from before the breaker closed reopened it")
 	}
-	old(breaker.Failure) // twice: harmless
+	old.Done(breaker.Failure) // twice: still from before
+	if b.State() != breaker.Closed {
+		t.Fatalf("a result from before the breaker closed, told twice, reopened it")
+	}
 }
 
 // Callbacks run in order and outside the breaker's lock: one that asks the
@@ -175,12 +178,12 @@ func TestConcurrentUse(t *testing.T) {
 		go func(g int) {
 			defer wg.Done()
 			for i := 0; i < 1000; i++ {
-				if done, err := b.Allow(); err == nil {
+				if ticket, err := b.Try(); err == nil {
 					r := breaker.Success
 					if (i+g)%3 == 0 {
 						r = breaker.Failure
 					}
-					done(r)
+					ticket.Done(r)
 				}
 			}
 		}(g)
@@ -210,8 +213,8 @@ func TestSetIsKeyedAndBounded(t *testing.T) {
 	}
 }
 
-// Try and Ticket.Done behave as Allow and done: tickets count, and a ticket
-// from before a state change is ignored.
+// Tickets count, half-open admits only its probes, and a ticket from before
+// a state change is ignored.
 func TestTryTickets(t *testing.T) {
 	clock := meshtest.NewClock()
 	b := breaker.New("svc", breaker.Settings{ConsecutiveFailures: 2, FailureRatio: -1, OpenTimeout: time.Second, HalfOpenProbes: 1, Clock: clock})

@@ -55,89 +55,130 @@ func (ps *problems) add(path, format string, args ...any) {
 // Validate reports every problem of s; nil means s is valid.
 func (s *Service) Validate() []Problem {
 	var ps problems
-	if s.Service == "" {
+	validServiceName(&ps, s.Service)
+	validTimeout(&ps, "timeout", s.Timeout)
+	validRetries(&ps, s.Retries)
+	validBreaker(&ps, s.Breaker)
+	validLoadBalancer(&ps, s.LoadBalancer)
+	validRoutes(&ps, s.Routes)
+	validFault(&ps, s.Fault)
+	return ps
+}
+
+// validServiceName checks the name of the service the document configures.
+func validServiceName(ps *problems, name string) {
+	if name == "" {
 		ps.add("service", "missing; name the service this document configures")
-	} else if err := bus.ValidateName("service", s.Service); err != nil {
+	} else if err := bus.ValidateName("service", name); err != nil {
 		ps.add("service", "%v", err)
 	}
-	validTimeout(&ps, "timeout", s.Timeout)
-	if r := s.Retries; r != nil {
-		if r.Attempts != nil && (*r.Attempts < 0 || *r.Attempts > 10) {
-			ps.add("retries.attempts", "%d is out of range; use 0 (no retries) to 10", *r.Attempts)
-		}
-		for i, c := range r.On {
-			if !slices.Contains(RetryConditions, c) {
-				ps.add(fmt.Sprintf("retries.on[%d]", i), "unknown condition %q; use one of %s", c, strings.Join(RetryConditions, ", "))
-			}
-		}
-		validTimeout(&ps, "retries.perTryTimeout", r.PerTryTimeout)
-		validTimeout(&ps, "retries.backoff", r.Backoff)
-		validTimeout(&ps, "retries.backoffMax", r.BackoffMax)
-		if r.Backoff > 0 && r.BackoffMax > 0 && r.BackoffMax < r.Backoff {
-			ps.add("retries.backoffMax", "%s is shorter than backoff (%s)", r.BackoffMax, r.Backoff)
-		}
-		if b := r.Budget; b != nil {
-			if b.Ratio != nil && !inRange(*b.Ratio, 0, 1) {
-				ps.add("retries.budget.ratio", "%g is out of range; use 0 to 1", *b.Ratio)
-			}
-			if b.MinPerSecond != nil && !inRange(*b.MinPerSecond, 0, 1e6) {
-				ps.add("retries.budget.minPerSecond", "%g is out of range; use 0 to 1000000", *b.MinPerSecond)
-			}
+}
+
+// validRetries checks retries, if there are any.
+func validRetries(ps *problems, r *Retries) {
+	if r == nil {
+		return
+	}
+	if r.Attempts != nil && (*r.Attempts < 0 || *r.Attempts > 10) {
+		ps.add("retries.attempts", "%d is out of range; use 0 (no retries) to 10", *r.Attempts)
+	}
+	for i, c := range r.On {
+		if !slices.Contains(RetryConditions, c) {
+			ps.add(fmt.Sprintf("retries.on[%d]", i), "unknown condition %q; use one of %s", c, strings.Join(RetryConditions, ", "))
 		}
 	}
-	if b := s.Breaker; b != nil {
-		if b.Failures < 0 {
-			ps.add("breaker.failures", "%d is negative", b.Failures)
-		}
-		if !inRange(b.Ratio, 0, 1) {
-			ps.add("breaker.ratio", "%g is out of range; use 0 to 1", b.Ratio)
-		}
-		if b.MinRequests < 0 {
-			ps.add("breaker.minRequests", "%d is negative", b.MinRequests)
-		}
-		validTimeout(&ps, "breaker.window", b.Window)
-		validTimeout(&ps, "breaker.open", b.Open)
-		if b.Probes < 0 || b.Probes > 100 {
-			ps.add("breaker.probes", "%d is out of range; use 1 to 100", b.Probes)
+	validTimeout(ps, "retries.perTryTimeout", r.PerTryTimeout)
+	validTimeout(ps, "retries.backoff", r.Backoff)
+	validTimeout(ps, "retries.backoffMax", r.BackoffMax)
+	if r.Backoff > 0 && r.BackoffMax > 0 && r.BackoffMax < r.Backoff {
+		ps.add("retries.backoffMax", "%s is shorter than backoff (%s)", r.BackoffMax, r.Backoff)
+	}
+	validBudget(ps, r.Budget)
+}
+
+// validBudget checks a retry budget, if there is one.
+func validBudget(ps *problems, b *Budget) {
+	if b == nil {
+		return
+	}
+	if b.Ratio != nil && !inRange(*b.Ratio, 0, 1) {
+		ps.add("retries.budget.ratio", "%g is out of range; use 0 to 1", *b.Ratio)
+	}
+	if b.MinPerSecond != nil && !inRange(*b.MinPerSecond, 0, 1e6) {
+		ps.add("retries.budget.minPerSecond", "%g is out of range; use 0 to 1000000", *b.MinPerSecond)
+	}
+}
+
+// validBreaker checks the breaker's settings, if there are any.
+func validBreaker(ps *problems, b *Breaker) {
+	if b == nil {
+		return
+	}
+	if b.Failures < 0 {
+		ps.add("breaker.failures", "%d is negative", b.Failures)
+	}
+	if !inRange(b.Ratio, 0, 1) {
+		ps.add("breaker.ratio", "%g is out of range; use 0 to 1", b.Ratio)
+	}
+	if b.MinRequests < 0 {
+		ps.add("breaker.minRequests", "%d is negative", b.MinRequests)
+	}
+	validTimeout(ps, "breaker.window", b.Window)
+	validTimeout(ps, "breaker.open", b.Open)
+	if b.Probes < 0 || b.Probes > 100 {
+		ps.add("breaker.probes", "%d is out of range; use 1 to 100", b.Probes)
+	}
+}
+
+// validLoadBalancer checks the policy and its hash header, if a load
+// balancer is set.
+func validLoadBalancer(ps *problems, lb *LoadBalancer) {
+	if lb == nil {
+		return
+	}
+	switch {
+	case !slices.Contains(Policies, lb.Policy):
+		ps.add("loadBalancer.policy", "unknown policy %q; use one of %s", lb.Policy, strings.Join(Policies, ", "))
+	case lb.Policy == PolicyRingHash && lb.HashHeader == "":
+		ps.add("loadBalancer.hashHeader", "missing; ring-hash needs the name of the header to hash")
+	case lb.Policy != PolicyRingHash && lb.HashHeader != "":
+		ps.add("loadBalancer.hashHeader", "only ring-hash uses a hash header, and the policy is %s", lb.Policy)
+	}
+	if lb.HashHeader != "" {
+		if why := headerProblem(lb.HashHeader); why != "" {
+			ps.add("loadBalancer.hashHeader", "%s", why)
 		}
 	}
-	if lb := s.LoadBalancer; lb != nil {
-		switch {
-		case !slices.Contains(Policies, lb.Policy):
-			ps.add("loadBalancer.policy", "unknown policy %q; use one of %s", lb.Policy, strings.Join(Policies, ", "))
-		case lb.Policy == PolicyRingHash && lb.HashHeader == "":
-			ps.add("loadBalancer.hashHeader", "missing; ring-hash needs the name of the header to hash")
-		case lb.Policy != PolicyRingHash && lb.HashHeader != "":
-			ps.add("loadBalancer.hashHeader", "only ring-hash uses a hash header, and the policy is %s", lb.Policy)
-		}
-		if lb.HashHeader != "" {
-			if why := headerProblem(lb.HashHeader); why != "" {
-				ps.add("loadBalancer.hashHeader", "%s", why)
-			}
-		}
+}
+
+// validRoutes checks how many routes there are, and each of them.
+func validRoutes(ps *problems, routes []Route) {
+	if len(routes) > MaxRoutes {
+		ps.add("routes", "%d routes; at most %d are allowed", len(routes), MaxRoutes)
 	}
-	if len(s.Routes) > MaxRoutes {
-		ps.add("routes", "%d routes; at most %d are allowed", len(s.Routes), MaxRoutes)
+	for i := range routes {
+		validRoute(ps, fmt.Sprintf("routes[%d]", i), &routes[i])
 	}
-	for i := range s.Routes {
-		validRoute(&ps, fmt.Sprintf("routes[%d]", i), &s.Routes[i])
+}
+
+// validFault checks the delay and the abort to inject, if there are any.
+func validFault(ps *problems, f *Fault) {
+	if f == nil {
+		return
 	}
-	if f := s.Fault; f != nil {
-		if d := f.Delay; d != nil {
-			validPercent(&ps, "fault.delay.percent", d.Percent)
-			if d.Duration <= 0 {
-				ps.add("fault.delay.duration", "missing; say how long to delay, such as 2s")
-			}
-			validTimeout(&ps, "fault.delay.duration", d.Duration)
+	if d := f.Delay; d != nil {
+		validPercent(ps, "fault.delay.percent", d.Percent)
+		if d.Duration <= 0 {
+			ps.add("fault.delay.duration", "missing; say how long to delay, such as 2s")
 		}
-		if a := f.Abort; a != nil {
-			validPercent(&ps, "fault.abort.percent", a.Percent)
-			if a.Status < 400 || a.Status > 599 {
-				ps.add("fault.abort.status", "%d is not an error status; use 400 to 599", a.Status)
-			}
+		validTimeout(ps, "fault.delay.duration", d.Duration)
+	}
+	if a := f.Abort; a != nil {
+		validPercent(ps, "fault.abort.percent", a.Percent)
+		if a.Status < 400 || a.Status > 599 {
+			ps.add("fault.abort.status", "%d is not an error status; use 400 to 599", a.Status)
 		}
 	}
-	return ps
 }
 
 // inRange reports whether lo <= x <= hi; NaN is in no range.

@@ -1,7 +1,6 @@
 package metrics
 
 import (
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -288,13 +287,4 @@ func (s *Set) breakerStates() map[string]breaker.State {
 		m[k] = v
 	}
 	return m
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
 }

@@ -199,86 +199,131 @@ type edgeAcc struct {
 // summarize computes a Summary (without its time, window and stats) from
 // the instances' spans.
 func summarize(spans []span, maxServices, maxEdges int) Summary {
-	services := make(map[string]*serviceAcc)
-	svc := func(name string) *serviceAcc {
-		s := services[name]
-		if s == nil {
-			s = &serviceAcc{}
-			services[name] = s
-		}
-		return s
-	}
-	edges := make(map[pairKey]*edgeAcc)
-	type subsetKey struct {
-		inbound      bool
-		peer, subset string
-	}
-	var sum Summary
+	t := tally{services: make(map[string]*serviceAcc), edges: make(map[pairKey]*edgeAcc)}
 	for i := range spans {
-		sp := &spans[i]
-		sum.Instances++
-		if sp.kind != "gateway" {
-			svc(sp.service).instances++
-		}
-		countBreakers(sp.breakers, svc)
-		var prev map[subsetKey]*edgeSample
-		if sp.prev != nil {
-			prev = make(map[subsetKey]*edgeSample, len(sp.prev.edges))
-			for j := range sp.prev.edges {
-				e := &sp.prev.edges[j]
-				prev[subsetKey{e.inbound, e.peer, e.subset}] = e
-			}
-		}
-		seen := make(map[pairKey]bool) // edges this instance reports
-		for j := range sp.cur.edges {
-			e := &sp.cur.edges[j]
-			var c *acc
-			if e.inbound {
-				c = &svc(sp.service).acc
-			} else {
-				k := pairKey{sp.service, e.peer, e.subset}
-				ea := edges[k]
-				if ea == nil {
-					ea = &edgeAcc{}
-					edges[k] = ea
-				}
-				if !seen[k] {
-					seen[k] = true
-					ea.callers++
-				}
-				if bus.ValidateName("service", e.peer) == nil {
-					svc(e.peer)
-				}
-				c = &ea.acc
-			}
-			if sp.elapsed > 0 {
-				c.add(e, prev[subsetKey{e.inbound, e.peer, e.subset}], sp.elapsed)
-			}
-		}
+		t.addSpan(&spans[i])
 	}
-	sum.Services = make([]ServiceStats, 0, len(services))
-	for name, s := range services {
-		st := ServiceStats{Name: name, Instances: s.instances, Signals: s.acc.signals(), BreakerOpen: s.open, BreakerHalfOpen: s.half}
-		switch {
-		case s.open > 0:
-			st.Breaker = breaker.Open.String()
-		case s.half > 0:
-			st.Breaker = breaker.HalfOpen.String()
-		case s.closed > 0:
-			st.Breaker = breaker.Closed.String()
-		}
-		sum.Services = append(sum.Services, st)
-	}
-	sum.Edges = make([]EdgeStats, 0, len(edges))
-	for k, e := range edges {
-		sum.Edges = append(sum.Edges, EdgeStats{From: k.from, To: k.to, Subset: k.subset, Callers: e.callers, Signals: e.acc.signals(),
-			Retries: e.acc.retries, RetriesPerSecond: e.acc.retryRate})
-	}
+	sum := Summary{Instances: len(spans)}
 	var cut1, cut2 bool
-	sum.Services, cut1 = keepBusiest(sum.Services, maxServices, serviceRequests, compareServices)
-	sum.Edges, cut2 = keepBusiest(sum.Edges, maxEdges, edgeRequests, compareEdges)
+	sum.Services, cut1 = keepBusiest(t.serviceStats(), maxServices, serviceRequests, compareServices)
+	sum.Edges, cut2 = keepBusiest(t.edgeStats(), maxEdges, edgeRequests, compareEdges)
 	sum.Truncated = cut1 || cut2
 	return sum
+}
+
+// tally sums the instances' spans by service and by caller → callee edge.
+type tally struct {
+	services map[string]*serviceAcc
+	edges    map[pairKey]*edgeAcc
+}
+
+// service is the sums of the service name, made on first use.
+func (t *tally) service(name string) *serviceAcc {
+	s := t.services[name]
+	if s == nil {
+		s = &serviceAcc{}
+		t.services[name] = s
+	}
+	return s
+}
+
+// addSpan adds one instance's span: the instance to its service (unless it
+// is a gateway), its breakers to the services they guard, and the change of
+// each of its edges over the span.
+func (t *tally) addSpan(sp *span) {
+	if sp.kind != "gateway" {
+		t.service(sp.service).instances++
+	}
+	countBreakers(sp.breakers, t.service)
+	prev := edgesByKey(sp.prev)
+	seen := make(map[pairKey]bool) // edges this instance reports
+	for j := range sp.cur.edges {
+		e := &sp.cur.edges[j]
+		c := t.accOf(sp.service, e, seen)
+		if sp.elapsed > 0 {
+			c.add(e, prev[e.key()], sp.elapsed)
+		}
+	}
+}
+
+// accOf is what an edge of an instance of service adds to: an inbound
+// edge to the service's sums; an outbound one to the sums of the edge from
+// service to the peer, which counts the instance among its callers once
+// (seen holds the edges already counted for it). A valid peer is listed
+// among the services even if none of its instances reports.
+func (t *tally) accOf(service string, e *edgeSample, seen map[pairKey]bool) *acc {
+	if e.inbound {
+		return &t.service(service).acc
+	}
+	k := pairKey{service, e.peer, e.subset}
+	ea := t.edges[k]
+	if ea == nil {
+		ea = &edgeAcc{}
+		t.edges[k] = ea
+	}
+	if !seen[k] {
+		seen[k] = true
+		ea.callers++
+	}
+	if bus.ValidateName("service", e.peer) == nil {
+		t.service(e.peer)
+	}
+	return &ea.acc
+}
+
+// serviceStats are the signals of every service tallied, unsorted.
+func (t *tally) serviceStats() []ServiceStats {
+	out := make([]ServiceStats, 0, len(t.services))
+	for name, s := range t.services {
+		out = append(out, ServiceStats{Name: name, Instances: s.instances, Signals: s.acc.signals(),
+			Breaker: s.breaker(), BreakerOpen: s.open, BreakerHalfOpen: s.half})
+	}
+	return out
+}
+
+// edgeStats are the signals of every edge tallied, unsorted.
+func (t *tally) edgeStats() []EdgeStats {
+	out := make([]EdgeStats, 0, len(t.edges))
+	for k, e := range t.edges {
+		out = append(out, EdgeStats{From: k.from, To: k.to, Subset: k.subset, Callers: e.callers, Signals: e.acc.signals(),
+			Retries: e.acc.retries, RetriesPerSecond: e.acc.retryRate})
+	}
+	return out
+}
+
+// breaker is the worst state the service's callers report for its
+// breakers; "" if none has one.
+func (s *serviceAcc) breaker() string {
+	switch {
+	case s.open > 0:
+		return breaker.Open.String()
+	case s.half > 0:
+		return breaker.HalfOpen.String()
+	case s.closed > 0:
+		return breaker.Closed.String()
+	}
+	return ""
+}
+
+// sampleKey tells apart the edges of one sample.
+type sampleKey struct {
+	inbound      bool
+	peer, subset string
+}
+
+func (e *edgeSample) key() sampleKey { return sampleKey{e.inbound, e.peer, e.subset} }
+
+// edgesByKey indexes the edges of s; nil when there is no s.
+func edgesByKey(s *sample) map[sampleKey]*edgeSample {
+	if s == nil {
+		return nil
+	}
+	m := make(map[sampleKey]*edgeSample, len(s.edges))
+	for j := range s.edges {
+		e := &s.edges[j]
+		m[e.key()] = e
+	}
+	return m
 }
 
 // countBreakers counts one caller instance's breakers by the service they
