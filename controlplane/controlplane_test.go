@@ -191,8 +191,8 @@ func connectNoJetStream(t *testing.T) *nats.Conn {
 }
 
 // On a NATS without JetStream the control plane starts without the config
-// bucket, says so, and answers the stats summary; unless the bucket is
-// required.
+// bucket, says so, and answers the registry (leading on its own, with no
+// lease) and the stats summary; unless the bucket is required.
 func TestStartWithoutJetStream(t *testing.T) {
 	nc := connectNoJetStream(t)
 
@@ -206,10 +206,7 @@ func TestStartWithoutJetStream(t *testing.T) {
 	if !strings.Contains(logs.String(), "no JetStream on this NATS: natsmesh apply cannot store config") {
 		t.Errorf("Start without JetStream did not warn that config cannot be stored:\n%s", logs.String())
 	}
-	meshtest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
-		_, err := metrics.FetchSummary(testCtx(t), nc, "", 0)
-		return err
-	})
+	waitServing(t, nc, "")
 }
 
 // A bad Config is refused before anything starts, with an error that names

@@ -220,7 +220,9 @@ func TestRetryRulesMeshFailures(t *testing.T) {
 		t.Cleanup(func() { close(release) })
 		const perTry = 200 * time.Millisecond
 		retry := traffic.RetryPolicy{PerTryTimeout: perTry}
-		mod := func(c *sidecar.Config) { c.Transport.DisableBreaker, c.Transport.Retry, c.Transport.Timeout = true, retry, 10*time.Second }
+		mod := func(c *sidecar.Config) {
+			c.Transport.DisableBreaker, c.Transport.Retry, c.Transport.Timeout = true, retry, 10*time.Second
+		}
 		for _, c := range callerForms(t, s, mod, proxy.TransportConfig{DisableBreaker: true, Retry: retry, Timeout: 10 * time.Second}) {
 			for _, method := range []string{http.MethodGet, http.MethodPost} {
 				t.Run(c.form+"/"+method, func(t *testing.T) {
@@ -763,7 +765,9 @@ func TestUnacknowledgedRequestIsLost(t *testing.T) {
 	}
 	const ackWait = 200 * time.Millisecond
 	clients := callerForms(t, s,
-		func(c *sidecar.Config) { c.Transport.AckWait, c.Transport.Timeout, c.Transport.DisableBreaker = ackWait, 10*time.Second, true },
+		func(c *sidecar.Config) {
+			c.Transport.AckWait, c.Transport.Timeout, c.Transport.DisableBreaker = ackWait, 10*time.Second, true
+		},
 		proxy.TransportConfig{AckWait: ackWait, Timeout: 10 * time.Second, DisableBreaker: true})
 	t.Cleanup(func() {
 		mu.Lock()

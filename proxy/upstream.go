@@ -216,19 +216,7 @@ func (u *Upstream) exchange(ctx context.Context, deadline time.Time, pc *upstrea
 		return 0, false, cancelledError()
 	}
 	pc.cw.n = 0
-	partial := false // the app answered before the whole body was sent
-	if w.reqBody != nil {
-		err = u.sendBody(pc, method, uri, host, hdr, w)
-		if errors.Is(err, errEarlyAnswer) || err != nil && !isBusError(err) && answered(pc, earlyAnswerWait) {
-			// The app answered without reading the whole body (its own
-			// 401 or 413, say) and may have closed: its answer is what the
-			// client gets, as from a direct call.
-			partial, err = true, nil
-			_ = pc.c.SetDeadline(deadline)
-		}
-	} else {
-		err = writeRequest(pc.bw, method, uri, host, u.host, hdr, body)
-	}
+	partial, err := u.sendRequest(deadline, pc, method, uri, host, hdr, body, w)
 	sent = pc.cw.n
 	if err != nil {
 		return sent, false, err
@@ -236,36 +224,59 @@ func (u *Upstream) exchange(ctx context.Context, deadline time.Time, pc *upstrea
 	if _, err := pc.br.Peek(1); err != nil {
 		return sent, false, err
 	}
-	read = true
-	resp, err := http.ReadResponse(pc.br, requestFor(method))
-	for err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 {
-		if resp.StatusCode == http.StatusSwitchingProtocols {
-			return sent, read, bus.Errorf(bus.UpstreamUnreachable, "the app switched protocols (%s), which the mesh does not carry", resp.Header.Get("Upgrade"))
-		}
-		resp, err = http.ReadResponse(pc.br, requestFor(method)) // skip 1xx
-	}
+	resp, err := u.readResponse(pc, method, w)
 	if err != nil {
-		return sent, read, err
-	}
-	w.header = resp.Header
-	w.WriteHeader(resp.StatusCode)
-	if w.srv != nil && method != http.MethodHead && bodyAllowed(resp.StatusCode) &&
-		(resp.ContentLength < 0 || isEventStream(resp.Header) || !fitsMessage(resp.Header, 0, resp.ContentLength, w.limit)) {
-		if err := u.streamBody(pc, resp, w); err != nil {
-			return sent, read, err
-		}
-	} else if _, err := w.readInline(resp.Body); err != nil {
-		return sent, read, err
+		return sent, true, err
 	}
 	// Back to the pool only if the cancellation hooks can no longer fire
 	// on it, and with no deadline left on it.
 	if resp.Close || partial || !stop() || (w.cs != nil && w.cs.setHook(nil)) {
 		pc.c.Close()
-		return sent, read, nil
+		return sent, true, nil
 	}
 	_ = pc.c.SetDeadline(time.Time{})
 	u.put(pc)
-	return sent, read, nil
+	return sent, true, nil
+}
+
+// sendRequest writes the request to the app. partial: the app answered
+// before the whole streamed body was sent.
+func (u *Upstream) sendRequest(deadline time.Time, pc *upstreamConn, method, uri, host string, hdr nats.Header, body []byte, w *responseWriter) (partial bool, err error) {
+	if w.reqBody == nil {
+		return false, writeRequest(pc.bw, method, uri, host, u.host, hdr, body)
+	}
+	err = u.sendBody(pc, method, uri, host, hdr, w)
+	if errors.Is(err, errEarlyAnswer) || err != nil && !isBusError(err) && answered(pc, earlyAnswerWait) {
+		// The app answered without reading the whole body (its own 401 or
+		// 413, say) and may have closed: its answer is what the client
+		// gets, as from a direct call.
+		_ = pc.c.SetDeadline(deadline)
+		return true, nil
+	}
+	return false, err
+}
+
+// readResponse reads the app's response (past any 1xx) into w: inline, or
+// streamed when its body does not fit one message or is an event stream.
+func (u *Upstream) readResponse(pc *upstreamConn, method string, w *responseWriter) (*http.Response, error) {
+	resp, err := http.ReadResponse(pc.br, requestFor(method))
+	for err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 {
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			return nil, bus.Errorf(bus.UpstreamUnreachable, "the app switched protocols (%s), which the mesh does not carry", resp.Header.Get("Upgrade"))
+		}
+		resp, err = http.ReadResponse(pc.br, requestFor(method)) // skip 1xx
+	}
+	if err != nil {
+		return nil, err
+	}
+	w.header = resp.Header
+	w.WriteHeader(resp.StatusCode)
+	if w.srv != nil && method != http.MethodHead && bodyAllowed(resp.StatusCode) &&
+		(resp.ContentLength < 0 || isEventStream(resp.Header) || !fitsMessage(resp.Header, 0, resp.ContentLength, w.limit)) {
+		return resp, u.streamBody(pc, resp, w)
+	}
+	_, err = w.readInline(resp.Body)
+	return resp, err
 }
 
 // isEventStream reports whether a response is a stream of server-sent

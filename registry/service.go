@@ -109,7 +109,8 @@ func StartService(nc *nats.Conn, cfg ServiceConfig) (*Service, error) {
 	err = s.startLease(cfg)
 	switch {
 	case err == nil:
-	case errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount):
+	case errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount),
+		errors.Is(err, nats.ErrNoResponders): // nobody answers the JetStream API
 		cfg.Logger.Warn("no JetStream for the registry lease; this server publishes events on its own: run one natsmesh server per mesh", "error", err)
 		if err := s.lead(true); err != nil {
 			s.Stop()

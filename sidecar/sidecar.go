@@ -40,7 +40,7 @@ type Config struct {
 	// listens on Listen (default DefaultListen).
 	Listener net.Listener
 	Listen   string
-	Prefix string
+	Prefix   string
 	// DenyEgress refuses outbound calls to hosts outside the mesh.
 	DenyEgress bool
 	// Heartbeat is the interval of the instance's heartbeats (default 1 s).

@@ -20,6 +20,12 @@ import (
 // DefaultListen is where natsmesh server listens for NATS clients.
 const DefaultListen = "127.0.0.1:4222"
 
+// Errors of Start a program maps to its own options.
+var (
+	ErrListen  = errors.New("embedded: cannot listen on")
+	ErrDataDir = errors.New("embedded: cannot create data directory")
+)
+
 // Config configures the embedded nats-server. The zero value listens on
 // DefaultListen and stores JetStream data under DefaultDataDir().
 type Config struct {
@@ -92,7 +98,7 @@ func Start(cfg Config) (*Server, error) {
 		cfg.ReadyTimeout = 10 * time.Second
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
-		return nil, fmt.Errorf("embedded: cannot create data directory %s (choose another with --data): %w", cfg.DataDir, err)
+		return nil, fmt.Errorf("%w %s (Config.DataDir): %w", ErrDataDir, cfg.DataDir, err)
 	}
 	opts := &server.Options{
 		ServerName: cfg.Name,
@@ -111,7 +117,7 @@ func Start(cfg Config) (*Server, error) {
 		// Fail with a clear message instead of nats-server's own log line.
 		l, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
 		if err != nil {
-			return nil, fmt.Errorf("embedded: cannot listen on %s:%d (is another server running? choose another address with --listen): %w", cfg.Host, cfg.Port, err)
+			return nil, fmt.Errorf("%w %s:%d (is another server running? Config.Host, Config.Port): %w", ErrListen, cfg.Host, cfg.Port, err)
 		}
 		l.Close()
 	}

@@ -112,18 +112,21 @@ afresh.`, stderr)
 		defer func() { stopLoad(); <-loaded }()
 	}
 
-	fmt.Fprintf(stdout, "natsmesh demo: bookinfo is running on the mesh, NATS on %s\n\n", url)
-	fmt.Fprintf(stdout, "  open %s\n", page)
-	fmt.Fprintf(stdout, "  (reload it: reviews v1, v2 and v3 take turns; add ?u=jason to act as user jason)\n\n")
-	fmt.Fprintf(stdout, "Then, in another terminal, from this repository:\n\n")
+	// One write, so that a reader of the first line has the rest too.
+	var msg strings.Builder
+	fmt.Fprintf(&msg, "natsmesh demo: bookinfo is running on the mesh, NATS on %s\n\n", url)
+	fmt.Fprintf(&msg, "  open %s\n", page)
+	fmt.Fprintf(&msg, "  (reload it: reviews v1, v2 and v3 take turns; add ?u=jason to act as user jason)\n\n")
+	fmt.Fprintf(&msg, "Then, in another terminal, from this repository:\n\n")
 	if url != "nats://127.0.0.1:4222" {
-		fmt.Fprintf(stdout, "  export NATSMESH_URL=%s\n", url)
+		fmt.Fprintf(&msg, "  export NATSMESH_URL=%s\n", url)
 	}
-	fmt.Fprintf(stdout, "  go run ./cmd/natsmesh services                                         # the services and their instances\n")
-	fmt.Fprintf(stdout, "  go run ./cmd/natsmesh top                                              # each service's and each call's rate, success and latency, live\n")
-	fmt.Fprintf(stdout, "  go run ./cmd/natsmesh watch                                            # instances coming and going, live\n")
-	fmt.Fprintf(stdout, "  go run ./cmd/natsmesh apply -f examples/bookinfo/reviews-v3-canary.yaml   # half of reviews to v3, half to v1\n\n")
-	fmt.Fprintf(stdout, "Ctrl-C stops the demo.\n")
+	fmt.Fprintf(&msg, "  go run ./cmd/natsmesh services                                         # the services and their instances\n")
+	fmt.Fprintf(&msg, "  go run ./cmd/natsmesh top                                              # each service's and each call's rate, success and latency, live\n")
+	fmt.Fprintf(&msg, "  go run ./cmd/natsmesh watch                                            # instances coming and going, live\n")
+	fmt.Fprintf(&msg, "  go run ./cmd/natsmesh apply -f examples/bookinfo/reviews-v3-canary.yaml   # half of reviews to v3, half to v1\n\n")
+	fmt.Fprintf(&msg, "Ctrl-C stops the demo.\n")
+	_, _ = io.WriteString(stdout, msg.String())
 
 	<-ctx.Done()
 	fmt.Fprintf(stdout, "stopping the demo\n")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -78,7 +79,7 @@ it dies; any of them answers natsmesh top.`, stderr)
 			Debug:  lf.level == "debug",
 		})
 		if err != nil {
-			return err
+			return embeddedError(err)
 		}
 		defer srv.Shutdown()
 		collectors = append(collectors, embedded.NewNATSCollector(srv.NATS()))
@@ -125,4 +126,16 @@ func shutdownControlPlane(cp *controlplane.ControlPlane, log *slog.Logger) {
 	if err := cp.Shutdown(ctx); err != nil {
 		log.Warn("control plane shutdown", "error", err)
 	}
+}
+
+// embeddedError is an error of the embedded server's start, with the flag
+// that chooses another address or directory.
+func embeddedError(err error) error {
+	switch {
+	case errors.Is(err, embedded.ErrListen):
+		return fmt.Errorf("%w; choose another address with --listen", err)
+	case errors.Is(err, embedded.ErrDataDir):
+		return fmt.Errorf("%w; choose another with --data", err)
+	}
+	return err
 }
