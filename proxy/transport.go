@@ -198,8 +198,7 @@ func NewTransport(nc *nats.Conn, cfg TransportConfig) (*Transport, error) {
 	// When the connection drops, waiting calls can no longer get their
 	// replies: fail them at once instead of letting them wait out the timeout.
 	t.status = nc.StatusChanged(nats.CONNECTED, nats.DISCONNECTED, nats.RECONNECTING, nats.CLOSED)
-	t.wg.Add(1)
-	go t.watchStatus()
+	t.wg.Go(t.watchStatus)
 	return t, nil
 }
 
@@ -213,7 +212,6 @@ func (t *Transport) isClosed() bool {
 }
 
 func (t *Transport) watchStatus() {
-	defer t.wg.Done()
 	for {
 		select {
 		case st, ok := <-t.status:

@@ -88,13 +88,11 @@ func NewAnnouncer(nc *nats.Conn, cfg AnnouncerConfig) (*Announcer, error) {
 	if err := probe.Validate(); err != nil {
 		return nil, fmt.Errorf("registry: announcer: %w", err)
 	}
-	a.wg.Add(1)
-	go a.run(cfg.Interval)
+	a.wg.Go(func() { a.run(cfg.Interval) })
 	return a, nil
 }
 
 func (a *Announcer) run(interval time.Duration) {
-	defer a.wg.Done()
 	a.beat()
 	t := time.NewTicker(interval)
 	defer t.Stop()

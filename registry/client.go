@@ -110,8 +110,7 @@ func (c *Client) Mirror(ctx context.Context, service string, fn func(Update)) (*
 		m.unsubscribe()
 		return nil, err
 	}
-	m.wg.Add(1)
-	go m.run(snap)
+	m.wg.Go(func() { m.run(snap) })
 	return m, nil
 }
 
@@ -125,7 +124,6 @@ func (m *Mirror) snapshot(ctx context.Context) (Snapshot, error) {
 }
 
 func (m *Mirror) run(snap Snapshot) {
-	defer m.wg.Done()
 	m.fn(Update{Snapshot: &snap})
 	last, origin := snap.Rev, snap.Origin
 	for {

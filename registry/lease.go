@@ -79,8 +79,7 @@ func startLease(nc *nats.Conn, prefix, id string, ttl time.Duration, log *slog.L
 	}
 	l := &lease{kv: kv, key: leaseKeyFor(prefix), id: id, ttl: ttl, change: change, log: log, done: make(chan struct{})}
 	l.attempt() // a lone server leads from its first moment
-	l.wg.Add(1)
-	go l.run()
+	l.wg.Go(l.run)
 	return l, nil
 }
 
@@ -110,7 +109,6 @@ func (l *lease) attempt() {
 }
 
 func (l *lease) run() {
-	defer l.wg.Done()
 	// Renew (or try to win) often enough to hold it through a lost update
 	// or two, and to notice a hand-over within a second.
 	t := time.NewTicker(min(l.ttl/4, time.Second))

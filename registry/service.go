@@ -97,8 +97,7 @@ func StartService(nc *nats.Conn, cfg ServiceConfig) (*Service, error) {
 	s := &Service{nc: nc, subj: subj, view: NewView(cfg.View), log: cfg.Logger, done: make(chan struct{})}
 	// Watch before following, so that the first event is published too.
 	_, s.watch = s.view.Watch("", publishBuffer)
-	s.wg.Add(1)
-	go s.publish()
+	s.wg.Go(s.publish)
 	if s.follow, err = Follow(nc, s.view, cfg.Prefix); err != nil {
 		s.Stop()
 		return nil, err
@@ -120,8 +119,7 @@ func StartService(nc *nats.Conn, cfg ServiceConfig) (*Service, error) {
 		// JetStream is there but not ready (a leader election, say):
 		// keep trying, and do not lead meanwhile.
 		cfg.Logger.Warn("registry lease not available yet; retrying", "error", err)
-		s.wg.Add(1)
-		go s.retryLease(cfg)
+		s.wg.Go(func() { s.retryLease(cfg) })
 	}
 	return s, nil
 }
@@ -142,7 +140,6 @@ func (s *Service) startLease(cfg ServiceConfig) error {
 }
 
 func (s *Service) retryLease(cfg ServiceConfig) {
-	defer s.wg.Done()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
@@ -204,7 +201,6 @@ func (s *Service) View() *View { return s.view }
 
 // publish sends the view's events on NATS, in rev order.
 func (s *Service) publish() {
-	defer s.wg.Done()
 	for {
 		s.watchMu.Lock()
 		w := s.watch

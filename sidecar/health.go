@@ -66,13 +66,11 @@ func startHealthChecker(upstream string, cfg HealthCheckConfig, onChange func(bo
 		done:     make(chan struct{}),
 	}
 	h.ctx, h.cancel = context.WithCancel(context.Background())
-	h.wg.Add(1)
-	go h.run()
+	h.wg.Go(h.run)
 	return h
 }
 
 func (h *healthChecker) run() {
-	defer h.wg.Done()
 	t := time.NewTicker(h.cfg.Interval)
 	defer t.Stop()
 	healthy := true

@@ -67,3 +67,21 @@ func TestRegistryExamples(t *testing.T) {
 	}
 	watch.waitOutput(t, regexp.MustCompile(`(down hello-go `+inst+` \(deregistered\))`), startTimeout)
 }
+
+// The smallest library program serves a service and calls it by name, with
+// no sidecar; it links neither nats-server nor the Prometheus client
+// (internal/shape checks that).
+func TestLibraryExample(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the example; skipped with -short")
+	}
+	t.Parallel()
+	_, natsURL := startServer(t)
+	lib := start(t, "example library", []string{"NATSMESH_URL=" + natsURL}, buildExample(t, "library"))
+	if code := lib.wait(t, startTimeout); code != 0 {
+		t.Fatalf("example library exited %d", code)
+	}
+	if out := lib.stdout.String(); out != "200 OK hello library, from the greeter\n" {
+		t.Errorf("example library printed %q, want the greeter's answer to caller library", out)
+	}
+}

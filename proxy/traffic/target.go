@@ -1,9 +1,10 @@
 package traffic
 
 import (
+	"maps"
 	"math/rand/v2"
 	"net/http"
-	"sort"
+	"slices"
 	"strings"
 
 	"github.com/natsmesh/natsmesh/bus"
@@ -50,16 +51,12 @@ func compileRoute(subj bus.Subjects, service string, r *config.Route) route {
 	for name, value := range r.Match.Headers {
 		c.headers = append(c.headers, headerMatch{name: http.CanonicalHeaderKey(name), value: value})
 	}
-	sort.Slice(c.headers, func(i, j int) bool { return c.headers[i].name < c.headers[j].name })
-	subsets := make([]string, 0, len(r.Split))
-	for subset, w := range r.Split {
-		if w > 0 {
-			subsets = append(subsets, subset)
-		}
-	}
-	sort.Strings(subsets)
+	slices.SortFunc(c.headers, func(a, b headerMatch) int { return strings.Compare(a.name, b.name) })
 	sum := 0
-	for _, subset := range subsets {
+	for _, subset := range slices.Sorted(maps.Keys(r.Split)) {
+		if r.Split[subset] <= 0 {
+			continue
+		}
 		sum += r.Split[subset]
 		c.targets = append(c.targets, subsetTarget(subj, service, subset))
 		c.cum = append(c.cum, sum)
@@ -79,27 +76,17 @@ func (r *route) matches(method, uri string, hdr http.Header) bool {
 			return false
 		}
 	}
-	if len(r.methods) > 0 && !contains(r.methods, method) {
+	if len(r.methods) > 0 && !slices.Contains(r.methods, method) {
 		return false
 	}
+	// Header names are in canonical form, as net/http keeps the names of
+	// the requests it reads and http.Header.Set those it is given.
 	for i := range r.headers {
-		if !contains(hdr[r.headers[i].name], r.headers[i].value) {
+		if !slices.Contains(hdr[r.headers[i].name], r.headers[i].value) {
 			return false
 		}
 	}
 	return true
-}
-
-// contains reports whether v is one of vs. (Header names are in canonical
-// form, as net/http keeps the names of the requests it reads and
-// http.Header.Set those it is given.)
-func contains(vs []string, v string) bool {
-	for _, s := range vs {
-		if s == v {
-			return true
-		}
-	}
-	return false
 }
 
 // pick chooses a subset by weight; n is a number in [0, 100).
