@@ -210,7 +210,7 @@ func EncodeRequest(h nats.Header, method, uri, host string, hdr http.Header) {
 // end-to-end headers into h.
 func EncodeResponse(h nats.Header, status int, instance string, hdr http.Header) {
 	PutHTTPHeader(h, hdr)
-	h[HeaderStatus] = []string{StatusText(status)}
+	h[HeaderStatus] = []string{StatusCode(status)}
 	if instance != "" {
 		h[HeaderInstance] = []string{instance}
 	}
@@ -238,8 +238,9 @@ func init() {
 	}
 }
 
-// StatusText is strconv.Itoa for status codes, without allocating.
-func StatusText(code int) string {
+// StatusCode is a status code as its three digits (strconv.Itoa, without
+// allocating), as Mesh-Status carries it; not http.StatusText's reason phrase.
+func StatusCode(code int) string {
 	if code >= 0 && code < len(statusStrings) && statusStrings[code] != "" {
 		return statusStrings[code]
 	}

@@ -394,7 +394,7 @@ func TestFirst(t *testing.T) {
 	}
 }
 
-func TestStatusText(t *testing.T) {
+func TestStatusCode(t *testing.T) {
 	for _, tc := range []struct {
 		code int
 		want string
@@ -402,12 +402,12 @@ func TestStatusText(t *testing.T) {
 		{0, "0"}, {-1, "-1"}, {42, "42"}, {99, "99"}, {100, "100"}, {200, "200"}, {404, "404"},
 		{503, "503"}, {599, "599"}, {600, "600"}, {1000, "1000"},
 	} {
-		if got := bus.StatusText(tc.code); got != tc.want {
-			t.Errorf("StatusText(%d) = %q, want %q", tc.code, got, tc.want)
+		if got := bus.StatusCode(tc.code); got != tc.want {
+			t.Errorf("StatusCode(%d) = %q, want %q", tc.code, got, tc.want)
 		}
 	}
-	if n := testing.AllocsPerRun(100, func() { _ = bus.StatusText(http.StatusServiceUnavailable) }); n != 0 {
-		t.Errorf("StatusText(503) allocates %v times, want 0", n)
+	if n := testing.AllocsPerRun(100, func() { _ = bus.StatusCode(http.StatusServiceUnavailable) }); n != 0 {
+		t.Errorf("StatusCode(503) allocates %v times, want 0", n)
 	}
 }
 
@@ -733,7 +733,7 @@ func TestCodeStatus(t *testing.T) {
 			}
 
 			h, body := bus.ErrorResponse(e, "reviews-1")
-			if got := bus.First(h, bus.HeaderStatus); got != bus.StatusText(tt.status) {
+			if got := bus.First(h, bus.HeaderStatus); got != bus.StatusCode(tt.status) {
 				t.Errorf("Mesh-Status = %q, want %d", got, tt.status)
 			}
 			if got := bus.First(h, bus.HeaderError); got != tt.wire {

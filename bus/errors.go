@@ -50,6 +50,14 @@ type Failure struct {
 	Outlier bool
 }
 
+// Codes are the mesh's failure codes, in the order of the table: first those
+// that prove the request reached no app, then those that may have reached
+// one.
+var Codes = [...]Code{
+	NoResponders, Overloaded, MeshUnavailable, Timeout, UpstreamLost, UpstreamUnreachable,
+	CircuitOpen, TooLarge, BadRequest, Forbidden, NotSupported, NoRoute,
+}
+
 // failures is the table of the mesh's codes (docs/architecture.md has it
 // too).
 var failures = map[Code]Failure{
@@ -97,7 +105,7 @@ func Errorf(code Code, format string, args ...any) *Error {
 // ErrorResponse encodes e as a response message header and body.
 func ErrorResponse(e *Error, instance string) (nats.Header, []byte) {
 	h := nats.Header{
-		HeaderStatus:   {StatusText(e.Status)},
+		HeaderStatus:   {StatusCode(e.Status)},
 		HeaderError:    {string(e.Code)},
 		"Content-Type": {"text/plain; charset=utf-8"},
 	}

@@ -25,11 +25,19 @@ const (
 	maxHeaderValueLen = 1024
 )
 
-// RetryConditions are the failures Retries.On may name.
-var RetryConditions = []string{
-	string(bus.NoResponders), string(bus.Overloaded), string(bus.MeshUnavailable),
-	string(bus.Timeout), string(bus.UpstreamLost), string(bus.UpstreamUnreachable),
-	"502", "503", "504",
+// RetryConditions are the failures Retries.On may name: the codes of bus's
+// table that a retry may help (bus.Failure's Unsent or MaybeSent), and an
+// app's 502, 503 and 504.
+var RetryConditions = retryConditions()
+
+func retryConditions() []string {
+	var cs []string
+	for _, c := range bus.Codes {
+		if f := c.Failure(); f.Unsent || f.MaybeSent {
+			cs = append(cs, string(c))
+		}
+	}
+	return append(cs, "502", "503", "504")
 }
 
 // Problem is one thing wrong with a document: the field, as a path from the

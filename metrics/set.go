@@ -38,12 +38,10 @@ const DefaultMaxEdges = 1024
 // maxBreakers bounds the breaker states a Set reports.
 const maxBreakers = 1024
 
-// codes are the Mesh-Error codes an edge counts one by one; any other code
-// counts as codeOther, and a response the app made as codeNone.
-var codes = [...]bus.Code{
-	bus.NoResponders, bus.Timeout, bus.CircuitOpen, bus.Overloaded, bus.UpstreamUnreachable,
-	bus.TooLarge, bus.MeshUnavailable, bus.UpstreamLost, bus.BadRequest, bus.Forbidden, bus.NotSupported,
-}
+// codes are the Mesh-Error codes an edge counts one by one, bus's table;
+// any other code (a newer peer's) counts as codeOther, and a response the
+// app made as codeNone.
+var codes = bus.Codes
 
 const (
 	codeNone  = 0

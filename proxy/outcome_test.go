@@ -11,7 +11,7 @@ import (
 
 // reply messages as a callee sends them.
 func appReply(status int) *nats.Msg {
-	return &nats.Msg{Header: nats.Header{bus.HeaderStatus: {bus.StatusText(status)}}}
+	return &nats.Msg{Header: nats.Header{bus.HeaderStatus: {bus.StatusCode(status)}}}
 }
 
 func meshReply(code bus.Code) *nats.Msg {

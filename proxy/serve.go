@@ -107,22 +107,22 @@ type Server struct {
 // connection is the caller's; Drain or Stop the Server before closing it.
 func Serve(nc *nats.Conn, h http.Handler, cfg ServeConfig) (*Server, error) {
 	if err := bus.ValidateName("service", cfg.Service); err != nil {
-		return nil, fmt.Errorf("proxy: %w", err)
+		return nil, invalid("ServeConfig.Service", err)
 	}
 	if cfg.Subset != "" {
 		if err := bus.ValidateName("subset", cfg.Subset); err != nil {
-			return nil, fmt.Errorf("proxy: %w", err)
+			return nil, invalid("ServeConfig.Subset", err)
 		}
 	}
 	if cfg.Instance == "" {
 		cfg.Instance = bus.NewInstanceID(cfg.Service)
 	}
 	if err := bus.ValidateName("instance", cfg.Instance); err != nil {
-		return nil, fmt.Errorf("proxy: %w", err)
+		return nil, invalid("ServeConfig.Instance", err)
 	}
 	subj, err := bus.NewSubjects(cfg.Prefix)
 	if err != nil {
-		return nil, err
+		return nil, invalid("ServeConfig.Prefix", err)
 	}
 	if cfg.MaxInflight <= 0 {
 		cfg.MaxInflight = DefaultMaxInflight
@@ -448,7 +448,7 @@ func (s *Server) answer(w *responseWriter, m *nats.Msg, method, uri string, dead
 // respond sends the app's answer, which fits one message.
 func (s *Server) respond(w *responseWriter, m *nats.Msg, method string, ejected time.Duration) {
 	if w.status >= 500 {
-		s.recordFailure("HTTP " + bus.StatusText(w.status) + " from the app")
+		s.recordFailure("HTTP " + bus.StatusCode(w.status) + " from the app")
 	}
 	if method == http.MethodHead && w.buf.Len() > 0 {
 		// As net/http does for HEAD: the body a handler wrote is not sent,

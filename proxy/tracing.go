@@ -141,7 +141,7 @@ func endSpan(span trace.Span, o traffic.Outcome) {
 		span.SetAttributes(semconv.ErrorTypeKey.String(string(o.Code)), attribute.String("natsmesh.error", string(o.Code)))
 		span.SetStatus(codes.Error, string(o.Code))
 	case o.Status >= 500:
-		span.SetAttributes(semconv.ErrorTypeKey.String(bus.StatusText(o.Status)))
+		span.SetAttributes(semconv.ErrorTypeKey.String(bus.StatusCode(o.Status)))
 		span.SetStatus(codes.Error, "")
 	}
 	span.End()

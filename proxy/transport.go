@@ -25,6 +25,15 @@ import (
 // ErrTransportClosed is returned for calls made after Close.
 var ErrTransportClosed = errors.New("proxy: the transport is closed")
 
+// ErrInvalidConfig is wrapped by the errors of a TransportConfig or a
+// ServeConfig that NewTransport or Serve refuses; the error names the field.
+var ErrInvalidConfig = errors.New("proxy: invalid config")
+
+// invalid is an error of config field f.
+func invalid(f string, err error) error {
+	return fmt.Errorf("%w: %s: %w", ErrInvalidConfig, f, err)
+}
+
 // DefaultTimeout bounds a call when neither the config nor the request's
 // context set a shorter deadline.
 const DefaultTimeout = 15 * time.Second
@@ -137,7 +146,7 @@ var _ http.RoundTripper = (*Transport)(nil)
 func NewTransport(nc *nats.Conn, cfg TransportConfig) (*Transport, error) {
 	subj, err := bus.NewSubjects(cfg.Prefix)
 	if err != nil {
-		return nil, err
+		return nil, invalid("TransportConfig.Prefix", err)
 	}
 	t := &Transport{nc: nc, subj: subj, timeout: cfg.Timeout, egress: cfg.Egress, maxBody: cfg.MaxBody, done: make(chan struct{})}
 	if t.timeout <= 0 {
@@ -182,7 +191,7 @@ func NewTransport(nc *nats.Conn, cfg TransportConfig) (*Transport, error) {
 	close(t.up)
 	if cfg.Caller != "" {
 		if err := bus.ValidateName("caller", cfg.Caller); err != nil {
-			return nil, fmt.Errorf("proxy: %w", err)
+			return nil, invalid("TransportConfig.Caller", err)
 		}
 		t.caller = []string{cfg.Caller}
 	}
@@ -419,7 +428,7 @@ func messageResponse(req *http.Request, m *nats.Msg) *http.Response {
 	h := make(http.Header, len(m.Header))
 	copyReplyHeaders(h, m)
 	resp := &http.Response{
-		Status:        bus.StatusText(code) + " " + http.StatusText(code),
+		Status:        bus.StatusCode(code) + " " + http.StatusText(code),
 		StatusCode:    code,
 		Proto:         "HTTP/1.1",
 		ProtoMajor:    1,
