@@ -57,6 +57,8 @@ type outlier struct {
 	othersPassing func() int
 	// setEjected takes the instance out of rotation or puts it back.
 	setEjected func(bool)
+	// pause holds the response that tips a decision (time.Sleep if nil).
+	pause func(time.Duration)
 
 	failures atomic.Int64
 
@@ -82,10 +84,17 @@ func (o *outlier) observe(failed bool) time.Duration {
 	if o.failures.Add(1) < int64(o.cfg.Consecutive) {
 		return 0
 	}
+	if o.stillLastPassing() {
+		return 0 // refused a moment ago, and nothing changed: no pause again
+	}
 	// Instances of a service whose apps all fail at once reach the limit at
 	// about the same time; a short random pause lets the first one's
-	// heartbeat reach the others before they decide.
-	time.Sleep(rand.N(50 * time.Millisecond))
+	// heartbeat reach the others before they decide. It holds only the
+	// response that tips the decision, which says the decision (Mesh-Ejected).
+	if o.pause == nil {
+		o.pause = time.Sleep
+	}
+	o.pause(rand.N(50 * time.Millisecond))
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.ejected || o.stopped || o.failures.Load() < int64(o.cfg.Consecutive) {
@@ -112,6 +121,16 @@ func (o *outlier) observe(failed bool) time.Duration {
 	o.setEjected(true)
 	o.timer = time.AfterFunc(outlierCheck, o.check)
 	return d
+}
+
+// stillLastPassing reports whether the instance was refused ejection as the
+// last passing instance within the last BaseEjection and still is: further
+// failures then neither pause nor decide again.
+func (o *outlier) stillLastPassing() bool {
+	o.mu.Lock()
+	refused := !o.lastRefuse.IsZero() && time.Since(o.lastRefuse) < o.cfg.BaseEjection
+	o.mu.Unlock()
+	return refused && o.othersPassing() == 0
 }
 
 // check runs while the instance is ejected: it rejoins when its time is up,

@@ -146,3 +146,45 @@ func TestOutlierRecheck(t *testing.T) {
 		t.Fatalf("after the rejoin: ejected %v, check still pending %v", ejected, pending)
 	}
 }
+
+// The last passing instance, refused ejection, answers its further failures
+// without the pause that desynchronises decisions: it pauses again only
+// once another instance passes or BaseEjection has passed.
+func TestOutlierLastPassingDoesNotPauseEachFailure(t *testing.T) {
+	t.Parallel()
+	var others atomic.Int64
+	var pauses atomic.Int64
+	var ej ejections
+	o := &outlier{
+		cfg:           OutlierConfig{Consecutive: 2, BaseEjection: time.Hour, MaxEjection: time.Hour},
+		log:           slog.New(slog.NewTextHandler(io.Discard, nil)),
+		othersPassing: func() int { return int(others.Load()) },
+		setEjected:    ej.set,
+		pause:         func(time.Duration) { pauses.Add(1) },
+	}
+	defer o.stop()
+	for range 2 {
+		o.observe(true)
+	}
+	if got := pauses.Load(); got != 1 {
+		t.Fatalf("%d pauses for the failure that reached the limit, want 1", got)
+	}
+	for range 50 {
+		if d := o.observe(true); d != 0 {
+			t.Fatalf("the last passing instance ejected itself for %s", d)
+		}
+	}
+	if got := pauses.Load(); got != 1 {
+		t.Errorf("%d pauses after 50 more failures as the last passing instance, want still 1", got)
+	}
+	others.Store(1) // another instance passes again: the next failure decides
+	if d := o.observe(true); d != time.Hour {
+		t.Errorf("with another instance passing, the next failure ejected for %s, want 1h", d)
+	}
+	if got := pauses.Load(); got != 2 {
+		t.Errorf("%d pauses, want 2: one more for the decision that ejected", got)
+	}
+	if ejected, n := ej.last(); !ejected || n != 1 {
+		t.Errorf("ejection recorded %v (%d changes), want ejected once", ejected, n)
+	}
+}
