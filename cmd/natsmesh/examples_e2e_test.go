@@ -81,7 +81,7 @@ func TestLibraryExample(t *testing.T) {
 	if code := lib.wait(t, startTimeout); code != 0 {
 		t.Fatalf("example library exited %d", code)
 	}
-	if out := lib.stdout.String(); out != "200 OK hello library, from the greeter\n" {
-		t.Errorf("example library printed %q, want the greeter's answer to caller library", out)
+	if out := lib.stdout.String(); out != "200 OK hello library, from hello-library\n" {
+		t.Errorf("example library printed %q, want hello-library's answer to caller library", out)
 	}
 }

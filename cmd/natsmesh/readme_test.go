@@ -88,6 +88,10 @@ func TestReadmeTour(t *testing.T) {
 	metricsBlock := readmeBlock(t, readme, "<!-- readme-test: metrics -->")
 	scaleBlock := readmeBlock(t, readme, "<!-- readme-test: scale -->")
 	trafficBlock := readmeBlock(t, readme, "<!-- readme-test: traffic -->")
+	libraryBlock := readmeBlock(t, readme, "<!-- readme-test: library -->")
+	if len(libraryBlock) != 1 {
+		t.Fatalf("README.md's library block has %d commands; this test knows 1", len(libraryBlock))
+	}
 
 	goCmd, err := goTool()
 	if err != nil {
@@ -115,6 +119,10 @@ func TestReadmeTour(t *testing.T) {
 	for i, line := range tryBlock {
 		meshtest.CheckFor(t, 90*time.Second, 200*time.Millisecond, runMatching(root, env, line, want[i]))
 	}
+
+	// A Go program on the mesh with no sidecar serves and calls.
+	meshtest.CheckFor(t, 90*time.Second, 200*time.Millisecond, runMatching(root, env, libraryBlock[0],
+		regexp.MustCompile(`(?m)^200 OK hello library, from hello-library$`)))
 
 	// See your traffic: web's sidecar serves the calls it made to
 	// Prometheus, and natsmesh top has them once the stats are published.

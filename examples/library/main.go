@@ -1,5 +1,5 @@
 // Command library is the smallest Go program on the mesh: it serves an
-// http.Handler as service "greeter" with proxy.Serve and calls it by name with
+// http.Handler as service "hello-library" with proxy.Serve and calls it by name with
 // an ordinary http.Client over proxy.Transport, with no sidecar. It links
 // neither nats-server nor the Prometheus client: a program that uses the
 // mesh as a library pays only for nats.go and what it calls.
@@ -26,13 +26,13 @@ func main() {
 	}
 	defer nc.Close()
 
-	greeter, err := proxy.Serve(nc, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "hello %s, from the greeter\n", r.Header.Get("Mesh-Caller"))
-	}), proxy.ServeConfig{Service: "greeter"})
+	srv, err := proxy.Serve(nc, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello %s, from %s\n", r.Header.Get("Mesh-Caller"), r.Host)
+	}), proxy.ServeConfig{Service: "hello-library"})
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer greeter.Drain(context.Background())
+	defer srv.Drain(context.Background())
 
 	tr, err := proxy.NewTransport(nc, proxy.TransportConfig{Caller: "library"})
 	if err != nil {
@@ -40,7 +40,7 @@ func main() {
 	}
 	defer tr.Close()
 	client := &http.Client{Transport: tr}
-	resp, err := client.Get("http://greeter/")
+	resp, err := client.Get("http://hello-library/")
 	if err != nil {
 		log.Fatal(err)
 	}
