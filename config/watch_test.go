@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"runtime"
 	"strings"
@@ -186,8 +185,8 @@ func TestWatchSkipsInvalidDocument(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &lockedBuffer{}
-	w, err := NewWatcher(meshtest.Connect(t, srv), "", logs.logger())
+	logs := &meshtest.LogBuffer{}
+	w, err := NewWatcher(meshtest.Connect(t, srv), "", logs.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -378,23 +377,3 @@ func TestWatchStopReleases(t *testing.T) {
 		return nil
 	})
 }
-
-// lockedBuffer collects log lines from several goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *lockedBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }

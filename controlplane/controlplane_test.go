@@ -1,7 +1,6 @@
 package controlplane_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -27,26 +26,6 @@ func testCtx(t *testing.T) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
-
-// lockedBuffer collects log lines written while the test reads them.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *lockedBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
 
 // start starts a control plane on nc, shut down when the test ends.
 func start(t *testing.T, nc *nats.Conn, cfg controlplane.Config) *controlplane.ControlPlane {
@@ -86,8 +65,8 @@ func waitServing(t *testing.T, nc *nats.Conn, prefix string) {
 // after Shutdown, which may be called twice, neither answers any more.
 func TestStartAndShutdown(t *testing.T) {
 	s := meshtest.RunServer(t)
-	var logs lockedBuffer
-	cp := start(t, meshtest.Connect(t, s), controlplane.Config{Logger: logs.logger(), RequireConfigBucket: true})
+	var logs meshtest.LogBuffer
+	cp := start(t, meshtest.Connect(t, s), controlplane.Config{Logger: logs.Logger(), RequireConfigBucket: true})
 	client := meshtest.Connect(t, s)
 
 	st, err := config.OpenStore(testCtx(t), client, "")
@@ -201,8 +180,8 @@ func TestStartWithoutJetStream(t *testing.T) {
 		t.Errorf("Start requiring the bucket without JetStream: %v; want a controlplane: error naming RequireConfigBucket that matches %v", err, config.ErrNoJetStream)
 	}
 
-	var logs lockedBuffer
-	start(t, nc, controlplane.Config{Logger: logs.logger()})
+	var logs meshtest.LogBuffer
+	start(t, nc, controlplane.Config{Logger: logs.Logger()})
 	if !strings.Contains(logs.String(), "no JetStream on this NATS: natsmesh apply cannot store config") {
 		t.Errorf("Start without JetStream did not warn that config cannot be stored:\n%s", logs.String())
 	}

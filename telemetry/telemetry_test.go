@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/telemetry"
 )
 
@@ -264,25 +264,6 @@ func TestShutdownTwice(t *testing.T) {
 	}
 }
 
-// lockedBuffer is an io.Writer the exporter's goroutine and the test can
-// share.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) Bytes() []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Clone(b.buf.Bytes())
-}
-
 // consoleSpan is the part of the console exporter's JSON these tests read.
 type consoleSpan struct {
 	Name     string
@@ -319,7 +300,7 @@ func (s consoleSpan) resourceAttrs() map[string]any {
 
 func TestConsoleExporter(t *testing.T) {
 	sampleAll(t)
-	var out lockedBuffer
+	var out meshtest.LogBuffer
 	tr := setup(t, telemetry.Config{
 		Service: "natsmesh-sidecar",
 		Stderr:  &out,
@@ -388,7 +369,7 @@ func TestResource(t *testing.T) {
 			for k, v := range tc.env {
 				env[k] = v
 			}
-			var out lockedBuffer
+			var out meshtest.LogBuffer
 			cfg := tc.cfg
 			cfg.Stderr, cfg.Getenv = &out, envMap(env)
 			tr := setup(t, cfg)
@@ -621,7 +602,7 @@ func TestOTLPGRPC(t *testing.T) {
 func TestOTLPAndConsole(t *testing.T) {
 	endpoint, got := httpCollector(t)
 	otlpEnv(t, "otlp,console", "", endpoint)
-	var out lockedBuffer
+	var out meshtest.LogBuffer
 	tr := setup(t, telemetry.Config{Service: "natsmesh-sidecar", Stderr: &out})
 	if tr.Exporter() != "otlp/http,console" {
 		t.Fatalf("Exporter() = %q, want otlp/http,console", tr.Exporter())
