@@ -64,7 +64,7 @@ func (c *Config) setDefaults() {
 // ControlPlane is a running control plane: the registry service and the
 // stats aggregator, on the mesh whose config bucket Start made sure of.
 type ControlPlane struct {
-	registry *registry.Service
+	registry *registry.Registry
 	stats    *metrics.Aggregator
 
 	once sync.Once
@@ -85,7 +85,7 @@ func Start(nc *nats.Conn, cfg Config) (*ControlPlane, error) {
 	if err := ensureConfigBucket(nc, cfg); err != nil {
 		return nil, err
 	}
-	reg, err := registry.StartService(nc, registry.ServiceConfig{Prefix: cfg.Prefix, Logger: cfg.Logger})
+	reg, err := registry.Start(nc, registry.Config{Prefix: cfg.Prefix, Logger: cfg.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: registry service: %w", err)
 	}

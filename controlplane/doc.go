@@ -4,7 +4,7 @@
 //
 //   - the mesh's config bucket in JetStream KV, created when it is missing
 //     (the bucket natsmesh apply writes and every proxy watches),
-//   - the registry service (registry.StartService), which follows every
+//   - the registry service (registry.Start), which follows every
 //     instance's heartbeats and answers <prefix>.registry.*, and
 //   - the stats aggregator (metrics.StartAggregator), which follows every
 //     instance's stats snapshots and answers <prefix>.stats.summary,

@@ -19,12 +19,12 @@ func TestTwoRegistriesPublishOnce(t *testing.T) {
 	s := meshtest.RunServer(t)
 	const ttl = time.Second
 	ncA := meshtest.Connect(t, s)
-	a, err := registry.StartService(ncA, registry.ServiceConfig{LeaseTTL: ttl})
+	a, err := registry.Start(ncA, registry.Config{LeaseTTL: ttl})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(a.Stop)
-	b, err := registry.StartService(meshtest.Connect(t, s), registry.ServiceConfig{LeaseTTL: ttl})
+	b, err := registry.Start(meshtest.Connect(t, s), registry.Config{LeaseTTL: ttl})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,11 +79,11 @@ func TestTwoRegistriesPublishOnce(t *testing.T) {
 func TestRegistryHandsOverOnStop(t *testing.T) {
 	t.Parallel()
 	s := meshtest.RunServer(t)
-	a, err := registry.StartService(meshtest.Connect(t, s), registry.ServiceConfig{LeaseTTL: time.Minute})
+	a, err := registry.Start(meshtest.Connect(t, s), registry.Config{LeaseTTL: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := registry.StartService(meshtest.Connect(t, s), registry.ServiceConfig{LeaseTTL: time.Minute})
+	b, err := registry.Start(meshtest.Connect(t, s), registry.Config{LeaseTTL: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,7 +20,7 @@ func TestServicePublisherResumesAfterFallingBehind(t *testing.T) {
 
 	s := meshtest.RunServer(t)
 	clock := meshtest.NewClock()
-	svc, err := StartService(meshtest.Connect(t, s), ServiceConfig{View: ViewConfig{Clock: clock}})
+	svc, err := Start(meshtest.Connect(t, s), Config{View: ViewConfig{Clock: clock}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,9 +33,9 @@ func (r *recorder) all() []registry.Update {
 	return append([]registry.Update(nil), r.updates...)
 }
 
-func startRegistry(t *testing.T, s *embedded.Server) (*registry.Service, *registry.Client) {
+func startRegistry(t *testing.T, s *embedded.Server) (*registry.Registry, *registry.Client) {
 	t.Helper()
-	svc, err := registry.StartService(meshtest.Connect(t, s), registry.ServiceConfig{})
+	svc, err := registry.Start(meshtest.Connect(t, s), registry.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,8 +42,8 @@ type List struct {
 	Dropped uint64 `json:"dropped"`
 }
 
-// ServiceConfig configures the registry service.
-type ServiceConfig struct {
+// Config configures the registry service.
+type Config struct {
 	Prefix string
 	View   ViewConfig
 	// LeaseTTL bounds how long events pause when the registry service that
@@ -52,7 +52,7 @@ type ServiceConfig struct {
 	Logger   *slog.Logger
 }
 
-// Service is the mesh's registry service, run by `natsmesh server`: it
+// Registry is the mesh's registry service, run by `natsmesh server`: it
 // follows every heartbeat, answers <prefix>.registry.list and
 // <prefix>.registry.get.<svc> with snapshots stamped with their rev, and
 // publishes every event of its view on <prefix>.events.<svc>.
@@ -60,9 +60,9 @@ type ServiceConfig struct {
 // Several servers may run one on the same NATS: every one keeps a view, but
 // only the holder of a lease in the JetStream KV bucket <prefix>_registry
 // answers and publishes, so each event is published once; when it dies the
-// lease expires and another takes over. Without JetStream, every service
+// lease expires and another takes over. Without JetStream, every registry
 // answers and publishes.
-type Service struct {
+type Registry struct {
 	nc     *nats.Conn
 	subj   bus.Subjects
 	view   *View
@@ -85,8 +85,8 @@ type Service struct {
 	once sync.Once
 }
 
-// StartService starts the registry service on a caller-owned connection.
-func StartService(nc *nats.Conn, cfg ServiceConfig) (*Service, error) {
+// Start starts the registry service on a caller-owned connection.
+func Start(nc *nats.Conn, cfg Config) (*Registry, error) {
 	subj, err := bus.NewSubjects(cfg.Prefix)
 	if err != nil {
 		return nil, err
@@ -94,7 +94,7 @@ func StartService(nc *nats.Conn, cfg ServiceConfig) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Service{nc: nc, subj: subj, view: NewView(cfg.View), log: cfg.Logger, done: make(chan struct{})}
+	s := &Registry{nc: nc, subj: subj, view: NewView(cfg.View), log: cfg.Logger, done: make(chan struct{})}
 	// Watch before following, so that the first event is published too.
 	_, s.watch = s.view.Watch("", publishBuffer)
 	s.wg.Go(s.publish)
@@ -124,7 +124,7 @@ func StartService(nc *nats.Conn, cfg ServiceConfig) (*Service, error) {
 	return s, nil
 }
 
-func (s *Service) startLease(cfg ServiceConfig) error {
+func (s *Registry) startLease(cfg Config) error {
 	l, err := startLease(s.nc, cfg.Prefix, s.view.Origin(), cfg.LeaseTTL, cfg.Logger, func(on bool) { _ = s.lead(on) })
 	if err != nil {
 		return err
@@ -139,7 +139,7 @@ func (s *Service) startLease(cfg ServiceConfig) error {
 	return nil
 }
 
-func (s *Service) retryLease(cfg ServiceConfig) {
+func (s *Registry) retryLease(cfg Config) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
@@ -155,7 +155,7 @@ func (s *Service) retryLease(cfg ServiceConfig) {
 }
 
 // lead starts or stops answering queries, as the lease is won or lost.
-func (s *Service) lead(on bool) error {
+func (s *Registry) lead(on bool) error {
 	s.subMu.Lock()
 	defer s.subMu.Unlock()
 	s.leader.Store(on)
@@ -194,13 +194,13 @@ type leaderNote struct {
 
 // Leader reports whether this service holds the lease: it answers queries
 // and publishes events.
-func (s *Service) Leader() bool { return s.leader.Load() }
+func (s *Registry) Leader() bool { return s.leader.Load() }
 
 // View is the service's view of the mesh.
-func (s *Service) View() *View { return s.view }
+func (s *Registry) View() *View { return s.view }
 
 // publish sends the view's events on NATS, in rev order.
-func (s *Service) publish() {
+func (s *Registry) publish() {
 	for {
 		s.watchMu.Lock()
 		w := s.watch
@@ -234,7 +234,7 @@ func (s *Service) publish() {
 	}
 }
 
-func (s *Service) onList(m *nats.Msg) {
+func (s *Registry) onList(m *nats.Msg) {
 	snap := s.view.Snapshot("")
 	l := List{Rev: snap.Rev, Origin: snap.Origin, Services: make([]ServiceSummary, 0, len(snap.Services)), Stats: s.view.Stats(), Dropped: s.follow.Dropped()}
 	for name, insts := range snap.Services {
@@ -257,7 +257,7 @@ func (s *Service) onList(m *nats.Msg) {
 	s.reply(m, l)
 }
 
-func (s *Service) onGet(m *nats.Msg) {
+func (s *Registry) onGet(m *nats.Msg) {
 	svc := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
 	if bus.ValidateName("service", svc) != nil {
 		return // the wildcard cannot match anything else; nothing to answer
@@ -265,7 +265,7 @@ func (s *Service) onGet(m *nats.Msg) {
 	s.reply(m, s.view.Snapshot(svc))
 }
 
-func (s *Service) onSnapshot(m *nats.Msg) {
+func (s *Registry) onSnapshot(m *nats.Msg) {
 	snap := s.view.Snapshot("")
 	data, err := json.Marshal(snap)
 	if err != nil || m.Reply == "" {
@@ -278,7 +278,7 @@ func (s *Service) onSnapshot(m *nats.Msg) {
 	}
 }
 
-func (s *Service) reply(m *nats.Msg, v any) {
+func (s *Registry) reply(m *nats.Msg, v any) {
 	if m.Reply == "" {
 		return
 	}
@@ -292,7 +292,7 @@ func (s *Service) reply(m *nats.Msg, v any) {
 }
 
 // Stop stops answering, following and publishing. Safe to call twice.
-func (s *Service) Stop() {
+func (s *Registry) Stop() {
 	s.once.Do(func() {
 		close(s.done)
 		s.leaseMu.Lock()
