@@ -91,10 +91,11 @@ func (o *outlier) observe(failed bool) time.Duration {
 	// about the same time; a short random pause lets the first one's
 	// heartbeat reach the others before they decide. It holds only the
 	// response that tips the decision, which says the decision (Mesh-Ejected).
-	if o.pause == nil {
-		o.pause = time.Sleep
+	pause := o.pause
+	if pause == nil {
+		pause = time.Sleep
 	}
-	o.pause(rand.N(50 * time.Millisecond))
+	pause(rand.N(50 * time.Millisecond))
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.ejected || o.stopped || o.failures.Load() < int64(o.cfg.Consecutive) {
