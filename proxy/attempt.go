@@ -28,7 +28,7 @@ func (t *Transport) attempt(ctx context.Context, pl *plan, instance, subject str
 	if left <= 0 {
 		return answer{}, bus.Errorf(bus.Timeout, "the call to %s had no time left before it was sent", pl.service)
 	}
-	w := waiter{t: t, pl: pl, instance: instance, left: left, until: until}
+	w := waiter{t: t, service: pl.service, subset: pl.tg.Subset, rb: pl.rb, instance: instance, left: left, until: until}
 	if pl.rb == nil {
 		w.replyTo, w.ch, w.id = t.mux.register()
 	} else {
@@ -53,8 +53,10 @@ func (t *Transport) attempt(ctx context.Context, pl *plan, instance, subject str
 // waiter is one attempt waiting for its reply.
 type waiter struct {
 	t        *Transport
-	pl       *plan
-	instance string // picked by the balancer; "" for the queue group
+	service  string
+	subset   string     // of the target
+	rb       *reqStream // the request body, when it streams
+	instance string     // picked by the balancer; "" for the queue group
 	replyTo  string
 	ch       chan *nats.Msg
 	id       uint64
@@ -89,7 +91,7 @@ func (w *waiter) next(ctx context.Context) (*nats.Msg, error) {
 		w.early = nil
 		return m, nil
 	}
-	t, service := w.t, w.pl.service
+	t, service := w.t, w.service
 	select {
 	case m := <-w.ch:
 		switch {
@@ -126,7 +128,7 @@ func (w *waiter) handle(ctx context.Context, m *nats.Msg) (answer, bool, error) 
 	t := w.t
 	switch {
 	case m.Header[bus.HeaderCredit] != nil && m.Header[bus.HeaderStatus] == nil:
-		if w.pl.rb == nil || w.uploaded {
+		if w.rb == nil || w.uploaded {
 			return answer{}, false, nil // a late credit
 		}
 		return answer{}, false, w.upload(ctx, m)
@@ -139,11 +141,11 @@ func (w *waiter) handle(ctx context.Context, m *nats.Msg) (answer, bool, error) 
 	case m.Header[bus.HeaderSeq] != nil:
 		return answer{}, false, nil // a chunk of a response already given up
 	case bus.IsNoResponders(m):
-		return answer{}, true, t.noResponders(w.pl.service, w.pl.tg.Subset, w.instance)
+		return answer{}, true, t.noResponders(w.service, w.subset, w.instance)
 	}
 	if m.Header[bus.HeaderStream] != nil && m.Header[bus.HeaderError] == nil {
 		w.owned = true
-		return answer{m: m, st: t.newRespStream(w.id, w.ch, w.replyTo, m, w.pl.service, w.left)}, true, nil
+		return answer{m: m, st: t.newRespStream(w.id, w.ch, w.replyTo, m, w.service, w.left)}, true, nil
 	}
 	return answer{m: m}, true, nil
 }
@@ -155,7 +157,7 @@ func (w *waiter) upload(ctx context.Context, m *nats.Msg) error {
 	w.uploaded = true
 	w.holder = bus.First(m.Header, bus.HeaderInstance)
 	credit, _ := strconv.ParseInt(bus.First(m.Header, bus.HeaderCredit), 10, 64)
-	early, err := w.t.upload(ctx, w.pl, w.pl.rb, w.ch, w.replyTo, w.holder, credit, w.left)
+	early, err := w.t.upload(ctx, w.service, w.rb, w.ch, w.replyTo, w.holder, credit, w.left)
 	if err != nil {
 		w.cancel()
 		return err

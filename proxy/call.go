@@ -39,8 +39,14 @@ type answer struct {
 // meshError is err as a failure made by the mesh, nil if it is none (nil, or
 // a Go error: the request's context ended, the transport closed).
 func meshError(err error) *bus.Error {
+	if err == nil {
+		return nil
+	}
+	if e, ok := err.(*bus.Error); ok {
+		return e // as the call path makes them: no errors.As, which allocates
+	}
 	var e *bus.Error
-	if err != nil && errors.As(err, &e) {
+	if errors.As(err, &e) {
 		return e
 	}
 	return nil
@@ -61,7 +67,6 @@ type plan struct {
 	p        *traffic.Policy
 	service  string
 	tg       *traffic.Target
-	own      traffic.Target // the target of a service without a config
 	eps      *endpoints     // nil: the queue group
 	balancer traffic.Picker
 	measure  bool // the balancer weighs instances by their latency
@@ -74,8 +79,8 @@ type plan struct {
 func (t *Transport) newPlan(pl *plan, p *traffic.Policy, service, method, uri string, hdr http.Header) {
 	pl.p, pl.service = p, service
 	if pl.tg = p.Route(method, uri, hdr); pl.tg == nil {
-		pl.own = traffic.ServiceTarget(t.subj, service)
-		pl.tg = &pl.own
+		own := traffic.ServiceTarget(t.subj, service) // a service without a config
+		pl.tg = &own
 	}
 	if t.callees == nil {
 		return

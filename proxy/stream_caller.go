@@ -143,9 +143,9 @@ func (t *Transport) cancelAt(holder, replyTo string) {
 // when the body could not go: the client's body failed or grew past
 // max-body (the callee is told with a Mesh-Error chunk), or the callee went
 // quiet or away.
-func (t *Transport) upload(ctx context.Context, pl *plan, rb *reqStream, ch chan *nats.Msg, replyTo, holder string, credit int64, idle time.Duration) (*nats.Msg, error) {
+func (t *Transport) upload(ctx context.Context, service string, rb *reqStream, ch chan *nats.Msg, replyTo, holder string, credit int64, idle time.Duration) (*nats.Msg, error) {
 	var answer *nats.Msg
-	w := callerWait{t: t, ctx: ctx, ch: ch, holder: holder, service: pl.service, idle: idle}
+	w := callerWait{t: t, ctx: ctx, ch: ch, holder: holder, service: service, idle: idle}
 	defer w.stop()
 	snd := sender{nc: t.nc, subject: t.subj.Inst(holder), tag: []string{replyTo}, credit: credit, chunk: chunkSize(t.nc.MaxPayload())}
 	snd.wait = func() (int64, error) {
