@@ -2,9 +2,9 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -228,7 +228,7 @@ func validRoute(ps *problems, path string, r *Route) {
 	if len(m.Headers) > MaxMatchHeaders {
 		ps.add(path+".match.headers", "%d headers; at most %d are allowed", len(m.Headers), MaxMatchHeaders)
 	}
-	for _, name := range sortedKeys(m.Headers) {
+	for _, name := range slices.Sorted(maps.Keys(m.Headers)) {
 		if why := headerProblem(name); why != "" {
 			ps.add(path+".match.headers."+name, "%s", why)
 		}
@@ -244,7 +244,7 @@ func validRoute(ps *problems, path string, r *Route) {
 		ps.add(path+".split", "%d subsets; at most %d are allowed", len(r.Split), MaxSubsets)
 	}
 	sum := 0
-	for _, subset := range sortedKeys(r.Split) {
+	for _, subset := range slices.Sorted(maps.Keys(r.Split)) {
 		w := r.Split[subset]
 		if err := bus.ValidateName("subset", subset); err != nil {
 			ps.add(path+".split."+subset, "%v", err)
@@ -279,13 +279,4 @@ func headerProblem(s string) string {
 		return "Host names the service itself; use another header"
 	}
 	return ""
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
