@@ -79,6 +79,9 @@ func startLease(nc *nats.Conn, prefix, id string, ttl time.Duration, log *slog.L
 	}
 	l := &lease{kv: kv, key: leaseKeyFor(prefix), id: id, ttl: ttl, change: change, log: log, done: make(chan struct{})}
 	l.attempt() // a lone server leads from its first moment
+	if !l.held {
+		l.change(false) // one that led without a lease stops, for the holder
+	}
 	l.wg.Go(l.run)
 	return l, nil
 }

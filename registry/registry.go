@@ -115,6 +115,11 @@ func Start(nc *nats.Conn, cfg Config) (*Registry, error) {
 			s.Stop()
 			return nil, err
 		}
+		if errors.Is(err, nats.ErrNoResponders) {
+			// JetStream may only be unreachable for now (a leaf link, a
+			// domain coming up): keep trying the lease, which then decides.
+			s.wg.Go(func() { s.retryLease(cfg) })
+		}
 	default:
 		// JetStream is there but not ready (a leader election, say):
 		// keep trying, and do not lead meanwhile.

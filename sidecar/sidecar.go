@@ -64,8 +64,9 @@ type Config struct {
 	// (Service), Prefix, Logger, TracerProvider, Follow and Metrics.
 	Transport proxy.TransportConfig
 	// Serve configures the inbound side (concurrency limit, the deadline of
-	// requests that carry none). The sidecar sets its Service, Subset,
-	// Instance, Prefix, Logger, TracerProvider, Outcome and Metrics.
+	// requests that carry none, which defaults to Transport.Timeout: one
+	// deadline both ways). The sidecar sets its Service, Subset, Instance,
+	// Prefix, Logger, TracerProvider, Outcome and Metrics.
 	Serve proxy.ServeConfig
 }
 
@@ -98,6 +99,9 @@ func (cfg *Config) validate() error {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Serve.Timeout == 0 {
+		cfg.Serve.Timeout = cfg.Transport.Timeout
 	}
 	return nil
 }

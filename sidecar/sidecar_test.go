@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/proxy"
 	"github.com/natsmesh/natsmesh/sidecar"
@@ -51,7 +54,8 @@ func TestStartRejectsBadConfig(t *testing.T) {
 }
 
 // A sidecar started by its role serves its app to the mesh and carries the
-// app's calls under its nested Transport config; Shutdown is safe twice.
+// app's calls under its nested Transport config, whose timeout also bounds
+// inbound requests that carry none; Shutdown is safe twice.
 func TestStartNestedConfigs(t *testing.T) {
 	t.Parallel()
 	s := meshtest.RunServer(t)
@@ -101,6 +105,18 @@ func TestStartNestedConfigs(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusGatewayTimeout || resp.Header.Get("Mesh-Error") != "timeout" || time.Since(start) > 1500*time.Millisecond {
 		t.Errorf("a 2 s call under Transport.Timeout 200ms: %s, Mesh-Error %q after %s; want 504 timeout well before 2 s", resp.Status, resp.Header.Get("Mesh-Error"), time.Since(start))
+	}
+	// A request that carries no deadline (a plain NATS client's) gets
+	// Transport.Timeout at the inbound side too: one deadline both ways.
+	msg := nats.NewMsg("mesh.rpc.ratings")
+	msg.Header.Set(bus.HeaderMethod, http.MethodGet)
+	msg.Header.Set(bus.HeaderPath, "/slow")
+	reply, err := nc.RequestMsg(msg, 1500*time.Millisecond)
+	if err != nil {
+		t.Fatalf("a request without Mesh-Timeout to a 2 s app: %v; want the sidecar's timeout answer within 1.5 s", err)
+	}
+	if got := reply.Header.Get(bus.HeaderError); got != string(bus.Timeout) {
+		t.Errorf("a request without Mesh-Timeout to a 2 s app: Mesh-Error %q, want timeout", got)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

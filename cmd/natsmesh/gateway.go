@@ -182,6 +182,9 @@ Example:
 	select {
 	case <-ctx.Done():
 	case err := <-gw.Failed():
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = gw.Shutdown(sctx) // the transport and the last stats
 		return fmt.Errorf("the gateway stopped serving: %w", err)
 	}
 	log.Info("draining")

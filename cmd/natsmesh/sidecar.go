@@ -83,7 +83,6 @@ subset.`, stderr)
 	}
 	cfg.StatsInterval = mf.statsInterval()
 	calls.transport(&cfg.Transport)
-	cfg.Serve.Timeout = cfg.Transport.Timeout
 	if err := checkMaxBody(cfg.Transport.MaxBody); err != nil {
 		return err
 	}

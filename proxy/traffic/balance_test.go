@@ -2,9 +2,11 @@ package traffic_test
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/natsmesh/natsmesh/config"
 	"github.com/natsmesh/natsmesh/proxy/traffic"
 )
 
@@ -163,5 +165,44 @@ func TestEndpointCost(t *testing.T) {
 	}
 	if cheaper(slow, hi, later) == hi {
 		t.Errorf("after %s without measurements the cost is above 0.38 of what it was, want 1/e", rttDecay)
+	}
+}
+
+// Round-robin's turn goes on across revisions of the service's config: a
+// new revision (a timeout changed, say) does not send the next call back to
+// the first instance.
+func TestRoundRobinTurnSurvivesRevisions(t *testing.T) {
+	t.Parallel()
+	eps := []*traffic.Endpoint{
+		traffic.NewEndpoint("a", "", "mesh.inst.a"),
+		traffic.NewEndpoint("b", "", "mesh.inst.b"),
+		traffic.NewEndpoint("c", "", "mesh.inst.c"),
+	}
+	g := traffic.NewGroup(eps)
+	now := time.Now().UnixNano()
+	base := &traffic.Base{Timeout: time.Second, Retry: traffic.RetryPolicy{}.WithDefaults()}
+	doc := func(timeout string) *config.Service {
+		docs, err := config.Parse("t.yaml", []byte("service: svc\ntimeout: "+timeout+"\nloadBalancer: {policy: round-robin}\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return docs[0]
+	}
+	var got []string
+	p := traffic.Compile(subj, "svc", doc("1s"), 1, base, nil)
+	for range 2 {
+		got = append(got, traffic.Pick(p.Balancer(), g, "", nil, now).ID)
+	}
+	p = traffic.Compile(subj, "svc", doc("2s"), 2, base, p)
+	for range 3 {
+		got = append(got, traffic.Pick(p.Balancer(), g, "", nil, now).ID)
+	}
+	if want := []string{"b", "c", "a", "b", "c"}; !slices.Equal(got, want) {
+		t.Errorf("picks across a revision %v, want %v (the turn going on)", got, want)
+	}
+	// Another policy starts its own.
+	ql := traffic.Compile(subj, "svc", parseDoc(t, "service: svc\nloadBalancer: {policy: least-request}\n"), 3, base, p)
+	if _, ok := ql.Balancer().(traffic.LeastRequest); !ok {
+		t.Errorf("a least-request revision has balancer %v", ql.Balancer())
 	}
 }

@@ -125,6 +125,9 @@ func Compile(subj bus.Subjects, service string, doc *config.Service, revision ui
 		docBreaker = doc.Breaker
 		if lb := doc.LoadBalancer; lb != nil {
 			p.balancer = newPicker(lb)
+			if rr, ok := prev.Balancer().(*RoundRobin); ok && lb.Policy == config.PolicyRoundRobin {
+				p.balancer = rr // the turn goes on across revisions
+			}
 		}
 		for i := range doc.Routes {
 			if r := compileRoute(subj, service, &doc.Routes[i]); len(r.targets) > 0 {
@@ -215,7 +218,12 @@ func (p *Policy) OpenTimeout() time.Duration { return p.openTimeout }
 func (p *Policy) Destination(key string) Destination { return p.dests.get(key) }
 
 // Balancer is the policy's instance picker; nil lets the queue group pick.
-func (p *Policy) Balancer() Picker { return p.balancer }
+func (p *Policy) Balancer() Picker {
+	if p == nil {
+		return nil
+	}
+	return p.balancer
+}
 
 // HashKey is the request's key for a ring-hash balancer, "" for others.
 func (p *Policy) HashKey(hdr http.Header) string {
