@@ -67,7 +67,7 @@ type plan struct {
 	p        *traffic.Policy
 	service  string
 	tg       *traffic.Target
-	eps      *endpoints     // nil: the queue group
+	eps      *endpoints // nil: the queue group
 	balancer traffic.Picker
 	measure  bool // the balancer weighs instances by their latency
 	hashKey  string
