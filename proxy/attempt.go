@@ -109,6 +109,10 @@ func (w *waiter) next(ctx context.Context) (*nats.Msg, error) {
 		case w.holder == "":
 			return nil, bus.Errorf(bus.UpstreamLost, "no instance of %q acknowledged the request within %s, so the one that took it is presumed gone; the request may or may not have been processed", service, t.ackWait)
 		case t.probes.dead(w.holder):
+			if m := t.arrived(w.ch); m != nil {
+				w.timer.Reset(min(time.Until(w.until), t.probeInterval))
+				return m, nil // answered, then gone: the answer stands
+			}
 			return nil, bus.Errorf(bus.UpstreamLost, "instance %s of %q went away while holding the request; it may or may not have been processed", w.holder, service)
 		}
 		w.timer.Reset(min(time.Until(w.until), t.probeInterval))
@@ -173,5 +177,30 @@ func (w *waiter) upload(ctx context.Context, m *nats.Msg) error {
 func (w *waiter) cancel() {
 	if w.uploaded && w.holder != "" {
 		w.t.cancelAt(w.holder, w.replyTo)
+	}
+}
+
+// arrived is a message for ch that reached this process before the probe
+// that found its sender gone, if there is one: an instance that answers and
+// then leaves (a drain) is found gone by a probe that NATS answers after the
+// answer, on the same connection, but each subscription hands its messages
+// on in its own goroutine. A barrier over the subscriptions lets every
+// message received before it reach its channel; the wait is bounded by a
+// probe interval.
+func (t *Transport) arrived(ch chan *nats.Msg) *nats.Msg {
+	done := make(chan struct{})
+	if t.nc.Barrier(func() { close(done) }) == nil {
+		timer := time.NewTimer(t.probeInterval)
+		select {
+		case <-done:
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+	select {
+	case m := <-ch:
+		return m
+	default:
+		return nil
 	}
 }

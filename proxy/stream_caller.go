@@ -113,6 +113,9 @@ func (w *callerWait) next() (*nats.Msg, error) {
 				return nil, bus.Errorf(bus.Timeout, "the body streamed with %q did not move for %s", w.service, w.idle.Round(time.Millisecond))
 			}
 			if w.t.probes.dead(w.holder) {
+				if m := w.t.arrived(w.ch); m != nil {
+					return m, nil // sent, then gone: what it sent stands
+				}
 				return nil, bus.Errorf(bus.UpstreamLost, "instance %s of %q went away in the middle of a streamed body", w.holder, w.service)
 			}
 			w.timer.Reset(min(time.Until(deadline), w.t.probeInterval))
