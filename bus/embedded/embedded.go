@@ -14,7 +14,10 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/natsmesh/natsmesh/identity"
 )
 
 // DefaultListen is where natsmesh server listens for NATS clients.
@@ -43,6 +46,10 @@ type Config struct {
 	Debug, Trace bool
 	// ReadyTimeout bounds the wait for the listener; defaults to 10 s.
 	ReadyTimeout time.Duration
+	// Trust, if set, runs the server in operator mode with a memory
+	// resolver: it accepts only users signed by the trusted accounts
+	// (identity.Authority issues them), and refuses anonymous clients.
+	Trust *identity.Trust
 }
 
 // Server is a running embedded nats-server with JetStream enabled.
@@ -113,6 +120,11 @@ func Start(cfg Config) (*Server, error) {
 		// No HTTP monitoring port by default: natsmesh exposes what matters itself.
 		HTTPPort: 0,
 	}
+	if cfg.Trust != nil {
+		if err := trust(opts, cfg.Trust); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.Port > 0 {
 		// Fail with a clear message instead of nats-server's own log line.
 		l, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
@@ -135,6 +147,25 @@ func Start(cfg Config) (*Server, error) {
 		return nil, errors.New("embedded: embedded NATS server did not become ready; check that the data directory is writable and the port is free")
 	}
 	return &Server{ns: ns}, nil
+}
+
+// trust puts the server in operator mode: it trusts t's operator, resolves
+// t's accounts from memory, and the system account is t's.
+func trust(opts *server.Options, t *identity.Trust) error {
+	oc, err := jwt.DecodeOperatorClaims(t.Operator)
+	if err != nil {
+		return fmt.Errorf("embedded: Config.Trust.Operator is no operator JWT: %w", err)
+	}
+	r := &server.MemAccResolver{}
+	for pub, token := range t.Accounts {
+		if err := r.Store(pub, token); err != nil {
+			return fmt.Errorf("embedded: Config.Trust.Accounts[%s]: %w", pub, err)
+		}
+	}
+	opts.TrustedOperators = []*jwt.OperatorClaims{oc}
+	opts.AccountResolver = r
+	opts.SystemAccount = t.SystemAccount
+	return nil
 }
 
 // ClientURL is the nats:// URL clients use to reach the server.

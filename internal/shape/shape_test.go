@@ -64,7 +64,7 @@ func TestLibraryDependencies(t *testing.T) {
 		"github.com/prometheus/client_golang/prometheus",
 	}
 	cmd := exec.Command("go", "list", "-deps", "./proxy", "./registry", "./config", "./metrics",
-		"./proxy/traffic", "./sidecar", "./gateway", "./controlplane", "./examples/library")
+		"./proxy/traffic", "./sidecar", "./gateway", "./controlplane", "./identity", "./examples/library")
 	cmd.Dir = root(t)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
