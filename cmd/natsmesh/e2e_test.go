@@ -771,6 +771,19 @@ func TestServerPortInUse(t *testing.T) {
 	}
 }
 
+// Connection flags given to a server that embeds NATS are refused, not
+// silently ignored.
+func TestServerRefusesConnectFlagsWithoutNATS(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"--token", "secret"}, {"--user", "u", "--password", "p"}, {"--creds", "x.creds"}, {"--tls-ca", "ca.pem"}} {
+		full := append([]string{"server", "--listen", "127.0.0.1:0", "--data", t.TempDir()}, args...)
+		_, stderr, code := natsmesh(t, full...)
+		if code != 2 || !strings.Contains(stderr, args[0]) || !strings.Contains(stderr, "--nats") {
+			t.Errorf("server %v: exit %d, stderr %q; want 2 and a message naming %s and --nats", args, code, stderr, args[0])
+		}
+	}
+}
+
 func TestServerInterruptExitsZero(t *testing.T) {
 	t.Parallel()
 	srv, _ := startServer(t)

@@ -3,9 +3,12 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,6 +57,11 @@ it dies; any of them answers natsmesh top.`, stderr)
 	}
 	if len(pos) > 0 {
 		return usagef("unexpected argument %q", pos[0])
+	}
+	if nf.cfg.URL == "" {
+		if err := noConnectFlags(fs); err != nil {
+			return err
+		}
 	}
 	log, err := lf.logger(stderr)
 	if err != nil {
@@ -138,4 +146,22 @@ func embeddedError(err error) error {
 		return fmt.Errorf("%w; choose another with --data", err)
 	}
 	return err
+}
+
+// connectFlags say how to connect to a NATS server the command does not run.
+var connectFlags = []string{"user", "password", "token", "creds", "nkey", "tls-ca", "tls-cert", "tls-key"}
+
+// noConnectFlags refuses connection flags given to a server that runs its
+// own NATS, which would otherwise be ignored.
+func noConnectFlags(fs *flag.FlagSet) error {
+	var set []string
+	fs.Visit(func(f *flag.Flag) {
+		if slices.Contains(connectFlags, f.Name) {
+			set = append(set, "--"+f.Name)
+		}
+	})
+	if len(set) == 0 {
+		return nil
+	}
+	return usagef("%s: connection flags are for a NATS server run elsewhere (--nats URL), and the embedded server does not take credentials or TLS yet; drop them or add --nats", strings.Join(set, ", "))
 }
