@@ -67,6 +67,11 @@ func Start(nc *nats.Conn, cfg Config) (_ *Gateway, err error) {
 	if err := bus.ValidateName("name", cfg.Name); err != nil {
 		return nil, fmt.Errorf("%w: Config.Name: %w", ErrInvalidConfig, err)
 	}
+	if cfg.Prefix != "" {
+		if err := bus.ValidatePrefix(cfg.Prefix); err != nil {
+			return nil, fmt.Errorf("%w: Config.Prefix: %w", ErrInvalidConfig, err)
+		}
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}

@@ -84,6 +84,7 @@ func TestStartRejectsBadConfig(t *testing.T) {
 		{"bad service", gateway.Config{Listen: "127.0.0.1:0", Routes: []gateway.Route{{Prefix: "/", Service: "Bad"}}}, "Config.Routes"},
 		{"duplicate routes", gateway.Config{Listen: "127.0.0.1:0", Routes: []gateway.Route{{Prefix: "/", Service: "a"}, {Prefix: "/", Service: "b"}}}, "same host and prefix"},
 		{"bad name", gateway.Config{Name: "Gate Way", Routes: []gateway.Route{{Prefix: "/", Service: "a"}}}, "Config.Name"},
+		{"bad prefix", gateway.Config{Prefix: "Mesh", Routes: []gateway.Route{{Prefix: "/", Service: "a"}}}, "Config.Prefix"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.cfg.Logger = quiet

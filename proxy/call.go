@@ -64,14 +64,13 @@ func failure(e *bus.Error) error {
 // target (the service or the subset a route picked), and for instance-aware
 // policies the service's instances and the request's hash key.
 type plan struct {
-	p        *traffic.Policy
-	service  string
-	tg       *traffic.Target
-	eps      *endpoints // nil: the queue group
-	balancer traffic.Picker
-	measure  bool // the balancer weighs instances by their latency
-	hashKey  string
-	rb       *reqStream // the request body, when it streams
+	p       *traffic.Policy
+	service string
+	tg      *traffic.Target
+	eps     *endpoints // nil: the queue group picks
+	measure bool       // the policy's balancer weighs instances by their latency
+	hashKey string
+	rb      *reqStream // the request body, when it streams
 }
 
 // newPlan routes the request and, with a registry view and an
@@ -85,13 +84,10 @@ func (t *Transport) newPlan(pl *plan, p *traffic.Policy, service, method, uri st
 	if t.callees == nil {
 		return
 	}
-	if b := p.Balancer(); b != nil {
-		if eps := t.callees.note(service); eps != nil {
-			pl.eps, pl.balancer, pl.hashKey = eps, b, p.HashKey(hdr)
-			_, pl.measure = b.(traffic.LeastRequest)
-		}
-	} else {
-		t.callees.note(service)
+	eps := t.callees.note(service) // followed either way, to explain no-responders
+	if b := p.Balancer(); b != nil && eps != nil {
+		pl.eps, pl.hashKey = eps, p.HashKey(hdr)
+		_, pl.measure = b.(traffic.LeastRequest)
 	}
 }
 
@@ -270,7 +266,7 @@ func (t *Transport) attemptTo(ctx context.Context, pl *plan, avoid **traffic.End
 	subject, instance := pl.tg.Subject, ""
 	var ep *traffic.Endpoint
 	if pl.eps != nil {
-		if ep = pl.eps.pick(pl.balancer, pl.tg.Subset, pl.hashKey, *avoid, time.Now().UnixNano()); ep != nil {
+		if ep = pl.eps.pick(pl.p.Balancer(), pl.tg.Subset, pl.hashKey, *avoid, time.Now().UnixNano()); ep != nil {
 			subject, instance = ep.Subject, ep.ID
 			ep.Started()
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/proxy/traffic"
 )
 
 // Upstream forwards requests to one local HTTP app over a pool of keep-alive
@@ -188,7 +189,7 @@ func (u *Upstream) forward(ctx context.Context, deadline time.Time, method, uri,
 		// reused. Send again on a new one when that cannot run the request
 		// twice: not one byte of it reached the connection, or the method is
 		// idempotent and no response had begun.
-		if attempt == 0 && reused && !read && (sent == 0 || idempotentMethod(method)) && ctx.Err() == nil && !isTimeout(err) {
+		if attempt == 0 && reused && !read && (sent == 0 || traffic.Idempotent(method, nil)) && ctx.Err() == nil && !isTimeout(err) {
 			w.reset()
 			continue
 		}
@@ -451,16 +452,6 @@ func requestFor(method string) *http.Request {
 		return connectRequest
 	}
 	return otherRequest
-}
-
-// idempotentMethod reports whether the method may be sent twice (RFC 9110
-// §9.2.2).
-func idempotentMethod(method string) bool {
-	switch method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
-		return true
-	}
-	return false
 }
 
 func (u *Upstream) failure(ctx context.Context, deadline time.Time, err error) *bus.Error {

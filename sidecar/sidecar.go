@@ -94,6 +94,11 @@ func (cfg *Config) validate() error {
 	if err := bus.ValidateName("instance", cfg.Instance); err != nil {
 		return invalid("Instance", err)
 	}
+	if cfg.Prefix != "" {
+		if err := bus.ValidatePrefix(cfg.Prefix); err != nil {
+			return invalid("Prefix", err)
+		}
+	}
 	if cfg.Listen == "" {
 		cfg.Listen = DefaultListen
 	}

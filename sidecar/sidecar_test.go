@@ -38,6 +38,7 @@ func TestStartRejectsBadConfig(t *testing.T) {
 		{"no upstream", sidecar.Config{Service: "ratings"}, "Config.Upstream"},
 		{"upstream with a path", sidecar.Config{Service: "ratings", Upstream: "http://127.0.0.1:1/x"}, "Config.Upstream"},
 		{"bad instance", sidecar.Config{Service: "ratings", Instance: "a.b", Upstream: "http://127.0.0.1:1"}, "Config.Instance"},
+		{"bad prefix", sidecar.Config{Service: "ratings", Prefix: "Mesh", Upstream: "http://127.0.0.1:1"}, "Config.Prefix"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.cfg.Listen, tc.cfg.Logger = "127.0.0.1:0", quiet

@@ -146,7 +146,7 @@ Example:
 		}
 	}()
 	cfg := gateway.Config{
-		Name: *name, Listener: ln, Routes: routes, Prefix: *prefix, Logger: log, StatsInterval: -1,
+		Name: *name, Listener: ln, Routes: routes, Prefix: *prefix, Logger: log, StatsInterval: mf.statsInterval(),
 		Transport: proxy.TransportConfig{Timeout: *timeout, MaxBody: *maxBody},
 	}
 	calls.transport(&cfg.Transport)
@@ -156,9 +156,6 @@ Example:
 	}
 	if cfg.Transport.Configs, err = config.NewWatcher(nc, *prefix, log); err != nil {
 		return err
-	}
-	if mf.interval > 0 {
-		cfg.StatsInterval = mf.interval
 	}
 	gw, err := gateway.Start(nc, cfg)
 	if errors.Is(err, gateway.ErrInvalidConfig) {

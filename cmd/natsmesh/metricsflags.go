@@ -49,8 +49,8 @@ func checkMetricsAddr(addr string) error {
 	return nil
 }
 
-// statsInterval is the interval as proxy.SidecarConfig takes it: negative
-// for off.
+// statsInterval is the interval as sidecar.Config and gateway.Config take
+// it: negative for off.
 func (m *metricsFlags) statsInterval() time.Duration {
 	if m.interval == 0 {
 		return -1

@@ -36,9 +36,10 @@ JetStream usage (natsmesh_nats_*), and the process's own.
 With --nats URL it runs no NATS server of its own: it serves the registry and
 the stats on that NATS server or cluster instead, and creates the config
 bucket there; --metrics then has no NATS server figures (use that server's own
-monitoring). Run several for availability: one at a time publishes events (a
-lease in JetStream decides which), and another takes over within seconds when
-it dies; any of them answers natsmesh top.`, stderr)
+monitoring). The connection flags (--user, --password, --token, --creds,
+--nkey, --tls-*) apply only with --nats. Run several for availability: one at
+a time publishes events (a lease in JetStream decides which), and another
+takes over within seconds when it dies; any of them answers natsmesh top.`, stderr)
 	listen := fs.String("listen", embedded.DefaultListen, "address to listen on for NATS clients (port 0 picks a free one)")
 	data := fs.String("data", embedded.DefaultDataDir(), "directory for JetStream data")
 	prefix := prefixFlag(fs)

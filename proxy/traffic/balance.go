@@ -228,7 +228,7 @@ func (r *RingHash) Pick(g *Group, key string, avoid *Endpoint, now int64) *Endpo
 	if key == "" {
 		return Random{}.Pick(g, key, avoid, now)
 	}
-	return g.hashRing().get(HashKey(key), avoid, now)
+	return g.hashRing().get(hashKey(key), avoid, now)
 }
 
 func (*RingHash) String() string { return config.PolicyRingHash }
@@ -273,7 +273,7 @@ func newHashRing(eps []*Endpoint) *hashRing {
 	pts := make([]point, 0, len(eps)*ringPoints)
 	for i, ep := range eps {
 		for v := 0; v < ringPoints; v++ {
-			pts = append(pts, point{HashKey(ep.ID + "#" + strconv.Itoa(v)), int32(i)})
+			pts = append(pts, point{hashKey(ep.ID + "#" + strconv.Itoa(v)), int32(i)})
 		}
 	}
 	sort.Slice(pts, func(i, j int) bool {
@@ -310,9 +310,9 @@ func (r *hashRing) get(h uint64, avoid *Endpoint, now int64) *Endpoint {
 	return firstUsable(r.eps, 0, avoid, now)
 }
 
-// HashKey is 64-bit FNV-1a with a final mix, the same in every process, so
+// hashKey is 64-bit FNV-1a with a final mix, the same in every process, so
 // that all callers place a key on the same instance.
-func HashKey(s string) uint64 {
+func hashKey(s string) uint64 {
 	h := uint64(14695981039346656037)
 	for i := 0; i < len(s); i++ {
 		h ^= uint64(s[i])

@@ -11,9 +11,9 @@ import (
 	"github.com/natsmesh/natsmesh/config"
 )
 
-// MaxDestinations bounds the breakers and budgets a policy keeps: the
+// maxDestinations bounds the breakers and budgets a policy keeps: the
 // service and the subsets its routes name.
-const MaxDestinations = 4 * config.MaxSubsets
+const maxDestinations = 4 * config.MaxSubsets
 
 // Base is what a caller's own configuration says for every service, from
 // which a service's config document overrides field by field.
@@ -141,13 +141,13 @@ func Compile(subj bus.Subjects, service string, doc *config.Service, revision ui
 	if prev != nil && prev.breakerKey == p.breakerKey {
 		p.dests.breakers = prev.dests.breakers
 	} else {
-		p.dests.breakers = breaker.NewSet(bs, MaxDestinations)
+		p.dests.breakers = breaker.NewSet(bs, maxDestinations)
 		p.newBreakers = true
 	}
 	if prev != nil && prev.retry.BudgetRatio == p.retry.BudgetRatio && prev.retry.BudgetMinPerSecond == p.retry.BudgetMinPerSecond {
 		p.dests.budgets = prev.dests.budgets
 	} else {
-		p.dests.budgets = newBudgets(p.retry.BudgetRatio, p.retry.BudgetMinPerSecond, MaxDestinations)
+		p.dests.budgets = newBudgets(p.retry.BudgetRatio, p.retry.BudgetMinPerSecond, maxDestinations)
 	}
 	return p
 }
