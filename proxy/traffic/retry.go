@@ -219,11 +219,9 @@ const (
 // make, whether its request is idempotent, its backoff and its
 // destination's budget. Make it with Policy.Retrier, use it by pointer.
 type Retrier struct {
-	retries int
+	p       *Policy
+	retries int // the policy's, or 0 for a body too large to keep
 	idem    bool
-	on      retryConds
-	base    time.Duration
-	max     time.Duration
 	budget  *Budget
 	bo      *backoff.ExponentialBackOff
 }
@@ -233,8 +231,7 @@ type Retrier struct {
 func (p *Policy) Retrier(dest Destination, method string, hdr http.Header, bodyLen int, now time.Time) Retrier {
 	dest.Budget.call(now)
 	r := Retrier{
-		retries: p.retry.Retries, idem: Idempotent(method, hdr), on: p.retryOn,
-		base: p.retry.BackoffBase, max: p.retry.BackoffMax, budget: dest.Budget,
+		p: p, retries: p.retry.Retries, idem: Idempotent(method, hdr), budget: dest.Budget,
 	}
 	if bodyLen > RetryBodyLimit {
 		r.retries = 0
@@ -256,13 +253,13 @@ func (r *Retrier) Next(o Outcome, attempts int, settling bool, now, deadline tim
 		return 0, Stop
 	}
 	settling = settling && o.Code == bus.NoResponders
-	if !settling && (attempts > r.retries || !o.Retryable(r.idem) || !r.on.allows(o)) {
+	if !settling && (attempts > r.retries || !o.Retryable(r.idem) || !r.p.retryOn.allows(o)) {
 		return 0, Stop
 	}
 	if r.bo == nil {
 		r.bo = backoff.NewExponentialBackOff(
-			backoff.WithInitialInterval(r.base),
-			backoff.WithMaxInterval(r.max),
+			backoff.WithInitialInterval(r.p.retry.BackoffBase),
+			backoff.WithMaxInterval(r.p.retry.BackoffMax),
 			backoff.WithMultiplier(backoffMultiplier),
 			backoff.WithRandomizationFactor(0.5),
 			backoff.WithMaxElapsedTime(0))
