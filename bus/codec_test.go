@@ -564,7 +564,7 @@ func TestAppStatusHeaderIsNotNoResponders(t *testing.T) {
 				return nil
 			}
 		}
-		subj := bus.Subjects{}.RPC("nobody-listens")
+		subj := bus.Subjects{}.Call("nobody-listens")
 		if err := nc.PublishMsg(&nats.Msg{Subject: subj, Reply: inbox, Header: nats.Header{"X-A": {"1"}}}); err != nil {
 			t.Fatal(err)
 		}

@@ -27,6 +27,10 @@ type ConnectConfig struct {
 	URL string
 	// Name is the client name shown in the server's monitoring.
 	Name string
+	// InboxPrefix is where replies to the connection's requests arrive:
+	// Subjects.Inbox of the service it acts for, so that an identity may
+	// read its own replies and no one else's. "" is NATS's _INBOX.
+	InboxPrefix string
 
 	User, Password string // user/password authentication
 	Token          string // token authentication
@@ -63,6 +67,9 @@ func (c ConnectConfig) Options() ([]nats.Option, error) {
 		nats.ReconnectJitter(reconnectJitter, reconnectJitter),
 		nats.ReconnectBufSize(-1),
 		nats.PingInterval(20 * time.Second),
+	}
+	if c.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(c.InboxPrefix))
 	}
 	if c.WaitForServer {
 		opts = append(opts, nats.RetryOnFailedConnect(true))

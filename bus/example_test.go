@@ -25,13 +25,16 @@ func ExampleNewSubjects() {
 	if err != nil {
 		panic(err)
 	}
-	fmt.Println(subj.RPC("reviews"))
-	fmt.Println(subj.QueueGroup("reviews"))
-	fmt.Println(subj.Inst("reviews-7f9c"))
+	subj.Caller = "productpage"
+	fmt.Println(subj.Call("reviews"))
+	fmt.Println(subj.Calls("reviews"), subj.QueueGroup("reviews"))
+	fmt.Println(subj.Inst("reviews", "reviews-7f9c"))
+	fmt.Println(subj.Inbox("productpage"))
 	// Output:
-	// prod.mesh.rpc.reviews
-	// reviews
-	// prod.mesh.inst.reviews-7f9c
+	// prod.mesh.rpc.reviews.productpage
+	// prod.mesh.rpc.reviews.* reviews
+	// prod.mesh.inst.reviews.reviews-7f9c.productpage
+	// prod.mesh.inbox.productpage
 }
 
 func ExampleEncodeRequest() {

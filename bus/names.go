@@ -39,6 +39,9 @@ func ValidateName(kind, s string) error {
 	if len(s) > MaxNameLen {
 		return invalidName("%s name %.20q... is %d characters long; the limit is %d", kind, s, len(s), MaxNameLen)
 	}
+	if s == NoCaller {
+		return invalidName("%s name %q is reserved for unnamed callers; choose another", kind, s)
+	}
 	for i := 0; i < len(s); i++ {
 		if !nameByte(s[i]) {
 			return invalidName("%s name %q has %q at position %d; use only lowercase letters, digits, '-' or '_'", kind, s, s[i], i+1)
@@ -69,11 +72,23 @@ func ValidatePrefix(p string) error {
 	return nil
 }
 
+// NoCaller is the caller token of calls from an unnamed caller. It is not a
+// valid name, so no service can be mistaken for it.
+const NoCaller = "_"
+
 // Subjects builds the subjects of one mesh namespace. The zero value uses
 // DefaultPrefix. Methods take names that the caller has validated with
 // ValidateName; they never validate again, to keep the request path cheap.
+//
+// A call subject ends with the calling service's name (Caller, or NoCaller),
+// so the callee learns who called from what NATS delivered, and an identity
+// whose publish permissions allow only subjects ending with its own name
+// cannot call as another.
 type Subjects struct {
 	Prefix string
+	// Caller is the service calls made with these subjects come from; ""
+	// is an unnamed caller.
+	Caller string
 }
 
 // NewSubjects returns the namespace for prefix ("" means DefaultPrefix).
@@ -94,26 +109,75 @@ func (s Subjects) prefix() string {
 	return s.Prefix
 }
 
-// RPC is the subject every instance of service subscribes to, in queue group
-// QueueGroup(service).
-func (s Subjects) RPC(service string) string { return s.prefix() + ".rpc." + service }
+func (s Subjects) caller() string {
+	if s.Caller == "" {
+		return NoCaller
+	}
+	return s.Caller
+}
+
+// Call is the subject a call to service goes to: every instance of service
+// receives Calls(service), in queue group QueueGroup(service).
+func (s Subjects) Call(service string) string {
+	return s.prefix() + ".rpc." + service + "." + s.caller()
+}
+
+// Calls is the subscription of service's instances to its calls.
+func (s Subjects) Calls(service string) string { return s.prefix() + ".rpc." + service + ".*" }
 
 // QueueGroup is the queue group of service's instances.
 func (s Subjects) QueueGroup(service string) string { return service }
 
-// RPCSubset is the subject the instances of one subset of service subscribe
-// to, in queue group QueueGroupSubset(service, subset), besides RPC(service):
-// a route that picks the subset sends there.
-func (s Subjects) RPCSubset(service, subset string) string {
-	return s.prefix() + ".rpc." + service + "." + subset
+// CallSubset is the subject a call to one subset of service goes to, when a
+// route picks the subset: the subset's instances receive SubsetCalls, in
+// queue group QueueGroupSubset, besides Calls(service).
+func (s Subjects) CallSubset(service, subset string) string {
+	return s.prefix() + ".rpc." + service + "." + subset + "." + s.caller()
+}
+
+// SubsetCalls is the subscription of the instances of one subset of service
+// to the calls routed to it.
+func (s Subjects) SubsetCalls(service, subset string) string {
+	return s.prefix() + ".rpc." + service + "." + subset + ".*"
 }
 
 // QueueGroupSubset is the queue group of the instances of one subset of
 // service.
 func (s Subjects) QueueGroupSubset(service, subset string) string { return service + "." + subset }
 
-// Inst is the subject only instance subscribes to.
-func (s Subjects) Inst(instance string) string { return s.prefix() + ".inst." + instance }
+// Inst is the subject a call, probe or request body chunk for one instance
+// of service goes to.
+func (s Subjects) Inst(service, instance string) string {
+	return s.prefix() + ".inst." + service + "." + instance + "." + s.caller()
+}
+
+// InstCalls is the subscription of one instance of service to what is sent
+// to it alone.
+func (s Subjects) InstCalls(service, instance string) string {
+	return s.prefix() + ".inst." + service + "." + instance + ".*"
+}
+
+// CallerOf is the calling service named by the last token of a call
+// subject, or "" for an unnamed caller (or a token that is no valid name).
+func CallerOf(subject string) string {
+	c := subject[strings.LastIndexByte(subject, '.')+1:]
+	if ValidateName("caller", c) != nil {
+		return ""
+	}
+	return c
+}
+
+// Inbox is the inbox prefix of service's connections: replies to its calls
+// arrive below it, and its identity may subscribe to nothing else's.
+func (s Subjects) Inbox(service string) string {
+	if service == "" {
+		service = NoCaller
+	}
+	return s.prefix() + ".inbox." + service
+}
+
+// Inboxes matches the inbox of every service.
+func (s Subjects) Inboxes() string { return s.prefix() + ".inbox.*.>" }
 
 // Heartbeat is the subject instance of service announces itself on.
 func (s Subjects) Heartbeat(service, instance string) string {

@@ -146,12 +146,14 @@ func TestNewSubjects(t *testing.T) {
 	tests := []struct {
 		name     string
 		prefix   string
-		wantRPC  string
+		caller   string
+		wantCall string
 		wantInst string
 	}{
-		{"default prefix", "", "mesh.rpc.reviews", "mesh.inst.reviews-7f9c"},
-		{"explicit default", "mesh", "mesh.rpc.reviews", "mesh.inst.reviews-7f9c"},
-		{"custom prefix", "prod.mesh", "prod.mesh.rpc.reviews", "prod.mesh.inst.reviews-7f9c"},
+		{"default prefix", "", "productpage", "mesh.rpc.reviews.productpage", "mesh.inst.reviews.reviews-7f9c.productpage"},
+		{"explicit default", "mesh", "productpage", "mesh.rpc.reviews.productpage", "mesh.inst.reviews.reviews-7f9c.productpage"},
+		{"custom prefix", "prod.mesh", "productpage", "prod.mesh.rpc.reviews.productpage", "prod.mesh.inst.reviews.reviews-7f9c.productpage"},
+		{"unnamed caller", "", "", "mesh.rpc.reviews._", "mesh.inst.reviews.reviews-7f9c._"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -159,16 +161,93 @@ func TestNewSubjects(t *testing.T) {
 			if err != nil {
 				t.Fatalf("NewSubjects(%q): %v", tt.prefix, err)
 			}
-			if got := s.RPC("reviews"); got != tt.wantRPC {
-				t.Errorf("RPC = %q, want %q", got, tt.wantRPC)
+			s.Caller = tt.caller
+			if got := s.Call("reviews"); got != tt.wantCall {
+				t.Errorf("Call = %q, want %q", got, tt.wantCall)
 			}
-			if got := s.Inst("reviews-7f9c"); got != tt.wantInst {
+			if got := s.Inst("reviews", "reviews-7f9c"); got != tt.wantInst {
 				t.Errorf("Inst = %q, want %q", got, tt.wantInst)
 			}
 			if got := s.QueueGroup("reviews"); got != "reviews" {
 				t.Errorf("QueueGroup = %q, want %q", got, "reviews")
 			}
+			if got := bus.CallerOf(s.Call("reviews")); got != tt.caller {
+				t.Errorf("CallerOf(Call) = %q, want %q", got, tt.caller)
+			}
+			if got := bus.CallerOf(s.CallSubset("reviews", "v2")); got != tt.caller {
+				t.Errorf("CallerOf(CallSubset) = %q, want %q", got, tt.caller)
+			}
+			if got := bus.CallerOf(s.Inst("reviews", "reviews-7f9c")); got != tt.caller {
+				t.Errorf("CallerOf(Inst) = %q, want %q", got, tt.caller)
+			}
 		})
+	}
+}
+
+// TestCallSubjectsMatchTheirSubscriptions checks that each call subject is
+// delivered to the subscription meant for it and to no other: a call to
+// the whole service never reaches a subset's queue group, a subset's call
+// never the service's, and a caller whose name equals a subset's changes
+// nothing.
+func TestCallSubjectsMatchTheirSubscriptions(t *testing.T) {
+	s := bus.Subjects{Caller: "v2"}
+	subs := map[string]string{
+		"service": s.Calls("reviews"),
+		"subset":  s.SubsetCalls("reviews", "v2"),
+		"inst":    s.InstCalls("reviews", "reviews-1"),
+	}
+	for subject, want := range map[string]string{
+		s.Call("reviews"):                "service",
+		s.CallSubset("reviews", "v2"):    "subset",
+		s.Inst("reviews", "reviews-1"):   "inst",
+		s.Call("ratings"):                "",
+		s.Inst("ratings", "reviews-1"):   "",
+		s.CallSubset("reviews", "other"): "",
+	} {
+		var got []string
+		for name, sub := range subs {
+			if subjectMatches(sub, subject) {
+				got = append(got, name)
+			}
+		}
+		if (want == "" && len(got) != 0) || (want != "" && (len(got) != 1 || got[0] != want)) {
+			t.Errorf("%s is delivered to %v, want only %q", subject, got, want)
+		}
+	}
+	if got, want := s.Inbox("reviews"), "mesh.inbox.reviews"; got != want {
+		t.Errorf("Inbox = %q, want %q", got, want)
+	}
+}
+
+// subjectMatches reports whether a literal subject matches a subscription
+// with '*' wildcards, as NATS matches them.
+func subjectMatches(sub, subject string) bool {
+	a, b := strings.Split(sub, "."), strings.Split(subject, ".")
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != "*" && a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestCallerOf(t *testing.T) {
+	for subject, want := range map[string]string{
+		"mesh.rpc.reviews.productpage": "productpage",
+		"mesh.rpc.reviews._":           "",
+		"mesh.rpc.reviews.NotAName":    "",
+		"mesh.rpc.reviews.":            "",
+		"productpage":                  "productpage",
+	} {
+		if got := bus.CallerOf(subject); got != want {
+			t.Errorf("CallerOf(%q) = %q, want %q", subject, got, want)
+		}
+	}
+	if err := bus.ValidateName("service", bus.NoCaller); err == nil {
+		t.Errorf("ValidateName accepts %q, the unnamed caller's token", bus.NoCaller)
 	}
 }
 
@@ -187,10 +266,10 @@ func TestNewSubjectsRejectsBadPrefix(t *testing.T) {
 
 func TestSubjectsZeroValueUsesDefaultPrefix(t *testing.T) {
 	var s bus.Subjects
-	if got, want := s.RPC("ratings"), "mesh.rpc.ratings"; got != want {
-		t.Errorf("zero Subjects RPC = %q, want %q", got, want)
+	if got, want := s.Call("ratings"), "mesh.rpc.ratings._"; got != want {
+		t.Errorf("zero Subjects Call = %q, want %q", got, want)
 	}
-	if got, want := s.Inst("ratings-1"), "mesh.inst.ratings-1"; got != want {
+	if got, want := s.Inst("ratings", "ratings-1"), "mesh.inst.ratings.ratings-1._"; got != want {
 		t.Errorf("zero Subjects Inst = %q, want %q", got, want)
 	}
 }
@@ -227,13 +306,13 @@ func FuzzValidateName(f *testing.F) {
 				t.Fatalf("ValidateName accepted %q, which has %q", s, r)
 			}
 		}
-		subj := bus.Subjects{}.RPC(s)
-		if subj != "mesh.rpc."+s {
-			t.Fatalf("RPC(%q) = %q", s, subj)
+		subj := bus.Subjects{Caller: s}.Call(s)
+		if subj != "mesh.rpc."+s+"."+s {
+			t.Fatalf("Call(%q) = %q", s, subj)
 		}
 		toks := strings.Split(subj, ".")
-		if len(toks) != 3 {
-			t.Fatalf("subject %q built from accepted name %q has %d tokens, want 3", subj, s, len(toks))
+		if len(toks) != 4 {
+			t.Fatalf("subject %q built from accepted name %q has %d tokens, want 4", subj, s, len(toks))
 		}
 		for _, tok := range toks {
 			if tok == "" || tok == "*" || tok == ">" {

@@ -108,7 +108,7 @@ func (w *waiter) next(ctx context.Context) (*nats.Msg, error) {
 			return nil, bus.Errorf(bus.Timeout, "service %q did not answer within %s", service, w.left.Round(time.Millisecond))
 		case w.holder == "":
 			return nil, bus.Errorf(bus.UpstreamLost, "no instance of %q acknowledged the request within %s, so the one that took it is presumed gone; the request may or may not have been processed", service, t.ackWait)
-		case t.probes.dead(w.holder):
+		case t.probes.dead(w.service, w.holder):
 			if m := t.arrived(w.ch); m != nil {
 				w.timer.Reset(min(time.Until(w.until), t.probeInterval))
 				return m, nil // answered, then gone: the answer stands
@@ -176,7 +176,7 @@ func (w *waiter) upload(ctx context.Context, m *nats.Msg) error {
 // call ends without its answer.
 func (w *waiter) cancel() {
 	if w.uploaded && w.holder != "" {
-		w.t.cancelAt(w.holder, w.replyTo)
+		w.t.cancelAt(w.service, w.holder, w.replyTo)
 	}
 }
 

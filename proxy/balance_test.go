@@ -243,7 +243,7 @@ func TestBalanceSkipsGoneInstance(t *testing.T) {
 			// retried only after the ack wait.
 			nc := meshtest.Connect(t, s)
 			meshtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
-				_, err := nc.Request(bus.Subjects{}.Inst(victim.Instance()), nil, time.Second)
+				_, err := nc.Request(bus.Subjects{}.Inst("carts", victim.Instance()), nil, time.Second)
 				if !errors.Is(err, nats.ErrNoResponders) {
 					return fmt.Errorf("the stopped instance's subject: %v, want no responders", err)
 				}

@@ -158,9 +158,6 @@ func (t *Transport) call(ctx context.Context, service, method, uri, host string,
 func (t *Transport) requestHeader(method, uri, host string, hdr http.Header, rb *reqStream) nats.Header {
 	h := make(nats.Header, len(hdr)+8)
 	bus.EncodeRequest(h, method, uri, host, hdr)
-	if t.caller != nil {
-		h[bus.HeaderCaller] = t.caller
-	}
 	h[bus.HeaderAck] = ackAfterValue
 	if rb != nil {
 		h[bus.HeaderStream] = oneValue

@@ -163,7 +163,7 @@ func (e *endpoints) rebuild(prev *instanceSet, now int64) *instanceSet {
 			}
 		}
 		if ep == nil {
-			ep = traffic.NewEndpoint(in.Instance, in.Subset, e.subj.Inst(in.Instance))
+			ep = traffic.NewEndpoint(in.Instance, in.Subset, e.subj.Inst(e.service, in.Instance))
 		}
 		ep.SetHeartbeatInflight(int64(in.Inflight))
 		s.byID[ep.ID] = ep

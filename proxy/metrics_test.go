@@ -172,8 +172,8 @@ func TestMetricsInboundCallersDoNotCrowdOutOutbound(t *testing.T) {
 	for i := range metrics.DefaultMaxEdges + 10 {
 		h := nats.Header{}
 		bus.EncodeRequest(h, http.MethodGet, "/", "reviews", nil)
-		h.Set(bus.HeaderCaller, fmt.Sprintf("caller-%d", i))
-		m, err := nc.RequestMsg(&nats.Msg{Subject: bus.Subjects{}.RPC("reviews"), Header: h}, 5*time.Second)
+		subj := bus.Subjects{Caller: fmt.Sprintf("caller-%d", i)}.Call("reviews")
+		m, err := nc.RequestMsg(&nats.Msg{Subject: subj, Header: h}, 5*time.Second)
 		if err != nil {
 			t.Fatalf("call %d: %v", i, err)
 		}

@@ -114,8 +114,8 @@ func TestMicroDiscovery(t *testing.T) {
 	}
 	ep := eps[0].(map[string]any)
 	hasKeys("info endpoint", ep, "name", "subject", "queue_group", "metadata")
-	if ep["subject"] != "mesh.rpc.disco" || ep["queue_group"] != "disco" {
-		t.Fatalf("endpoint %v, want subject mesh.rpc.disco in queue group disco", ep)
+	if ep["subject"] != "mesh.rpc.disco.*" || ep["queue_group"] != "disco" {
+		t.Fatalf("endpoint %v, want subject mesh.rpc.disco.* in queue group disco", ep)
 	}
 
 	stats := request("$SRV.STATS.disco." + a.Instance())

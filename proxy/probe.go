@@ -59,7 +59,7 @@ func newProber(nc *nats.Conn, subj bus.Subjects, timeout time.Duration) *prober 
 
 // dead reports whether instance is known to be gone: NATS answered a probe
 // to it with "no responders". A probe that times out proves nothing.
-func (p *prober) dead(instance string) bool {
+func (p *prober) dead(service, instance string) bool {
 	p.mu.Lock()
 	st, ok := p.m[instance]
 	switch {
@@ -86,7 +86,7 @@ func (p *prober) dead(instance string) bool {
 	st.running = make(chan struct{})
 	p.mu.Unlock()
 
-	dead := p.probe(instance)
+	dead := p.probe(service, instance)
 
 	p.mu.Lock()
 	st.at, st.dead = time.Now(), dead
@@ -105,8 +105,8 @@ func (p *prober) forget() {
 	}
 }
 
-func (p *prober) probe(instance string) bool {
-	msg := &nats.Msg{Subject: p.subj.Inst(instance), Header: nats.Header{bus.HeaderProbe: {"1"}}}
+func (p *prober) probe(service, instance string) bool {
+	msg := &nats.Msg{Subject: p.subj.Inst(service, instance), Header: nats.Header{bus.HeaderProbe: {"1"}}}
 	_, err := p.nc.RequestMsg(msg, p.timeout)
 	return errors.Is(err, nats.ErrNoResponders)
 }

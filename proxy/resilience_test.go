@@ -750,7 +750,7 @@ func TestUnacknowledgedRequestIsLost(t *testing.T) {
 		received = map[string]int{} // by Mesh-Path
 	)
 	nc := meshtest.Connect(t, s)
-	if _, err := nc.QueueSubscribe(subj.RPC("mute"), subj.QueueGroup("mute"), func(m *nats.Msg) {
+	if _, err := nc.QueueSubscribe(subj.Calls("mute"), subj.QueueGroup("mute"), func(m *nats.Msg) {
 		mu.Lock()
 		received[m.Header.Get(bus.HeaderPath)]++
 		if got := m.Header.Get(bus.HeaderAck); got != "100" {
@@ -1239,7 +1239,7 @@ func TestDrainingHolderIsAlive(t *testing.T) {
 	// no-responders at once, which any method retries elsewhere.
 	direct := meshtest.Connect(t, s)
 	meshtest.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
-		msg := &nats.Msg{Subject: "mesh.inst." + callee.Instance(), Header: nats.Header{}}
+		msg := &nats.Msg{Subject: bus.Subjects{}.Inst("svc", callee.Instance()), Header: nats.Header{}}
 		bus.EncodeRequest(msg.Header, http.MethodPost, "/late", "svc", http.Header{})
 		m, err := direct.RequestMsg(msg, 200*time.Millisecond)
 		if err != nil {

@@ -582,7 +582,7 @@ func TestQueueGroupSpreadsLoad(t *testing.T) {
 	}
 }
 
-// mesh.inst.<id> reaches exactly that instance; NATS answers "no responders"
+// mesh.inst.<svc>.<id>.<caller> reaches exactly that instance; NATS answers "no responders"
 // at once for an instance that is gone.
 func TestInstanceSubject(t *testing.T) {
 	t.Parallel()
@@ -595,16 +595,16 @@ func TestInstanceSubject(t *testing.T) {
 	request := func(inst string) (*nats.Msg, error) {
 		h := nats.Header{}
 		bus.EncodeRequest(h, http.MethodGet, "/who?x=%E2%9C%93", "svc", http.Header{"X-Probe": {"1"}})
-		return nc.RequestMsg(&nats.Msg{Subject: subj.Inst(inst), Header: h}, 5*time.Second)
+		return nc.RequestMsg(&nats.Msg{Subject: subj.Inst("svc", inst), Header: h}, 5*time.Second)
 	}
 	for _, inst := range []struct{ id, body string }{{a.Instance(), "app-a\n"}, {b.Instance(), "app-b\n"}} {
 		for range 20 {
 			m, err := request(inst.id)
 			if err != nil {
-				t.Fatalf("request %s: %v", subj.Inst(inst.id), err)
+				t.Fatalf("request %s: %v", subj.Inst("svc", inst.id), err)
 			}
 			if got := bus.First(m.Header, bus.HeaderInstance); got != inst.id || string(m.Data) != inst.body {
-				t.Fatalf("%s answered by %q with %q, want %s with %q", subj.Inst(inst.id), got, m.Data, inst.id, inst.body)
+				t.Fatalf("%s answered by %q with %q, want %s with %q", subj.Inst("svc", inst.id), got, m.Data, inst.id, inst.body)
 			}
 			if st := bus.First(m.Header, bus.HeaderStatus); st != "200" {
 				t.Fatalf("Mesh-Status %q", st)
@@ -722,7 +722,7 @@ func TestWireFormat(t *testing.T) {
 	s := meshtest.RunServer(t)
 	nc := meshtest.Connect(t, s)
 	got := make(chan *nats.Msg, 1)
-	sub, err := nc.QueueSubscribe(bus.Subjects{}.RPC("wire"), bus.Subjects{}.QueueGroup("wire"), func(m *nats.Msg) {
+	sub, err := nc.QueueSubscribe(bus.Subjects{}.Calls("wire"), bus.Subjects{}.QueueGroup("wire"), func(m *nats.Msg) {
 		got <- m
 		h := nats.Header{}
 		bus.EncodeResponse(h, http.StatusCreated, "wire-1", http.Header{"X-Reply": {"r"}, "Status": {"503"}})
@@ -754,10 +754,17 @@ func TestWireFormat(t *testing.T) {
 		bus.HeaderMethod:       http.MethodPost,
 		bus.HeaderPath:         "/w?a=%20&b=ü",
 		bus.HeaderHost:         "wire:9080",
-		bus.HeaderCaller:       "frontend",
 		"traceparent":          "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
 		"Mesh-Esc-Status":      "x",
 		"Mesh-Esc-Nats-Msg-Id": "y",
+	}
+	// The caller travels as the subject's last token, where its identity's
+	// permissions can pin it; the app's own Mesh-Caller does not travel.
+	if m.Subject != "mesh.rpc.wire.frontend" {
+		t.Errorf("subject %q, want mesh.rpc.wire.frontend", m.Subject)
+	}
+	if vv, ok := m.Header[bus.HeaderCaller]; ok {
+		t.Errorf("NATS header Mesh-Caller = %q travels; the caller is the subject's", vv)
 	}
 	for k, v := range want {
 		if vv := m.Header[k]; !slices.Equal(vv, []string{v}) {

@@ -151,10 +151,10 @@ func Serve(nc *nats.Conn, h http.Handler, cfg ServeConfig) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	d, err := nc.Subscribe(subj.Inst(cfg.Instance), s.onMsg)
+	d, err := nc.Subscribe(subj.InstCalls(cfg.Service, cfg.Instance), s.onMsg)
 	if err != nil {
 		s.Stop()
-		return nil, fmt.Errorf("proxy: subscribe to %s: %w", subj.Inst(cfg.Instance), err)
+		return nil, fmt.Errorf("proxy: subscribe to %s: %w", subj.InstCalls(cfg.Service, cfg.Instance), err)
 	}
 	// The callback only hands off, so little queues; a flood beyond this is
 	// dropped by nats.go and reported as a slow consumer.
@@ -174,7 +174,7 @@ func Serve(nc *nats.Conn, h http.Handler, cfg ServeConfig) (*Server, error) {
 // subscribeQueue joins the service's queue group and the subset's, if the
 // instance has one; s.subMu is held.
 func (s *Server) subscribeQueue() error {
-	subject, group := s.subj.RPC(s.service), s.subj.QueueGroup(s.service)
+	subject, group := s.subj.Calls(s.service), s.subj.QueueGroup(s.service)
 	q, err := s.nc.QueueSubscribe(subject, group, s.onMsg)
 	if err != nil {
 		return fmt.Errorf("proxy: subscribe to %s: %w", subject, err)
@@ -182,7 +182,7 @@ func (s *Server) subscribeQueue() error {
 	_ = q.SetPendingLimits(64*1024, 256<<20)
 	queues := []*nats.Subscription{q}
 	if s.subset != "" {
-		subject, group = s.subj.RPCSubset(s.service, s.subset), s.subj.QueueGroupSubset(s.service, s.subset)
+		subject, group = s.subj.SubsetCalls(s.service, s.subset), s.subj.QueueGroupSubset(s.service, s.subset)
 		sq, err := s.nc.QueueSubscribe(subject, group, s.onMsg)
 		if err != nil {
 			_ = q.Unsubscribe()
@@ -362,6 +362,7 @@ func (s *Server) serve(m *nats.Msg) {
 	start := time.Now()
 	defer s.done(start)
 	s.served.Add(1)
+	setCaller(m)
 	// The metrics count a request before its answer goes, so that a caller
 	// that has its answer finds it counted.
 	var edge *metrics.Edge
@@ -472,6 +473,21 @@ func (s *Server) respond(w *responseWriter, m *nats.Msg, method string, ejected 
 			return
 		}
 		s.log.Debug("reply not sent", "service", s.service, "error", err)
+	}
+}
+
+// setCaller makes a request's Mesh-Caller the service its subject names,
+// whatever header it came with: the subject is what NATS let the caller's
+// identity publish to.
+func setCaller(m *nats.Msg) {
+	c := bus.CallerOf(m.Subject)
+	switch {
+	case c != "" && m.Header == nil:
+		m.Header = nats.Header{bus.HeaderCaller: {c}}
+	case c != "":
+		m.Header[bus.HeaderCaller] = []string{c}
+	default:
+		delete(m.Header, bus.HeaderCaller)
 	}
 }
 

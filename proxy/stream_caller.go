@@ -112,7 +112,7 @@ func (w *callerWait) next() (*nats.Msg, error) {
 			if !time.Now().Before(deadline) {
 				return nil, bus.Errorf(bus.Timeout, "the body streamed with %q did not move for %s", w.service, w.idle.Round(time.Millisecond))
 			}
-			if w.t.probes.dead(w.holder) {
+			if w.t.probes.dead(w.service, w.holder) {
 				if m := w.t.arrived(w.ch); m != nil {
 					return m, nil // sent, then gone: what it sent stands
 				}
@@ -134,8 +134,8 @@ func (w *callerWait) stop() {
 }
 
 // cancelAt tells the instance holding a streamed call to stop it.
-func (t *Transport) cancelAt(holder, replyTo string) {
-	_ = t.nc.PublishMsg(&nats.Msg{Subject: t.subj.Inst(holder), Header: nats.Header{
+func (t *Transport) cancelAt(service, holder, replyTo string) {
+	_ = t.nc.PublishMsg(&nats.Msg{Subject: t.subj.Inst(service, holder), Header: nats.Header{
 		bus.HeaderStream: {replyTo}, bus.HeaderCancel: cancelValue,
 	}})
 }
@@ -150,7 +150,7 @@ func (t *Transport) upload(ctx context.Context, service string, rb *reqStream, c
 	var answer *nats.Msg
 	w := callerWait{t: t, ctx: ctx, ch: ch, holder: holder, service: service, idle: idle}
 	defer w.stop()
-	snd := sender{nc: t.nc, subject: t.subj.Inst(holder), tag: []string{replyTo}, credit: credit, chunk: chunkSize(t.nc.MaxPayload())}
+	snd := sender{nc: t.nc, subject: t.subj.Inst(service, holder), tag: []string{replyTo}, credit: credit, chunk: chunkSize(t.nc.MaxPayload())}
 	snd.wait = func() (int64, error) {
 		for {
 			m, err := w.next()
@@ -273,11 +273,11 @@ func (st *respStream) nextMsg() (*nats.Msg, error) {
 }
 
 func (st *respStream) credit(n int64) {
-	_ = st.t.nc.PublishMsg(&nats.Msg{Subject: st.t.subj.Inst(st.w.holder), Header: creditHeader(n, st.tag)})
+	_ = st.t.nc.PublishMsg(&nats.Msg{Subject: st.t.subj.Inst(st.w.service, st.w.holder), Header: creditHeader(n, st.tag)})
 }
 
 func (st *respStream) cancel() {
-	st.cancelled.Do(func() { st.t.cancelAt(st.w.holder, st.tag[0]) })
+	st.cancelled.Do(func() { st.t.cancelAt(st.w.service, st.w.holder, st.tag[0]) })
 }
 
 // chunk returns the next bytes of the body (the head's first); io.EOF at

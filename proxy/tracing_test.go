@@ -219,9 +219,9 @@ func TestTraceAcrossServices(t *testing.T) {
 		t.Fatalf("%d spans, want 5 (test, a client, b server, b client, c server):%s", len(spans), describeSpans(spans))
 	}
 	aClient := findSpan(t, spans, trace.SpanKindClient, "server.address", "b")
-	bServer := findSpan(t, spans, trace.SpanKindServer, "messaging.destination.name", "mesh.rpc.b")
+	bServer := findSpan(t, spans, trace.SpanKindServer, "messaging.destination.name", "mesh.rpc.b.a")
 	bClient := findSpan(t, spans, trace.SpanKindClient, "server.address", "c")
-	cServer := findSpan(t, spans, trace.SpanKindServer, "messaging.destination.name", "mesh.rpc.c")
+	cServer := findSpan(t, spans, trace.SpanKindServer, "messaging.destination.name", "mesh.rpc.c.b")
 
 	traceID := root.SpanContext().TraceID()
 	for _, s := range spans {
@@ -252,7 +252,7 @@ func TestTraceAcrossServices(t *testing.T) {
 		"server.address":             "b",
 		"url.full":                   "http://b/chain?x=1",
 		"messaging.system":           "nats",
-		"messaging.destination.name": "mesh.rpc.b",
+		"messaging.destination.name": "mesh.rpc.b.a",
 		"http.response.status_code":  "200",
 		"error.type":                 "",
 	})
@@ -261,7 +261,7 @@ func TestTraceAcrossServices(t *testing.T) {
 		"server.address":             "c",
 		"url.full":                   "http://c/chain",
 		"messaging.system":           "nats",
-		"messaging.destination.name": "mesh.rpc.c",
+		"messaging.destination.name": "mesh.rpc.c.b",
 		"http.response.status_code":  "200",
 	})
 	wantAttrs(t, "b's server span", bServer, map[string]string{
@@ -316,7 +316,7 @@ func TestTraceRecordsFailures(t *testing.T) {
 		t.Fatalf("status %d, want c's 500 passed on by b", resp.StatusCode)
 	}
 	spans := exp.GetSpans()
-	cServer := findSpan(t, spans, trace.SpanKindServer, "messaging.destination.name", "mesh.rpc.c")
+	cServer := findSpan(t, spans, trace.SpanKindServer, "messaging.destination.name", "mesh.rpc.c.b")
 	aClient := findSpan(t, spans, trace.SpanKindClient, "server.address", "b")
 	for _, s := range []tracetest.SpanStub{cServer, aClient} {
 		wantAttrs(t, s.SpanKind.String()+" span", s, map[string]string{"http.response.status_code": "500", "error.type": "500"})
@@ -444,7 +444,7 @@ func TestTraceLibraryMode(t *testing.T) {
 	}
 	spans := exp.GetSpans()
 	client := findSpan(t, spans, trace.SpanKindClient, "server.address", "lib")
-	server := findSpan(t, spans, trace.SpanKindServer, "messaging.destination.name", "mesh.rpc.lib")
+	server := findSpan(t, spans, trace.SpanKindServer, "messaging.destination.name", "mesh.rpc.lib.client")
 	if client.Parent.SpanID() != root.SpanContext().SpanID() {
 		t.Errorf("client span: parent %s, want the test's span", client.Parent.SpanID())
 	}

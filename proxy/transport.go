@@ -103,7 +103,6 @@ type TransportConfig struct {
 type Transport struct {
 	nc      *nats.Conn
 	subj    bus.Subjects
-	caller  []string
 	timeout time.Duration
 	egress  http.RoundTripper
 	maxBody int64
@@ -148,6 +147,12 @@ func NewTransport(nc *nats.Conn, cfg TransportConfig) (*Transport, error) {
 	if err != nil {
 		return nil, invalid("TransportConfig.Prefix", err)
 	}
+	if cfg.Caller != "" {
+		if err := bus.ValidateName("caller", cfg.Caller); err != nil {
+			return nil, invalid("TransportConfig.Caller", err)
+		}
+		subj.Caller = cfg.Caller
+	}
 	t := &Transport{nc: nc, subj: subj, timeout: cfg.Timeout, egress: cfg.Egress, maxBody: cfg.MaxBody, done: make(chan struct{})}
 	if t.timeout <= 0 {
 		t.timeout = DefaultTimeout
@@ -189,12 +194,6 @@ func NewTransport(nc *nats.Conn, cfg TransportConfig) (*Transport, error) {
 	}
 	t.up = make(chan struct{})
 	close(t.up)
-	if cfg.Caller != "" {
-		if err := bus.ValidateName("caller", cfg.Caller); err != nil {
-			return nil, invalid("TransportConfig.Caller", err)
-		}
-		t.caller = []string{cfg.Caller}
-	}
 	if t.mux, err = newReplyMux(nc); err != nil {
 		return nil, fmt.Errorf("proxy: subscribe to reply inbox: %w", err)
 	}

@@ -778,7 +778,7 @@ func TestServeUpstreamDeadline(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(srv.Stop)
-			m := nats.NewMsg(subj.RPC(tc.cfg.Service))
+			m := nats.NewMsg(subj.Call(tc.cfg.Service))
 			m.Header[bus.HeaderMethod] = []string{http.MethodGet}
 			m.Header[bus.HeaderPath] = []string{"/slow"}
 			if tc.timeout != "" {
@@ -817,7 +817,7 @@ func TestServeHandlerPastDeadline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := nats.NewMsg(subj.RPC("late"))
+	m := nats.NewMsg(subj.Call("late"))
 	m.Header[bus.HeaderMethod] = []string{http.MethodGet}
 	m.Header[bus.HeaderPath] = []string{"/"}
 	m.Header[bus.HeaderTimeout] = []string{"50"}

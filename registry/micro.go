@@ -58,7 +58,7 @@ func StartDiscovery(nc *nats.Conn, cfg DiscoveryConfig) (*Discovery, error) {
 	if cfg.Counts == nil {
 		cfg.Counts = func() EndpointCounts { return EndpointCounts{} }
 	}
-	meta := map[string]string{"natsmesh.instance_subject": subj.Inst(cfg.Instance)}
+	meta := map[string]string{"natsmesh.instance_subject": subj.InstCalls(cfg.Service, cfg.Instance)}
 	for k, v := range cfg.Metadata {
 		meta[k] = v
 	}
@@ -67,7 +67,7 @@ func StartDiscovery(nc *nats.Conn, cfg DiscoveryConfig) (*Discovery, error) {
 		desc:    cfg.Description,
 		started: time.Now().UTC(),
 		ep: micro.EndpointInfo{
-			Name: "http", Subject: subj.RPC(cfg.Service), QueueGroup: subj.QueueGroup(cfg.Service),
+			Name: "http", Subject: subj.Calls(cfg.Service), QueueGroup: subj.QueueGroup(cfg.Service),
 			Metadata: map[string]string{"natsmesh.protocol": "http-over-nats"},
 		},
 		counts: cfg.Counts,

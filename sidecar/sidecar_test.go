@@ -109,7 +109,7 @@ func TestStartNestedConfigs(t *testing.T) {
 	}
 	// A request that carries no deadline (a plain NATS client's) gets
 	// Transport.Timeout at the inbound side too: one deadline both ways.
-	msg := nats.NewMsg("mesh.rpc.ratings")
+	msg := nats.NewMsg("mesh.rpc.ratings._")
 	msg.Header.Set(bus.HeaderMethod, http.MethodGet)
 	msg.Header.Set(bus.HeaderPath, "/slow")
 	reply, err := nc.RequestMsg(msg, 1500*time.Millisecond)

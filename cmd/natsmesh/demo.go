@@ -216,7 +216,10 @@ func (d *demo) app(service, version string) error {
 	if err != nil {
 		return err
 	}
-	nc, err := bus.Connect(bus.ConnectConfig{URL: d.url, Name: "natsmesh-demo-" + service + "-" + version, Logger: d.log})
+	nc, err := bus.Connect(bus.ConnectConfig{
+		URL: d.url, Name: "natsmesh-demo-" + service + "-" + version, Logger: d.log,
+		InboxPrefix: bus.Subjects{}.Inbox(service),
+	})
 	if err != nil {
 		ln.Close()
 		return err
@@ -260,7 +263,10 @@ func (d *demo) app(service, version string) error {
 
 // gateway serves the gateway on ln: every path to productpage.
 func (d *demo) gateway(ln net.Listener) (*gateway.Gateway, error) {
-	nc, err := bus.Connect(bus.ConnectConfig{URL: d.url, Name: "natsmesh-demo-gateway", Logger: d.log})
+	nc, err := bus.Connect(bus.ConnectConfig{
+		URL: d.url, Name: "natsmesh-demo-gateway", Logger: d.log,
+		InboxPrefix: bus.Subjects{}.Inbox(gateway.DefaultCaller),
+	})
 	if err != nil {
 		return nil, err
 	}

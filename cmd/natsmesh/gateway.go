@@ -123,6 +123,7 @@ Example:
 	defer ln.Close()
 
 	nf.cfg.Name = "natsmesh-gateway-" + *name
+	nf.cfg.InboxPrefix = bus.Subjects{Prefix: *prefix}.Inbox(*name)
 	nf.cfg.WaitForServer = true
 	nf.cfg.Logger = log
 	closed := make(chan struct{})

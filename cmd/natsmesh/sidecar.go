@@ -145,6 +145,7 @@ subset.`, stderr)
 	}
 	defer cfg.Listener.Close()
 	nf.cfg.Name = "natsmesh-sidecar-" + cfg.Instance
+	nf.cfg.InboxPrefix = bus.Subjects{Prefix: cfg.Prefix}.Inbox(cfg.Service)
 	nf.cfg.WaitForServer = true
 	nf.cfg.Logger = log
 	closed := make(chan struct{})

@@ -38,9 +38,9 @@ func parseDoc(t testing.TB, yaml string) *config.Service {
 // reviews is the target of a subset of service reviews.
 func reviews(subset string) traffic.Target {
 	if subset == "" {
-		return traffic.Target{Subject: "mesh.rpc.reviews", Key: "reviews"}
+		return traffic.Target{Subject: "mesh.rpc.reviews._", Key: "reviews"}
 	}
-	return traffic.Target{Subset: subset, Subject: "mesh.rpc.reviews." + subset, Key: "reviews/" + subset}
+	return traffic.Target{Subset: subset, Subject: "mesh.rpc.reviews." + subset + "._", Key: "reviews/" + subset}
 }
 
 // routeCounts routes a request n times and counts the targets it got.

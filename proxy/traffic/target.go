@@ -22,11 +22,11 @@ type Target struct {
 
 // ServiceTarget is the target of the whole service.
 func ServiceTarget(subj bus.Subjects, service string) Target {
-	return Target{Subject: subj.RPC(service), Key: service}
+	return Target{Subject: subj.Call(service), Key: service}
 }
 
 func subsetTarget(subj bus.Subjects, service, subset string) Target {
-	return Target{Subset: subset, Subject: subj.RPCSubset(service, subset), Key: service + "/" + subset}
+	return Target{Subset: subset, Subject: subj.CallSubset(service, subset), Key: service + "/" + subset}
 }
 
 // route is a compiled config.Route: its match, and its split as a table of
