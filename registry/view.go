@@ -61,6 +61,7 @@ type Stats struct {
 	Malformed       uint64 `json:"malformed"`        // undecodable or invalid documents, subject/body mismatch
 	Stale           uint64 `json:"stale"`            // duplicate or out-of-order seq
 	Flood           uint64 `json:"flood"`            // faster than a quarter of the announced interval
+	Future          uint64 `json:"future"`           // a start time ahead of the view's clock by more than MaxClockSkew
 	Overflow        uint64 `json:"overflow"`         // new instances beyond MaxInstances
 	Expired         uint64 `json:"expired"`          // instances that stopped heartbeating
 	Deregistered    uint64 `json:"deregistered"`     // instances that said goodbye
@@ -94,8 +95,12 @@ type View struct {
 	lastRev  map[string]uint64 // per service: the rev of its latest event
 	watchers map[*Watcher]struct{}
 
-	heartbeats, malformed, stale, flood, overflow, expired, deregistered, dropped atomic.Uint64
+	heartbeats, malformed, stale, flood, future, overflow, expired, deregistered, dropped atomic.Uint64
 }
+
+// MaxClockSkew is how far ahead of a view's clock a heartbeat's start time
+// may be: one further ahead is ignored.
+const MaxClockSkew = 30 * time.Second
 
 // NewView makes an empty view.
 func NewView(cfg ViewConfig) *View {
@@ -124,6 +129,12 @@ func NewView(cfg ViewConfig) *View {
 // Observe applies a validated heartbeat.
 func (v *View) Observe(hb Heartbeat) {
 	now := v.clock.Now()
+	if hb.Started.After(now.Add(MaxClockSkew)) {
+		// A start time in the future would make every true beat of the
+		// instance look like one of an earlier run until then.
+		v.future.Add(1)
+		return
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	insts := v.services[hb.Service]
@@ -293,7 +304,7 @@ func (v *View) snapshot(service string) Snapshot {
 func (v *View) Stats() Stats {
 	return Stats{
 		Heartbeats: v.heartbeats.Load(), Malformed: v.malformed.Load(), Stale: v.stale.Load(),
-		Flood: v.flood.Load(), Overflow: v.overflow.Load(), Expired: v.expired.Load(),
+		Flood: v.flood.Load(), Future: v.future.Load(), Overflow: v.overflow.Load(), Expired: v.expired.Load(),
 		Deregistered: v.deregistered.Load(), WatchersDropped: v.dropped.Load(),
 	}
 }

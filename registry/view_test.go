@@ -273,7 +273,7 @@ func TestViewRestartedInstance(t *testing.T) {
 	f.expect("up/registered reviews/reviews-1")
 
 	restarted := hb("reviews", "reviews-1", 1)
-	restarted.Started = started.Add(time.Minute)
+	restarted.Started = started.Add(5 * time.Second) // the clock is 5 s on
 	restarted.PID = 2
 	f.view.Observe(restarted)
 	f.expect()
@@ -296,7 +296,7 @@ func TestViewRestartedInstance(t *testing.T) {
 	// A restart that comes up failing is a health change.
 	f.clock.Advance(time.Second)
 	again := withHealth(hb("reviews", "reviews-1", 1), registry.Failing)
-	again.Started = started.Add(2 * time.Minute)
+	again.Started = started.Add(7 * time.Second)
 	f.view.Observe(again)
 	f.expect("changed/health reviews/reviews-1")
 }
