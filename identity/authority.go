@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nkeys"
@@ -127,6 +128,13 @@ func (a *Authority) sign() (Trust, error) {
 	}
 	ac := jwt.NewAccountClaims(apub)
 	ac.Name = "mesh"
+	revoked, err := a.revocations()
+	if err != nil {
+		return Trust{}, err
+	}
+	for pub, at := range revoked {
+		ac.RevokeAt(pub, time.Unix(at, 0))
+	}
 	ac.Limits.JetStreamLimits = jwt.JetStreamLimits{MemoryStorage: -1, DiskStorage: -1, Streams: -1, Consumer: -1}
 	ajwt, err := ac.Encode(a.operator)
 	if err != nil {
@@ -157,7 +165,11 @@ var All = Permissions{Publish: []string{">"}, Subscribe: []string{">"}}
 // Issue makes a NATS credentials file (a user JWT signed by the mesh
 // account, and the user's seed) for name with perms.
 func (a *Authority) Issue(name string, perms Permissions) ([]byte, error) {
-	if name == "" || strings.ContainsAny(name, " \t\r\n") {
+	return a.issue(name, perms, nil)
+}
+
+func (a *Authority) issue(name string, perms Permissions, tags []string) ([]byte, error) {
+	if name == "" || strings.ContainsAny(name, " \t\r\n/\\") || name[0] == '.' {
 		return nil, fmt.Errorf("%w: user name %q: use a non-empty name without spaces", ErrInvalid, name)
 	}
 	if len(perms.Publish) == 0 && len(perms.Subscribe) == 0 && !perms.Responses {
@@ -170,6 +182,7 @@ func (a *Authority) Issue(name string, perms Permissions) ([]byte, error) {
 	upub, _ := ukp.PublicKey()
 	uc := jwt.NewUserClaims(upub)
 	uc.Name = name
+	uc.Tags.Add(tags...)
 	uc.Pub.Allow = jwt.StringList(allowOrNone(perms.Publish))
 	uc.Sub.Allow = jwt.StringList(allowOrNone(perms.Subscribe))
 	if perms.Responses {
@@ -178,6 +191,9 @@ func (a *Authority) Issue(name string, perms Permissions) ([]byte, error) {
 	ujwt, err := uc.Encode(a.account)
 	if err != nil {
 		return nil, fmt.Errorf("identity: sign %s: %w", name, err)
+	}
+	if err := a.record(name, upub); err != nil {
+		return nil, err
 	}
 	seed, err := ukp.Seed()
 	if err != nil {

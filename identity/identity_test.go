@@ -17,7 +17,7 @@ import (
 // startTrusted starts an embedded server that trusts a's accounts only.
 func startTrusted(t *testing.T, a *identity.Authority) *embedded.Server {
 	t.Helper()
-	tr := a.Trust()
+	tr := embedded.Trust(a.Trust())
 	s, err := embedded.Start(embedded.Config{Port: -1, DataDir: t.TempDir(), Trust: &tr})
 	if err != nil {
 		t.Fatal(err)

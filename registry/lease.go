@@ -34,12 +34,13 @@ type lease struct {
 	once sync.Once
 }
 
-// leaseBucket is the KV bucket of the registry leases; each mesh's lease is
-// the key named by its subject prefix ("mesh", "prod.mesh"), which no two
-// meshes share.
-const leaseBucket = "natsmesh_registry"
+// LeaseBucket is the KV bucket of the registry leases; each mesh's lease is
+// the key named by its subject prefix (LeaseKey), which no two meshes share.
+const LeaseBucket = "natsmesh_registry"
 
-func leaseKeyFor(prefix string) string {
+// LeaseKey is the key of the lease of the mesh with prefix ("mesh",
+// "prod.mesh").
+func LeaseKey(prefix string) string {
 	if prefix == "" {
 		return "mesh"
 	}
@@ -57,27 +58,27 @@ func startLease(nc *nats.Conn, prefix, id string, ttl time.Duration, log *slog.L
 	defer cancel()
 	// Use the bucket as it is when it exists: rewriting its config would
 	// change the TTL under the other servers' feet.
-	kv, err := js.KeyValue(ctx, leaseBucket)
+	kv, err := js.KeyValue(ctx, LeaseBucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      leaseBucket,
+			Bucket:      LeaseBucket,
 			Description: "natsmesh: which registry service of each mesh publishes events",
 			TTL:         ttl,
 			History:     1,
 			Storage:     jetstream.MemoryStorage,
 		})
 		if errors.Is(err, jetstream.ErrBucketExists) {
-			kv, err = js.KeyValue(ctx, leaseBucket) // another server made it meanwhile
+			kv, err = js.KeyValue(ctx, LeaseBucket) // another server made it meanwhile
 		}
 	}
 	if err != nil {
 		return nil, err
 	}
 	if st, serr := kv.Status(ctx); serr == nil && st.TTL() != ttl {
-		log.Warn("the registry lease bucket has another TTL than this server's; using the bucket's", "bucket", leaseBucket, "bucket_ttl", st.TTL(), "ttl", ttl)
+		log.Warn("the registry lease bucket has another TTL than this server's; using the bucket's", "bucket", LeaseBucket, "bucket_ttl", st.TTL(), "ttl", ttl)
 		ttl = st.TTL()
 	}
-	l := &lease{kv: kv, key: leaseKeyFor(prefix), id: id, ttl: ttl, change: change, log: log, done: make(chan struct{})}
+	l := &lease{kv: kv, key: LeaseKey(prefix), id: id, ttl: ttl, change: change, log: log, done: make(chan struct{})}
 	l.attempt() // a lone server leads from its first moment
 	if !l.held {
 		l.change(false) // one that led without a lease stops, for the holder

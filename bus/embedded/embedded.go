@@ -17,7 +17,6 @@ import (
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 
-	"github.com/natsmesh/natsmesh/identity"
 )
 
 // DefaultListen is where natsmesh server listens for NATS clients.
@@ -28,6 +27,15 @@ var (
 	ErrListen  = errors.New("embedded: cannot listen on")
 	ErrDataDir = errors.New("embedded: cannot create data directory")
 )
+
+// Trust is what a server in operator mode trusts: the operator's JWT, the
+// system account's public key, and every account's JWT by public key (for
+// its memory resolver). identity.Trust converts to it.
+type Trust struct {
+	Operator      string
+	SystemAccount string
+	Accounts      map[string]string
+}
 
 // Config configures the embedded nats-server. The zero value listens on
 // DefaultListen and stores JetStream data under DefaultDataDir().
@@ -49,7 +57,7 @@ type Config struct {
 	// Trust, if set, runs the server in operator mode with a memory
 	// resolver: it accepts only users signed by the trusted accounts
 	// (identity.Authority issues them), and refuses anonymous clients.
-	Trust *identity.Trust
+	Trust *Trust
 }
 
 // Server is a running embedded nats-server with JetStream enabled.
@@ -151,7 +159,7 @@ func Start(cfg Config) (*Server, error) {
 
 // trust puts the server in operator mode: it trusts t's operator, resolves
 // t's accounts from memory, and the system account is t's.
-func trust(opts *server.Options, t *identity.Trust) error {
+func trust(opts *server.Options, t *Trust) error {
 	oc, err := jwt.DecodeOperatorClaims(t.Operator)
 	if err != nil {
 		return fmt.Errorf("embedded: Config.Trust.Operator is no operator JWT: %w", err)
