@@ -16,7 +16,6 @@ import (
 
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
-
 )
 
 // DefaultListen is where natsmesh server listens for NATS clients.
