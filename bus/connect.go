@@ -5,10 +5,44 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/nats-io/nats.go"
 )
+
+// StateDir is where natsmesh keeps its state on this machine:
+// $XDG_STATE_HOME/natsmesh, else ~/.local/state/natsmesh. natsmesh server
+// keeps its data there unless told otherwise, and its admin's credentials
+// in AdminCredsFile.
+func StateDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "natsmesh")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "natsmesh")
+	}
+	return filepath.Join(os.TempDir(), "natsmesh")
+}
+
+// AdminCredsFile is the name of the admin's credentials file in the data
+// directory of natsmesh server.
+const AdminCredsFile = "admin.creds"
+
+// CredsFromEnv is the credentials file a program connects with when it is
+// told none: $NATSMESH_CREDS, else the admin credentials of a natsmesh
+// server on this machine with the default data directory, if there are
+// any; "" otherwise.
+func CredsFromEnv() string {
+	if f := os.Getenv("NATSMESH_CREDS"); f != "" {
+		return f
+	}
+	f := filepath.Join(StateDir(), AdminCredsFile)
+	if _, err := os.Stat(f); err == nil {
+		return f
+	}
+	return ""
+}
 
 // DefaultURL is used when neither --nats nor $NATSMESH_URL is set.
 const DefaultURL = "nats://127.0.0.1:4222"
@@ -90,6 +124,10 @@ func (c ConnectConfig) Options() ([]nats.Option, error) {
 				l.Info("reconnected to NATS", "url", nc.ConnectedUrlRedacted())
 			}),
 			nats.ReconnectErrHandler(func(nc *nats.Conn, err error) {
+				if authError(err) {
+					l.Error("NATS refuses this process's credentials (revoked, expired or another mesh's); it keeps trying, but needs new ones", "error", err)
+					return
+				}
 				l.Debug("reconnect attempt failed", "error", err)
 			}),
 			nats.ErrorHandler(func(nc *nats.Conn, sub *nats.Subscription, err error) {
@@ -130,6 +168,11 @@ func (c ConnectConfig) Options() ([]nats.Option, error) {
 		opts = append(opts, nats.ClientCert(c.TLSCert, c.TLSKey))
 	}
 	return opts, nil
+}
+
+// authError reports whether err is NATS refusing a connection's credentials.
+func authError(err error) bool {
+	return errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthRevoked) || errors.Is(err, nats.ErrAuthExpired)
 }
 
 // Connect dials NATS with the mesh's connection policy. Extra options are

@@ -211,10 +211,26 @@ func allowOrNone(subjects []string) []string {
 	return subjects
 }
 
-// WriteCreds writes creds to file, readable by its owner only.
+// WriteCreds writes creds to file, readable by its owner only. The file is
+// replaced whole: a reader sees the old credentials or the new, never part.
 func WriteCreds(file string, creds []byte) error {
-	if err := os.WriteFile(file, creds, 0o600); err != nil {
+	f, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+"-*")
+	if err != nil {
 		return fmt.Errorf("identity: cannot write %s: %w", file, err)
 	}
-	return os.Chmod(file, 0o600) // an existing file keeps its mode in WriteFile
+	defer os.Remove(f.Name()) // after a failure; gone after the rename
+	_, err = f.Write(creds)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(f.Name(), 0o600) // CreateTemp's mode already, whatever the umask
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), file)
+	}
+	if err != nil {
+		return fmt.Errorf("identity: cannot write %s: %w", file, err)
+	}
+	return nil
 }

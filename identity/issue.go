@@ -37,6 +37,13 @@ type Credential struct {
 	Name    string // the identity's name: its service, for a Service
 	Role    Role
 	Subject string // the user's public key
+	Issuer  string // the public key of the account that signed it
+}
+
+// Signed reports whether c was issued by this Authority's mesh account.
+func (a *Authority) Signed(c Credential) bool {
+	apub, _ := a.account.PublicKey()
+	return c.Issuer == apub
 }
 
 // IssueRole makes the credentials of a role's identity named name on the
@@ -73,7 +80,7 @@ func ReadCreds(file string) (Credential, error) {
 	if err != nil {
 		return Credential{}, fmt.Errorf("identity: %s holds no user JWT: %w", file, err)
 	}
-	c := Credential{Name: uc.Name, Subject: uc.Subject}
+	c := Credential{Name: uc.Name, Subject: uc.Subject, Issuer: uc.Issuer}
 	for _, t := range uc.Tags {
 		if r, ok := strings.CutPrefix(t, roleTag); ok {
 			c.Role = Role(r)

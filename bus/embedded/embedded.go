@@ -10,12 +10,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/natsmesh/natsmesh/bus"
 )
 
 // DefaultListen is where natsmesh server listens for NATS clients.
@@ -83,16 +84,9 @@ func ParseListen(addr string) (host string, port int, err error) {
 	return h, port, nil
 }
 
-// DefaultDataDir is $XDG_STATE_HOME/natsmesh, else ~/.local/state/natsmesh.
-func DefaultDataDir() string {
-	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
-		return filepath.Join(d, "natsmesh")
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(home, ".local", "state", "natsmesh")
-	}
-	return filepath.Join(os.TempDir(), "natsmesh")
-}
+// DefaultDataDir is bus.StateDir(): $XDG_STATE_HOME/natsmesh, else
+// ~/.local/state/natsmesh.
+func DefaultDataDir() string { return bus.StateDir() }
 
 // Start starts an embedded nats-server and waits until it accepts clients.
 func Start(cfg Config) (*Server, error) {

@@ -59,7 +59,8 @@ Example: natsmesh call ratings /ratings/0 --method POST --data '{"stars":5}'`, s
 		return err
 	}
 	nf.cfg.Name = "natsmesh-call"
-	nc, err := bus.Connect(nf.cfg)
+	nf.cfg.InboxPrefix = bus.Subjects{Prefix: *prefix}.Inbox("")
+	nc, err := nf.connect()
 	if err != nil {
 		return err
 	}

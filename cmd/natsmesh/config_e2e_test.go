@@ -70,7 +70,7 @@ retries:
 func TestEndToEndConfig(t *testing.T) {
 	t.Parallel()
 	_, natsURL := startServer(t)
-	nc, err := bus.Connect(bus.ConnectConfig{URL: natsURL, Name: t.Name()})
+	nc, err := bus.Connect(bus.ConnectConfig{URL: natsURL, Name: t.Name(), CredsFile: adminCreds(natsURL)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -93,7 +93,7 @@ func (f *storeFlags) open(ctx context.Context, name string) (st *config.Store, n
 		return nil, nil, nil, err
 	}
 	f.nats.cfg.Name = name
-	nc, err = bus.Connect(f.nats.cfg)
+	nc, err = f.nats.connect()
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -8,9 +8,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/bus/embedded"
@@ -18,6 +21,7 @@ import (
 	"github.com/natsmesh/natsmesh/controlplane"
 	"github.com/natsmesh/natsmesh/examples/bookinfo"
 	"github.com/natsmesh/natsmesh/gateway"
+	"github.com/natsmesh/natsmesh/identity"
 	"github.com/natsmesh/natsmesh/metrics"
 	"github.com/natsmesh/natsmesh/proxy"
 	"github.com/natsmesh/natsmesh/sidecar"
@@ -77,14 +81,22 @@ afresh.`, stderr)
 		return err
 	}
 	defer os.RemoveAll(data)
-	srv, err := startDemoServer(*natsListen, data, log)
+	// The demo's mesh has the trust roots and admin of natsmesh server's
+	// default data directory, so that the commands on this machine work
+	// with both as they are.
+	auth, adminCreds, err := openTrust(embedded.DefaultDataDir(), "")
+	if err != nil {
+		return err
+	}
+	srv, err := startDemoServer(*natsListen, data, auth, log)
 	if err != nil {
 		return err
 	}
 	defer srv.Shutdown()
 	url := srv.ClientURL()
 
-	d := &demo{url: url, log: log, statsInterval: *statsInterval}
+	d := &demo{url: url, log: log, statsInterval: *statsInterval, auth: auth, data: data, adminCreds: adminCreds}
+	log.Info("every bookinfo service connects with its own identity; commands on this machine use the admin's", "admin_credentials", adminCreds)
 	defer d.stop()
 	if err := d.start(); err != nil {
 		return err
@@ -135,7 +147,7 @@ afresh.`, stderr)
 
 // startDemoServer starts the embedded NATS server on listen, or on
 // 127.0.0.1:4222 and, when that is taken, on a free port.
-func startDemoServer(listen, data string, log *slog.Logger) (*embedded.Server, error) {
+func startDemoServer(listen, data string, auth *identity.Authority, log *slog.Logger) (*embedded.Server, error) {
 	explicit := listen != ""
 	if !explicit {
 		listen = embedded.DefaultListen
@@ -144,7 +156,8 @@ func startDemoServer(listen, data string, log *slog.Logger) (*embedded.Server, e
 	if err != nil {
 		return nil, usageError{err}
 	}
-	cfg := embedded.Config{Host: host, Port: port, DataDir: data, Logger: embedded.SlogLogger(log.With("component", "nats-server"))}
+	trust := embedded.Trust(auth.Trust())
+	cfg := embedded.Config{Host: host, Port: port, DataDir: data, Trust: &trust, Logger: embedded.SlogLogger(log.With("component", "nats-server"))}
 	if !explicit {
 		if l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port))); err != nil {
 			cfg.Port = -1 // taken: any free port
@@ -164,7 +177,26 @@ type demo struct {
 	url           string
 	log           *slog.Logger
 	statsInterval time.Duration
+	auth          *identity.Authority
+	data          string
+	adminCreds    string
 	stops         []func(context.Context)
+}
+
+// connect connects as the identity of role named name, issued for it.
+func (d *demo) connect(role identity.Role, name, inbox string) (*nats.Conn, error) {
+	creds, err := d.auth.IssueRole(role, name, "")
+	if err != nil {
+		return nil, err
+	}
+	file := filepath.Join(d.data, name+".creds")
+	if err := identity.WriteCreds(file, creds); err != nil {
+		return nil, err
+	}
+	return bus.Connect(bus.ConnectConfig{
+		URL: d.url, Name: "natsmesh-demo-" + name, Logger: d.log,
+		CredsFile: file, InboxPrefix: bus.Subjects{}.Inbox(inbox),
+	})
 }
 
 func (d *demo) onStop(f func(context.Context)) { d.stops = append(d.stops, f) }
@@ -181,7 +213,12 @@ func (d *demo) stop() {
 // start runs the registry, the config bucket and every bookinfo app with its
 // sidecar.
 func (d *demo) start() error {
-	nc, err := bus.Connect(bus.ConnectConfig{URL: d.url, Name: "natsmesh-demo-registry", Logger: d.log})
+	// The control plane is the admin, as natsmesh server's is: it makes
+	// the config bucket.
+	nc, err := bus.Connect(bus.ConnectConfig{
+		URL: d.url, Name: "natsmesh-demo-registry", Logger: d.log,
+		CredsFile: d.adminCreds, InboxPrefix: bus.Subjects{}.Inbox(identity.RegistryInbox),
+	})
 	if err != nil {
 		return err
 	}
@@ -216,10 +253,7 @@ func (d *demo) app(service, version string) error {
 	if err != nil {
 		return err
 	}
-	nc, err := bus.Connect(bus.ConnectConfig{
-		URL: d.url, Name: "natsmesh-demo-" + service + "-" + version, Logger: d.log,
-		InboxPrefix: bus.Subjects{}.Inbox(service),
-	})
+	nc, err := d.connect(identity.Service, service, service)
 	if err != nil {
 		ln.Close()
 		return err
@@ -263,10 +297,7 @@ func (d *demo) app(service, version string) error {
 
 // gateway serves the gateway on ln: every path to productpage.
 func (d *demo) gateway(ln net.Listener) (*gateway.Gateway, error) {
-	nc, err := bus.Connect(bus.ConnectConfig{
-		URL: d.url, Name: "natsmesh-demo-gateway", Logger: d.log,
-		InboxPrefix: bus.Subjects{}.Inbox(gateway.DefaultCaller),
-	})
+	nc, err := d.connect(identity.Service, gateway.DefaultCaller, gateway.DefaultCaller)
 	if err != nil {
 		return nil, err
 	}

@@ -25,6 +25,7 @@ import (
 	"reflect"
 	"regexp"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,10 +44,20 @@ func TestMain(m *testing.M) {
 		runApp(name)
 		return
 	}
+	// The children's state directory, where natsmesh demo keeps its trust
+	// roots and commands find the admin's credentials: the test run's own,
+	// never the machine's.
+	state, err := os.MkdirTemp("", "natsmesh-e2e-state-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	stateDir = state
 	code := m.Run()
 	if build.dir != "" {
 		os.RemoveAll(build.dir)
 	}
+	os.RemoveAll(state)
 	os.Exit(code)
 }
 
@@ -194,13 +205,16 @@ func raceEnabled() bool {
 	return false
 }
 
-// childEnv is the environment of every child: no NATSMESH_URL from the
-// developer's shell, so a command only reaches the server the test names, and
+// stateDir is the children's $XDG_STATE_HOME.
+var stateDir string
+
+// childEnv is the environment of every child: its own state directory, no
+// NATSMESH_URL or NATSMESH_CREDS from the developer's shell, so a command only reaches the server the test names, and
 // no 1 s pause of the race runtime at exit, so exit timings are natsmesh's own.
 func childEnv() []string {
-	var env []string
+	env := []string{"XDG_STATE_HOME=" + stateDir}
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "NATSMESH_URL=") && !strings.HasPrefix(kv, appEnv+"=") && !strings.HasPrefix(kv, "GORACE=") {
+		if !strings.HasPrefix(kv, "NATSMESH_URL=") && !strings.HasPrefix(kv, "NATSMESH_CREDS=") && !strings.HasPrefix(kv, "XDG_STATE_HOME=") && !strings.HasPrefix(kv, appEnv+"=") && !strings.HasPrefix(kv, "GORACE=") {
 			env = append(env, kv)
 		}
 	}
@@ -252,6 +266,59 @@ type proc struct {
 	stdout, stderr *output
 	done           chan struct{} // closed when the process has exited
 	exitedAt       time.Time     // set before done is closed
+	data           string        // a server's --data, whose admin credentials it writes
+}
+
+// credsByURL maps the URL of each server a test started to its admin
+// credentials, which commands given that server's URL connect with, as a
+// user who exported NATSMESH_CREDS would.
+var credsByURL sync.Map
+
+// withCreds adds NATSMESH_CREDS to env when args name, with --nats, a
+// server whose admin credentials are known, and neither args nor env say
+// which credentials to use.
+func withCreds(env, args []string) []string {
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "NATSMESH_CREDS=") {
+			return env
+		}
+		if url, ok := strings.CutPrefix(kv, "NATSMESH_URL="); ok {
+			args = append(slices.Clip(args), "--nats", url)
+		}
+	}
+	for i, a := range args {
+		if a == "--creds" || strings.HasPrefix(a, "--creds=") {
+			return env
+		}
+		if a == "--nats" && i+1 < len(args) {
+			url, _, _ := strings.Cut(args[i+1], ",")
+			if f, ok := credsByURL.Load(url); ok {
+				return append(env, "NATSMESH_CREDS="+f.(string))
+			}
+		}
+	}
+	return env
+}
+
+// adminCreds is the admin credentials file of a server the test started.
+func adminCreds(url string) string {
+	f, ok := credsByURL.Load(url)
+	if !ok {
+		panic("no credentials are known for " + url + ": start the server with startServer or start(..., \"server\", ..., \"--data\", DIR) and wait for serverReady")
+	}
+	return f.(string)
+}
+
+// serverData is the data directory of a `natsmesh server` command line
+// that embeds NATS with credentials, "" for any other.
+func serverData(args []string) string {
+	if len(args) == 0 || args[0] != "server" || slices.Contains(args, "--nats") || slices.Contains(args, "--allow-anonymous") {
+		return ""
+	}
+	if i := slices.Index(args, "--data"); i >= 0 && i+1 < len(args) {
+		return args[i+1]
+	}
+	return ""
 }
 
 // start starts a long-running child process with extra environment
@@ -259,8 +326,8 @@ type proc struct {
 // its output is logged if the test failed.
 func start(t *testing.T, name string, env []string, bin string, args ...string) *proc {
 	t.Helper()
-	p := &proc{name: name, cmd: exec.Command(bin, args...), stdout: newOutput(), stderr: newOutput(), done: make(chan struct{})}
-	p.cmd.Env = append(childEnv(), env...)
+	p := &proc{name: name, cmd: exec.Command(bin, args...), stdout: newOutput(), stderr: newOutput(), done: make(chan struct{}), data: serverData(args)}
+	p.cmd.Env = withCreds(append(childEnv(), env...), args)
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
 	p.cmd.WaitDelay = 5 * time.Second
 	dieWithParent(p.cmd)
@@ -329,6 +396,9 @@ func (p *proc) waitOutput(t *testing.T, re *regexp.Regexp, within time.Duration)
 		m = re.FindStringSubmatch(out)
 		return m != nil
 	})
+	if re == serverReady && p.data != "" {
+		credsByURL.Store(m[1], filepath.Join(p.data, "admin.creds"))
+	}
 	return m[1]
 }
 
@@ -410,7 +480,7 @@ func natsmesh(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, natsmeshBin(t), args...)
-	cmd.Env = childEnv()
+	cmd.Env = withCreds(childEnv(), args)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()

@@ -1,13 +1,18 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"strings"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/natsmesh/natsmesh/bus"
+	"github.com/natsmesh/natsmesh/bus/embedded"
 )
 
 // usageError is a mistake on the command line (exit status 2).
@@ -103,11 +108,37 @@ func (n *natsFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&n.cfg.User, "user", "", "NATS user name")
 	fs.StringVar(&n.cfg.Password, "password", "", "NATS password")
 	fs.StringVar(&n.cfg.Token, "token", "", "NATS authentication token")
-	fs.StringVar(&n.cfg.CredsFile, "creds", "", "NATS credentials file (JWT and nkey)")
+	fs.StringVar(&n.cfg.CredsFile, "creds", "", "NATS credentials file (JWT and nkey); without it (and without --user, --token or --nkey), $"+credsEnv+", else the admin credentials natsmesh server keeps in its default data directory, "+filepath.Join(embedded.DefaultDataDir(), adminCredsName))
 	fs.StringVar(&n.cfg.NKeySeedFile, "nkey", "", "NATS nkey seed file")
 	fs.StringVar(&n.cfg.TLSCA, "tls-ca", "", "CA certificate file to verify the NATS server")
 	fs.StringVar(&n.cfg.TLSCert, "tls-cert", "", "client certificate file for NATS (with --tls-key)")
 	fs.StringVar(&n.cfg.TLSKey, "tls-key", "", "client key file for NATS (with --tls-cert)")
+}
+
+// config is the connection config the flags ask for: without credentials
+// of any kind, the default credentials file (defaultCreds).
+func (n *natsFlags) config() bus.ConnectConfig {
+	c := n.cfg
+	if c.CredsFile == "" && c.User == "" && c.Token == "" && c.NKeySeedFile == "" {
+		c.CredsFile = defaultCreds()
+	}
+	return c
+}
+
+// connect connects as the flags say, with an error that says what to do
+// when the server refuses the credentials.
+func (n *natsFlags) connect(extra ...nats.Option) (*nats.Conn, error) {
+	c := n.config()
+	nc, err := bus.Connect(c, extra...)
+	switch {
+	case err == nil:
+		return nc, nil
+	case errors.Is(err, nats.ErrAuthorization) && c.CredsFile == "":
+		return nil, fmt.Errorf("the NATS server at %s refuses clients without credentials: pass --creds FILE or set %s (natsmesh server writes its admin credentials to %s in its data directory; natsmesh identity issue makes a service's)", c.URL, credsEnv, adminCredsName)
+	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthRevoked), errors.Is(err, nats.ErrAuthExpired):
+		return nil, fmt.Errorf("the NATS server at %s refuses the credentials in %s (%v): they are revoked, expired or another mesh's; ask for new ones (natsmesh identity issue), or use the admin credentials in the server's data directory", c.URL, c.CredsFile, errors.Unwrap(err))
+	}
+	return nil, err
 }
 
 // prefixFlag is the subject prefix flag of the commands that address services.

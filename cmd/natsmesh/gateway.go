@@ -107,6 +107,9 @@ Example:
 	if err := bus.ValidateName("name", *name); err != nil {
 		return usagef("--name: %v", err)
 	}
+	if err := checkIdentity(nf.config().CredsFile, *name, "--name"); err != nil {
+		return err
+	}
 	if err := checkPrefix(*prefix); err != nil {
 		return err
 	}
@@ -127,7 +130,7 @@ Example:
 	nf.cfg.WaitForServer = true
 	nf.cfg.Logger = log
 	closed := make(chan struct{})
-	nc, err := bus.Connect(nf.cfg, nats.ClosedHandler(func(*nats.Conn) { close(closed) }))
+	nc, err := nf.connect(nats.ClosedHandler(func(*nats.Conn) { close(closed) }))
 	if err != nil {
 		return err
 	}

@@ -31,6 +31,7 @@ Commands:
   top       show each service's and edge's request rate, success and latency, live
   apply     store config for services (routes, retries, ...) from a YAML file
   config    read, roll back or delete the config of services
+  identity  issue and revoke the credentials services connect with
 
 Run "natsmesh <command> --help" for a command's flags.
 `
@@ -50,6 +51,7 @@ var commands = map[string]command{
 	"top":       runTop,
 	"apply":     runApply,
 	"config":    runConfig,
+	"identity":  runIdentity,
 }
 
 func main() {

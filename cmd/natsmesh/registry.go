@@ -33,7 +33,7 @@ func (r *registryFlags) client(name string) (*registry.Client, func(), error) {
 		return nil, nil, err
 	}
 	r.nats.cfg.Name = name
-	nc, err := bus.Connect(r.nats.cfg)
+	nc, err := r.nats.connect()
 	if err != nil {
 		return nil, nil, err
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/controlplane"
+	"github.com/natsmesh/natsmesh/identity"
 )
 
 func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -28,6 +29,13 @@ request rate, success and latency. It creates the JetStream KV bucket
 natsmesh apply stores config in (mesh_config) if it is missing. Every other
 command connects to it (--nats, default nats://127.0.0.1:4222). Stop it with
 Ctrl-C or SIGTERM.
+
+It accepts only clients with credentials it issued. On first start it creates
+the mesh's trust roots (an operator, a system and a mesh account, as nkeys) in
+DIR/trust and the admin's credentials in DIR/admin.creds, DIR being --data
+(files 0600); commands on the same machine find those by themselves, others
+take --creds FILE or $NATSMESH_CREDS. natsmesh identity issue NAME makes the
+credentials of one service, which may act only as that service.
 
 --metrics serves Prometheus metrics: the embedded NATS server's connections,
 subscriptions, slow consumers, messages and bytes in and out, memory and
@@ -51,6 +59,7 @@ takes over within seconds when it dies; any of them answers natsmesh top.`, stde
 	fs.Lookup("nats").Usage = "serve the registry on this NATS server or cluster instead of an embedded one"
 	var lf logFlags
 	lf.register(fs)
+	anonymous := fs.Bool("allow-anonymous", false, "let the embedded NATS server accept clients without credentials, as before identities: whoever reaches its port owns the mesh; only for a machine no one else can reach")
 	metricsAddr := fs.String("metrics", "", "address to serve Prometheus metrics on at /metrics, for example 127.0.0.1:15090: the embedded NATS server's figures (none with --nats) and the process's (default: off)")
 	pos, err := parse(fs, args, stdout)
 	if err != nil {
@@ -81,23 +90,37 @@ takes over within seconds when it dies; any of them answers natsmesh top.`, stde
 	url := nf.cfg.URL
 	ownServer := url == ""
 	var collectors []prometheus.Collector
+	adminCreds := ""
 	if ownServer {
-		srv, err := embedded.Start(embedded.Config{
+		ecfg := embedded.Config{
 			Host: host, Port: port, DataDir: *data,
 			Logger: embedded.SlogLogger(log.With("component", "nats-server")),
 			Debug:  lf.level == "debug",
-		})
+		}
+		if !*anonymous {
+			a, creds, err := openTrust(*data, *prefix)
+			if err != nil {
+				return err
+			}
+			trust := embedded.Trust(a.Trust())
+			ecfg.Trust, adminCreds = &trust, creds
+		}
+		srv, err := embedded.Start(ecfg)
 		if err != nil {
 			return embeddedError(err)
 		}
 		defer srv.Shutdown()
 		collectors = append(collectors, embedded.NewNATSCollector(srv.NATS()))
 		url = srv.ClientURL()
-		nf.cfg = bus.ConnectConfig{URL: url}
+		nf.cfg = bus.ConnectConfig{URL: url, CredsFile: adminCreds}
+		if *anonymous {
+			log.Warn("the NATS server accepts clients without credentials (--allow-anonymous): whoever reaches its port can read and change everything on the mesh")
+		}
 	}
+	nf.cfg.InboxPrefix = bus.Subjects{Prefix: *prefix}.Inbox(identity.RegistryInbox)
 	nf.cfg.Name = "natsmesh-registry"
 	nf.cfg.Logger = log
-	nc, err := bus.Connect(nf.cfg)
+	nc, err := nf.connect()
 	if err != nil {
 		return err
 	}
@@ -117,8 +140,11 @@ takes over within seconds when it dies; any of them answers natsmesh top.`, stde
 		defer stopMetrics()
 	}
 	if ownServer {
-		log.Info("natsmesh server ready", "url", url, "data", *data)
+		log.Info("natsmesh server ready", "url", url, "data", *data, "admin_credentials", adminCreds)
 		fmt.Fprintf(stdout, "natsmesh server listening on %s\n", url)
+		if adminCreds != "" {
+			fmt.Fprintf(stdout, "clients need credentials: commands on this machine find the admin's in %s (elsewhere: --creds or %s); natsmesh identity issue NAME makes a service's\n", adminCreds, credsEnv)
+		}
 	} else {
 		log.Info("natsmesh registry ready", "nats", url)
 		fmt.Fprintf(stdout, "natsmesh server serving the registry on %s\n", url)

@@ -136,6 +136,9 @@ subset.`, stderr)
 	}
 	cfg.Logger = log
 
+	if err := checkIdentity(nf.config().CredsFile, cfg.Service, "--service"); err != nil {
+		return err
+	}
 	if cfg.Instance == "" {
 		cfg.Instance = bus.NewInstanceID(cfg.Service)
 	}
@@ -149,7 +152,7 @@ subset.`, stderr)
 	nf.cfg.WaitForServer = true
 	nf.cfg.Logger = log
 	closed := make(chan struct{})
-	nc, err := bus.Connect(nf.cfg, nats.ClosedHandler(func(*nats.Conn) { close(closed) }))
+	nc, err := nf.connect(nats.ClosedHandler(func(*nats.Conn) { close(closed) }))
 	if err != nil {
 		return err
 	}

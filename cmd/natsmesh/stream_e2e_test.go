@@ -877,7 +877,7 @@ type wireHead struct{ reply, stream string }
 
 func watchWire(t *testing.T, natsURL string) *wireWatch {
 	t.Helper()
-	nc, err := nats.Connect(natsURL)
+	nc, err := nats.Connect(natsURL, nats.UserCredentials(adminCreds(natsURL)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -943,7 +943,7 @@ func (w *wireWatch) streamed(t *testing.T, path string, response bool) bool {
 // must arrive whole.
 func TestStreamMessageLimit(t *testing.T) {
 	m := startStreamMesh(t, natsmeshBin(t))
-	nc, err := nats.Connect(m.natsURL)
+	nc, err := nats.Connect(m.natsURL, nats.UserCredentials(adminCreds(m.natsURL)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/metrics"
 )
 
@@ -65,7 +64,7 @@ p99_ms, null without traffic) and exits. Stop it with Ctrl-C.`, stderr)
 		return err
 	}
 	nf.cfg.Name = "natsmesh-top"
-	nc, err := bus.Connect(nf.cfg)
+	nc, err := nf.connect()
 	if err != nil {
 		return err
 	}

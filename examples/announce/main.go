@@ -26,7 +26,7 @@ import (
 )
 
 func main() {
-	nc, err := bus.Connect(bus.ConnectConfig{URL: bus.URLFromEnv(), Name: "example-announce"})
+	nc, err := bus.Connect(bus.ConnectConfig{URL: bus.URLFromEnv(), CredsFile: bus.CredsFromEnv(), Name: "example-announce"})
 	if err != nil {
 		log.Fatal(err)
 	}

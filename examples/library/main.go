@@ -20,7 +20,7 @@ import (
 )
 
 func main() {
-	nc, err := bus.Connect(bus.ConnectConfig{URL: bus.URLFromEnv(), Name: "example-library"})
+	nc, err := bus.Connect(bus.ConnectConfig{URL: bus.URLFromEnv(), CredsFile: bus.CredsFromEnv(), Name: "example-library"})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -23,7 +23,7 @@ func main() {
 	if len(os.Args) > 1 {
 		service = os.Args[1]
 	}
-	nc, err := bus.Connect(bus.ConnectConfig{URL: bus.URLFromEnv(), Name: "example-watch"})
+	nc, err := bus.Connect(bus.ConnectConfig{URL: bus.URLFromEnv(), CredsFile: bus.CredsFromEnv(), Name: "example-watch"})
 	if err != nil {
 		log.Fatal(err)
 	}
