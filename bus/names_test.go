@@ -289,6 +289,9 @@ func FuzzValidateName(f *testing.F) {
 			t.Skip()
 		}
 		err := bus.ValidateName("service", s)
+		if c := bus.CallerOf("mesh.rpc.x." + s); !strings.Contains(s, ".") && (c != "") != (err == nil) {
+			t.Fatalf("CallerOf takes %q as %q, but ValidateName says %v", s, c, err)
+		}
 		if err != nil {
 			if !errors.Is(err, bus.ErrInvalidName) {
 				t.Fatalf("ValidateName(%q) = %v, does not wrap ErrInvalidName", s, err)

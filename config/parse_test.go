@@ -23,7 +23,7 @@ func TestParseErrors(t *testing.T) {
 		{"unknown top-level field", `
 service: reviews
 timeuot: 2s
-`, `mesh.yaml:3: service reviews: timeuot: unknown field "timeuot"; the fields here are service, timeout, retries, breaker, loadBalancer, routes, fault`},
+`, `mesh.yaml:3: service reviews: timeuot: unknown field "timeuot"; the fields here are service, timeout, retries, breaker, loadBalancer, routes, fault, callers`},
 		{"unknown nested field", `
 service: reviews
 routes:
@@ -332,6 +332,8 @@ func FuzzParse(f *testing.F) {
 		"service: a\nloadBalancer: {policy: ring-hash, hashHeader: x}\n",
 		"- 1\n",
 		"a: &x [*x]\n",
+		"service: a\ncallers: []\n",
+		"service: a\ncallers: [b, c]\n",
 	} {
 		f.Add(seed)
 	}
@@ -348,8 +350,12 @@ func FuzzParse(f *testing.F) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := config.Unmarshal(b); err != nil {
+			back, err := config.Unmarshal(b)
+			if err != nil {
 				t.Fatalf("an accepted document does not read back: %v", err)
+			}
+			if (back.Callers == nil) != (d.Callers == nil) {
+				t.Fatalf("callers %#v read back as %#v: absent and empty differ", d.Callers, back.Callers)
 			}
 		}
 	})

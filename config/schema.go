@@ -33,7 +33,21 @@ type Service struct {
 	// Fault injects delays and failures into a share of the calls, for
 	// testing how callers cope.
 	Fault *Fault `json:"fault,omitempty" yaml:"fault,omitempty"`
+	// Callers lists the services allowed to call this one; the service's
+	// own instances refuse calls from any other with 403 forbidden. Left
+	// out, every service of the mesh may call it; an empty list, [], lets
+	// none.
+	Callers Names `json:"callers,omitzero" yaml:"callers,omitempty"`
 }
+
+// Names is a list of service names in which an empty list is a value of
+// its own: only a nil list is left out when a document is written, so
+// "callers: []" (nobody) never turns into an absent list (everybody).
+type Names []string
+
+// IsZero reports whether the list is absent (nil), for the json omitzero
+// and yaml omitempty of the fields of this type.
+func (n Names) IsZero() bool { return n == nil }
 
 // Retries says when failed calls are tried again. Whatever it says, a
 // failure that may have reached an app (a timeout, upstream-lost,

@@ -21,6 +21,7 @@ const (
 	MaxRoutes         = 64
 	MaxSubsets        = 16
 	MaxMatchHeaders   = 16
+	MaxCallers        = 256
 	maxMethods        = 16
 	maxHeaderValueLen = 1024
 )
@@ -70,6 +71,7 @@ func (s *Service) Validate() []Problem {
 	validLoadBalancer(&ps, s.LoadBalancer)
 	validRoutes(&ps, s.Routes)
 	validFault(&ps, s.Fault)
+	validCallers(&ps, s.Callers)
 	return ps
 }
 
@@ -185,6 +187,23 @@ func validFault(ps *problems, f *Fault) {
 		validPercent(ps, "fault.abort.percent", a.Percent)
 		if a.Status < 400 || a.Status > 599 {
 			ps.add("fault.abort.status", "%d is not an error status; use 400 to 599", a.Status)
+		}
+	}
+}
+
+// validCallers checks the list of services allowed to call, if there is
+// one: valid names, none twice, at most MaxCallers.
+func validCallers(ps *problems, callers Names) {
+	if len(callers) > MaxCallers {
+		ps.add("callers", "%d services; at most %d are allowed", len(callers), MaxCallers)
+		return
+	}
+	for i, c := range callers {
+		path := fmt.Sprintf("callers[%d]", i)
+		if err := bus.ValidateName("service", c); err != nil {
+			ps.add(path, "%v", err)
+		} else if j := slices.Index(callers[:i], c); j >= 0 {
+			ps.add(path, "%q is listed twice, also as callers[%d]; name each service once", c, j)
 		}
 	}
 }

@@ -151,6 +151,26 @@ func aggCheckErrors(t *testing.T, what string, got map[string]uint64, want map[s
 	}
 }
 
+// A refusal the mesh made (403 forbidden) shows among the errors by its
+// code, without lowering the success ratio; an app's own 4xx does neither.
+func TestAggregatorCountsRefusals(t *testing.T) {
+	e := newAggEnv(t, AggregatorConfig{})
+	ms := time.Millisecond
+	e.send(
+		aggSnap("reviews", "reviews-1", 0, aggEdge(Inbound, "ratings", 0, ms, map[string]uint64{"2xx": 10})),
+		aggSnap("ratings", "ratings-1", 0, aggEdge(Outbound, "reviews", 0, ms, map[string]uint64{"2xx": 10})),
+		aggSnap("reviews", "reviews-1", 10*time.Second, aggEdge(Inbound, "ratings", 0, ms, map[string]uint64{"2xx": 10, "4xx:forbidden": 30, "4xx": 5})),
+		aggSnap("ratings", "ratings-1", 10*time.Second, aggEdge(Outbound, "reviews", 0, ms, map[string]uint64{"2xx": 10, "4xx:forbidden": 30, "4xx": 5})),
+	)
+	s := e.agg.Summary(10 * time.Second)
+	rev := aggService(t, s, "reviews")
+	aggCheckRate(t, "reviews", rev.Signals, 35, 3.5, 1)
+	aggCheckErrors(t, "reviews", rev.Errors, map[string]uint64{"forbidden": 30})
+	edge := aggEdgeStats(t, s, "ratings", "reviews")
+	aggCheckRate(t, "ratings → reviews", edge.Signals, 35, 3.5, 1)
+	aggCheckErrors(t, "ratings → reviews", edge.Errors, map[string]uint64{"forbidden": 30})
+}
+
 func TestAggregatorRatesAndSuccess(t *testing.T) {
 	e := newAggEnv(t, AggregatorConfig{})
 	ms := time.Millisecond

@@ -50,6 +50,9 @@ type Signals struct {
 	P99MS *float64 `json:"p99_ms"`
 	// Errors counts the failures by Mesh-Error code ("timeout",
 	// "no-responders"...); "app" counts the 5xx the app answered itself.
+	// The mesh's own 4xx refusals ("forbidden", "bad-request", "too-large",
+	// "no-route") are counted here too, by code, though they do not lower
+	// Success: the caller's request was refused, the service did not fail.
 	Errors map[string]uint64 `json:"errors,omitempty"`
 }
 
@@ -133,12 +136,14 @@ func (c *acc) add(cur, prev *edgeSample, elapsed float64) {
 		}
 		reqs += n
 		class, code, _ := strings.Cut(r.key, ":")
-		if class != "5xx" {
-			continue
+		if class == "5xx" {
+			c.failures += n
+			if code == "" {
+				code = AppErrors
+			}
 		}
-		c.failures += n
 		if code == "" {
-			code = AppErrors
+			continue // an app's own answer, not a failure
 		}
 		if c.errors == nil {
 			c.errors = make(map[string]uint64)

@@ -64,6 +64,15 @@ type ServeConfig struct {
 	// calling service (Mesh-Caller; "(unknown)" when there is none): its
 	// status class and Mesh-Error code, its latency, and calls in flight.
 	Metrics *metrics.Set
+	// Configs, if set, delivers the config document of the instance's own
+	// service, whose callers list the instance enforces: a call from a
+	// service the list does not name (or from an unnamed caller, when there
+	// is a list) is answered 403 forbidden before it is admitted or reaches
+	// the handler. A new revision applies to the next call. Serve waits for
+	// the current document as Watch does (about a second at most when the
+	// store does not answer, after which every caller is accepted until it
+	// does). Nil accepts calls from every caller.
+	Configs ConfigSource
 }
 
 // Server answers one service instance's NATS requests with an http.Handler.
@@ -95,9 +104,16 @@ type Server struct {
 	closed   bool
 	stopOnce sync.Once
 
-	served, rejected, malformed, failed atomic.Uint64
-	busy                                atomic.Int64 // nanoseconds spent serving
-	lastErr                             atomic.Pointer[string]
+	served, rejected, malformed, failed, forbidden atomic.Uint64
+	busy                                           atomic.Int64 // nanoseconds spent serving
+	lastErr                                        atomic.Pointer[string]
+
+	// callers is the service's callers list in force (nil: every caller),
+	// kept by the watch of its config document.
+	callers atomic.Pointer[callerPolicy]
+	cfgMu   sync.Mutex // orders applies
+	cfgStop func()
+	cfgOnce sync.Once
 }
 
 // Serve subscribes the instance to the service's queue group
@@ -145,10 +161,15 @@ func Serve(nc *nats.Conn, h http.Handler, cfg ServeConfig) (*Server, error) {
 	}
 	s.ackHdr = nats.Header{bus.HeaderAck: {"1"}, bus.HeaderInstance: s.inst}
 	s.subj = subj
+	if cfg.Configs != nil {
+		// Before the first call can arrive, so that the list is in force.
+		s.watchCallers(cfg.Configs)
+	}
 	s.subMu.Lock()
 	err = s.subscribeQueue()
 	s.subMu.Unlock()
 	if err != nil {
+		s.stopCallers()
 		return nil, err
 	}
 	d, err := nc.Subscribe(subj.InstCalls(cfg.Service, cfg.Instance), s.onMsg)
@@ -257,6 +278,7 @@ type Stats struct {
 	Rejected       uint64        // answered overloaded
 	Malformed      uint64        // dropped or answered bad-request: no reply subject, missing method or path
 	Failed         uint64        // answered with a mesh error or an HTTP 5xx
+	Forbidden      uint64        // answered forbidden: the caller is not on the service's callers list
 	LastError      string        // the latest of those
 	ProcessingTime time.Duration // total time spent serving requests
 }
@@ -265,7 +287,7 @@ type Stats struct {
 func (s *Server) Stats() Stats {
 	st := Stats{
 		Served: s.served.Load(), Rejected: s.rejected.Load(), Malformed: s.malformed.Load(),
-		Failed: s.failed.Load(), ProcessingTime: time.Duration(s.busy.Load()),
+		Failed: s.failed.Load(), Forbidden: s.forbidden.Load(), ProcessingTime: time.Duration(s.busy.Load()),
 	}
 	if e := s.lastErr.Load(); e != nil {
 		st.LastError = *e
@@ -296,11 +318,14 @@ func (s *Server) onMsg(m *nats.Msg) {
 		_ = m.RespondMsg(&nats.Msg{Header: s.ackHdr})
 		return
 	}
+	if s.checkCaller(m) {
+		return // refused: its caller is not on the service's callers list
+	}
 	if s.inflight.Add(1) > s.max {
 		s.inflight.Add(-1)
 		s.rejected.Add(1)
 		if s.metrics != nil {
-			s.inboundEdge(m.Header).Record(http.StatusServiceUnavailable, bus.Overloaded, 1, 0)
+			s.inboundEdge(bus.CallerOf(m.Subject)).Record(http.StatusServiceUnavailable, bus.Overloaded, 1, 0)
 		}
 		s.respondError(m, bus.Errorf(bus.Overloaded, "instance %s of %s is handling its limit of %d requests; retry shortly", s.instance, s.service, s.max))
 		return
@@ -362,12 +387,12 @@ func (s *Server) serve(m *nats.Msg) {
 	start := time.Now()
 	defer s.done(start)
 	s.served.Add(1)
-	setCaller(m)
+	caller := setCaller(m)
 	// The metrics count a request before its answer goes, so that a caller
 	// that has its answer finds it counted.
 	var edge *metrics.Edge
 	if s.metrics != nil {
-		edge = s.inboundEdge(m.Header)
+		edge = s.inboundEdge(caller)
 		edge.Start()
 	}
 
@@ -478,8 +503,8 @@ func (s *Server) respond(w *responseWriter, m *nats.Msg, method string, ejected 
 
 // setCaller makes a request's Mesh-Caller the service its subject names,
 // whatever header it came with: the subject is what NATS let the caller's
-// identity publish to.
-func setCaller(m *nats.Msg) {
+// identity publish to. It returns the caller, "" for an unnamed one.
+func setCaller(m *nats.Msg) string {
 	c := bus.CallerOf(m.Subject)
 	switch {
 	case c != "" && m.Header == nil:
@@ -489,19 +514,11 @@ func setCaller(m *nats.Msg) {
 	default:
 		delete(m.Header, bus.HeaderCaller)
 	}
+	return c
 }
 
 // unknownCaller is the peer of inbound calls that name no valid caller.
 const unknownCaller = "(unknown)"
-
-// inboundEdge is the metrics edge of a request's caller.
-func (s *Server) inboundEdge(h nats.Header) *metrics.Edge {
-	caller := unknownCaller
-	if v := h[bus.HeaderCaller]; len(v) > 0 && bus.ValidateName("caller", v[0]) == nil {
-		caller = v[0]
-	}
-	return s.metrics.Edge(metrics.Inbound, caller, s.subset)
-}
 
 // done ends one request's accounting.
 func (s *Server) done(start time.Time) {
@@ -652,6 +669,7 @@ func (s *Server) Drain(ctx context.Context) error {
 		// Every request is answered: nothing is left to drain from it.
 		_ = direct.Unsubscribe()
 	}
+	s.stopCallers()
 	return nil
 }
 
@@ -661,5 +679,6 @@ func (s *Server) Stop() {
 		for _, sub := range s.stopSubscriptions() {
 			_ = sub.Unsubscribe()
 		}
+		s.stopCallers()
 	})
 }

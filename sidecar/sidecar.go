@@ -65,8 +65,10 @@ type Config struct {
 	Transport proxy.TransportConfig
 	// Serve configures the inbound side (concurrency limit, the deadline of
 	// requests that carry none, which defaults to Transport.Timeout: one
-	// deadline both ways). The sidecar sets its Service, Subset, Instance,
-	// Prefix, Logger, TracerProvider, Outcome and Metrics.
+	// deadline both ways; the config documents, which default to
+	// Transport.Configs, so that the instance enforces its own service's
+	// callers list). The sidecar sets its Service, Subset, Instance, Prefix,
+	// Logger, TracerProvider, Outcome and Metrics.
 	Serve proxy.ServeConfig
 }
 
@@ -107,6 +109,9 @@ func (cfg *Config) validate() error {
 	}
 	if cfg.Serve.Timeout == 0 {
 		cfg.Serve.Timeout = cfg.Transport.Timeout
+	}
+	if cfg.Serve.Configs == nil {
+		cfg.Serve.Configs = cfg.Transport.Configs
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"time"
 
@@ -23,7 +24,8 @@ every proxy calling those services picks them up at once, without a restart.
 
 The whole file is checked first: if anything in it is wrong, every problem is
 printed with its file, line and field, and nothing is applied. A route that
-sends traffic to a subset no running instance serves gets a warning (the
+sends traffic to a subset no running instance serves, and a callers entry
+naming a service with no running instance (a typo?), get a warning (the
 registry of natsmesh server is asked), not an error.
 
 Each document is written as a new revision of its service's key, with
@@ -77,6 +79,7 @@ delete documents; docs/config.md describes the fields.`, stderr)
 	}
 	defer done()
 	warnUnservedSubsets(ctx, nc, *sf.prefix, docs, stderr)
+	warnUnknownCallers(ctx, nc, *sf.prefix, docs, stderr)
 
 	results, err := st.Apply(ctx, docs)
 	for _, r := range results {
@@ -184,6 +187,38 @@ func warnUnservedSubsets(ctx context.Context, nc *nats.Conn, prefix string, docs
 		for _, u := range uses[svc] {
 			if !served[u.subset] {
 				fmt.Fprintf(stderr, "warning: %s: %s sends traffic to subset %s, which no running instance serves (start one with natsmesh sidecar --service %s --subset %s)\n", svc, u.route, u.subset, svc, u.subset)
+			}
+		}
+	}
+}
+
+// warnUnknownCallers prints a warning for each callers entry that names a
+// service of which the registry knows no instance: most likely a typo, which
+// would leave the service it meant refused.
+func warnUnknownCallers(ctx context.Context, nc *nats.Conn, prefix string, docs []*config.Service, stderr io.Writer) {
+	if !slices.ContainsFunc(docs, func(d *config.Service) bool { return len(d.Callers) > 0 }) {
+		return
+	}
+	c, err := registry.NewClient(nc, prefix)
+	if err != nil {
+		fmt.Fprintf(stderr, "warning: callers not checked against running services: %v\n", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	list, err := c.List(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "warning: the registry did not answer (%v), so the check that callers name running services was skipped\n", err)
+		return
+	}
+	known := make(map[string]bool, len(list.Services))
+	for _, s := range list.Services {
+		known[s.Name] = s.Instances > 0
+	}
+	for _, d := range docs {
+		for i, caller := range d.Callers {
+			if !known[caller] {
+				fmt.Fprintf(stderr, "warning: %s: callers[%d] names %s, which no running instance serves, so no call comes from it yet; check the name (a gateway, which never registers, calls as its --name)\n", d.Service, i, caller)
 			}
 		}
 	}
