@@ -73,6 +73,7 @@ delete documents; docs/config.md describes the fields.`, stderr)
 
 	ctx, cancel := context.WithTimeout(ctx, *sf.timeout)
 	defer cancel()
+	sf.create = true
 	st, nc, done, err := sf.open(ctx, "natsmesh-apply")
 	if err != nil {
 		return errors.New(sentence(err))

@@ -79,6 +79,9 @@ type storeFlags struct {
 	nats    natsFlags
 	prefix  *string
 	timeout *time.Duration
+	// create makes the config bucket when it is missing (natsmesh apply,
+	// which an admin runs, on a NATS where no natsmesh server made it).
+	create bool
 }
 
 func (f *storeFlags) register(fs *flag.FlagSet) {
@@ -97,7 +100,11 @@ func (f *storeFlags) open(ctx context.Context, name string) (st *config.Store, n
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	st, err = config.OpenStore(ctx, nc, *f.prefix)
+	if f.create {
+		st, err = config.CreateStore(ctx, nc, *f.prefix)
+	} else {
+		st, err = config.OpenStore(ctx, nc, *f.prefix)
+	}
 	if err != nil {
 		nc.Close()
 		return nil, nil, nil, err

@@ -6,8 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/natsmesh/natsmesh/bus"
@@ -30,14 +32,16 @@ Commands:
   issue NAME    write the credentials of service NAME (or of a registry or admin)
   revoke NAME   revoke every credential issued to NAME; the server disconnects them
   list          list the names identities were issued to
+  server-config print what a nats-server you run must trust, for its config file
 
 Run "natsmesh identity <command> --help" for a command's flags.
 `
 
 var identityCommands = map[string]command{
-	"issue":  runIdentityIssue,
-	"revoke": runIdentityRevoke,
-	"list":   runIdentityList,
+	"issue":         runIdentityIssue,
+	"revoke":        runIdentityRevoke,
+	"list":          runIdentityList,
+	"server-config": runIdentityServerConfig,
 }
 
 func runIdentity(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -203,4 +207,46 @@ Lists the names identities were issued to, revoked ones included.`, stderr)
 		fmt.Fprintln(stdout, n)
 	}
 	return nil
+}
+
+func runIdentityServerConfig(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("identity server-config", "identity server-config [flags] > natsmesh-trust.conf", `
+Prints the part of a nats-server config that makes it trust this mesh's
+identities, and only them: the operator, the system account and the mesh
+account, for a memory resolver. Include it in the server's config file
+(include ./natsmesh-trust.conf), start the server, and run natsmesh server
+--nats URL --creds REGISTRY.creds beside it. The trust roots (and the admin's
+credentials, DIR/admin.creds) are created in --data on first use.`, stderr)
+	data := dataFlag(fs)
+	prefix := prefixFlag(fs)
+	pos, err := parse(fs, args, stdout)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("unexpected argument %q", pos[0])
+	}
+	if err := checkPrefix(*prefix); err != nil {
+		return err
+	}
+	a, _, err := openTrust(*data, *prefix)
+	if err != nil {
+		return err
+	}
+	_, err = io.WriteString(stdout, serverConfig(a.Trust()))
+	return err
+}
+
+// serverConfig is the nats-server config that trusts tr.
+func serverConfig(tr identity.Trust) string {
+	var b strings.Builder
+	b.WriteString("# The natsmesh mesh's trust roots (natsmesh identity server-config).\n")
+	fmt.Fprintf(&b, "operator: %q\n", tr.Operator)
+	fmt.Fprintf(&b, "system_account: %q\n", tr.SystemAccount)
+	b.WriteString("resolver: MEMORY\nresolver_preload: {\n")
+	for _, pub := range slices.Sorted(maps.Keys(tr.Accounts)) {
+		fmt.Fprintf(&b, "  %s: %q\n", pub, tr.Accounts[pub])
+	}
+	b.WriteString("}\n")
+	return b.String()
 }
