@@ -1,10 +1,13 @@
 package bus
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -39,6 +42,10 @@ type ConnectConfig struct {
 	TLSCA          string // CA certificate(s) to verify the server
 	TLSCert        string // client certificate (with TLSKey)
 	TLSKey         string
+	// TLSConfig, when set, is the TLS config to start from (TLSCA, TLSCert
+	// and TLSKey add to a copy): for a client that pins its server's
+	// certificate, as natsmesh server's own connection does.
+	TLSConfig *tls.Config
 
 	// WaitForServer keeps trying when no server is reachable at start instead
 	// of failing, so a sidecar can start before its NATS server.
@@ -120,6 +127,9 @@ func (c ConnectConfig) Options() ([]nats.Option, error) {
 		}
 		opts = append(opts, o)
 	}
+	if c.TLSConfig != nil {
+		opts = append(opts, nats.Secure(c.TLSConfig.Clone()))
+	}
 	if c.TLSCA != "" {
 		opts = append(opts, nats.RootCAs(c.TLSCA))
 	}
@@ -145,7 +155,34 @@ func Connect(c ConnectConfig, extra ...nats.Option) (*nats.Conn, error) {
 	}
 	nc, err := nats.Connect(url, append(opts, extra...)...)
 	if err != nil {
+		if hint := tlsHint(err); hint != "" {
+			return nil, fmt.Errorf("bus: cannot connect to NATS at %s: %s: %w", url, hint, err)
+		}
 		return nil, fmt.Errorf("bus: cannot connect to NATS at %s (start one with `natsmesh server`, or point --nats / NATSMESH_URL at yours): %w", url, err)
 	}
 	return nc, nil
+}
+
+// tlsHint says, in a sentence, what to do about a failed TLS handshake, ""
+// for any other failure.
+func tlsHint(err error) string {
+	var unknown x509.UnknownAuthorityError
+	var host x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	var verify *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &unknown):
+		return "the server speaks TLS with a certificate this client cannot verify; pass --tls-ca with the server's CA certificate (the ca.pem `natsmesh server --tls-auto` printed)"
+	case errors.As(err, &host):
+		return "the server's TLS certificate is not for this address; connect with a host name or IP address the certificate names"
+	case errors.As(err, &invalid):
+		return "the server's TLS certificate is invalid (expired, or not for a server)"
+	case errors.As(err, &verify):
+		return "the server's TLS certificate could not be verified; pass --tls-ca with the server's CA certificate"
+	case errors.Is(err, nats.ErrSecureConnWanted):
+		return "the server does not speak TLS; drop --tls-ca, --tls-cert and --tls-key, or use a tls:// URL of a server that does"
+	case strings.Contains(err.Error(), "tls: certificate required"):
+		return "the server requires a client certificate; pass --tls-cert and --tls-key with one signed by the server's client CA"
+	}
+	return ""
 }
