@@ -81,32 +81,8 @@ func (c ConnectConfig) Options() ([]nats.Option, error) {
 	if c.WaitForServer {
 		opts = append(opts, nats.RetryOnFailedConnect(true))
 	}
-	if l := c.Logger; l != nil {
-		opts = append(opts,
-			nats.ConnectHandler(func(nc *nats.Conn) {
-				l.Info("connected to NATS", "url", nc.ConnectedUrlRedacted())
-			}),
-			nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
-				if err != nil {
-					l.Warn("disconnected from NATS; reconnecting", "error", err)
-				} else if !nc.IsClosed() {
-					l.Warn("disconnected from NATS; reconnecting")
-				}
-			}),
-			nats.ReconnectHandler(func(nc *nats.Conn) {
-				l.Info("reconnected to NATS", "url", nc.ConnectedUrlRedacted())
-			}),
-			nats.ReconnectErrHandler(func(nc *nats.Conn, err error) {
-				l.Debug("reconnect attempt failed", "error", err)
-			}),
-			nats.ErrorHandler(func(nc *nats.Conn, sub *nats.Subscription, err error) {
-				if sub != nil {
-					l.Error("NATS error", "subject", sub.Subject, "error", err)
-					return
-				}
-				l.Error("NATS error", "error", err)
-			}),
-		)
+	if c.Logger != nil {
+		opts = append(opts, logHandlers(c.Logger)...)
 	}
 	if c.User != "" || c.Password != "" {
 		opts = append(opts, nats.UserInfo(c.User, c.Password))
@@ -140,6 +116,43 @@ func (c ConnectConfig) Options() ([]nats.Option, error) {
 		opts = append(opts, nats.ClientCert(c.TLSCert, c.TLSKey))
 	}
 	return opts, nil
+}
+
+// logHandlers tell l when the connection drops and comes back, and of the
+// errors NATS reports asynchronously. A failed attempt is a debug line,
+// except one TLS refuses: that is a warning with what to do, as retrying
+// will not cure it (nats.go reports the first failed attempt of a client
+// that waits for its server, not the ones after it).
+func logHandlers(l *slog.Logger) []nats.Option {
+	return []nats.Option{
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			l.Info("connected to NATS", "url", nc.ConnectedUrlRedacted())
+		}),
+		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+			if err != nil {
+				l.Warn("disconnected from NATS; reconnecting", "error", err)
+			} else if !nc.IsClosed() {
+				l.Warn("disconnected from NATS; reconnecting")
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			l.Info("reconnected to NATS", "url", nc.ConnectedUrlRedacted())
+		}),
+		nats.ReconnectErrHandler(func(nc *nats.Conn, err error) {
+			if hint := tlsHint(err); hint != "" {
+				l.Warn("cannot connect to NATS: "+hint, "error", err)
+				return
+			}
+			l.Debug("reconnect attempt failed", "error", err)
+		}),
+		nats.ErrorHandler(func(nc *nats.Conn, sub *nats.Subscription, err error) {
+			if sub != nil {
+				l.Error("NATS error", "subject", sub.Subject, "error", err)
+				return
+			}
+			l.Error("NATS error", "error", err)
+		}),
+	}
 }
 
 // Connect dials NATS with the mesh's connection policy. Extra options are

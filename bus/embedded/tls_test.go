@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/bus/embedded"
+	"github.com/natsmesh/natsmesh/internal/meshtest"
 )
 
 // startTLS starts a server on a random loopback port with tls.
@@ -298,5 +300,26 @@ func TestTLSBadFiles(t *testing.T) {
 				t.Errorf("error %q; want an ErrTLS naming %s", err, tt.field)
 			}
 		})
+	}
+}
+
+// A client that waits for its server and is refused by TLS warns, with
+// what to do, and stays disconnected.
+func TestTLSWaitingClientWarns(t *testing.T) {
+	s := startTLS(t, autoFiles(t).TLS())
+	var logs meshtest.LogBuffer
+	nc, err := bus.Connect(bus.ConnectConfig{URL: s.ClientURL(), WaitForServer: true, Logger: logs.Logger()})
+	if err != nil {
+		t.Fatalf("Connect with WaitForServer: %v", err)
+	}
+	defer nc.Close()
+	meshtest.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if !strings.Contains(logs.String(), "level=WARN msg=\"cannot connect to NATS: the server speaks TLS") || !strings.Contains(logs.String(), "pass --tls-ca") {
+			return fmt.Errorf("no warning advising --tls-ca in:\n%s", logs.String())
+		}
+		return nil
+	})
+	if nc.IsConnected() {
+		t.Error("connected without the CA")
 	}
 }
