@@ -16,8 +16,10 @@ const serverTLSHelp = `
 
 TLS: with --tls-cert and --tls-key the embedded server serves TLS only, with
 that certificate; --tls-ca then also requires of every client a certificate
-signed by that CA (mutual TLS), in addition to its credentials: a certificate
-never stands in for credentials. The server's own connection trusts exactly
+signed by that CA (mutual TLS), in addition to credentials where the server
+asks for them: a certificate never stands in for credentials, as the JWT
+operator mode of NATS that the mesh's identities use has no certificate-only
+authentication. The server's own connection trusts exactly
 the certificate it serves and, with --tls-ca, presents it as its client
 certificate, so that certificate must then be signed by the --tls-ca CA and
 allow client authentication. --tls-auto is the one-flag way: on first start
