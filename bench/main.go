@@ -8,6 +8,7 @@
 //	go run ./bench -resilience [-baseline REV] [-conns 50]   # cost of retries, breakers, tracing
 //	go run ./bench -routes [-conns 50]                       # cost of a 5-route config
 //	go run ./bench -metrics [-conns 50]                      # cost of recording metrics
+//	go run ./bench -tls [-conns 50]                          # cost of TLS between sidecars and server
 package main
 
 import (
@@ -47,6 +48,7 @@ func main() {
 	baseline := flag.String("baseline", "", "with -resilience: also run the mesh as built from this git revision")
 	routes := flag.Bool("routes", false, "instead: compare the mesh with no config for the service and with a 5-route config applied, at the first -conns")
 	metricsCost := flag.Bool("metrics", false, "instead: compare the mesh recording no metrics (--stats-interval 0), recording them (the default) and serving them on --metrics, at the first -conns")
+	tlsCost := flag.Bool("tls", false, "instead: compare the mesh with both sidecars connected to the server in plaintext and over TLS (a second server, with --tls-auto, on loopback), at the first -conns")
 	flag.Parse()
 	var conns []int
 	for _, c := range strings.Split(*connsFlag, ",") {
@@ -58,6 +60,12 @@ func main() {
 	}
 	if *rounds < 1 {
 		fatalf("-rounds must be at least 1")
+	}
+	if *tlsCost {
+		if err := runVariants(tlsVariants(), conns[0], *duration, *warmup, *size, *rounds); err != nil {
+			fatalf("%v", err)
+		}
+		return
 	}
 	if *metricsCost {
 		if err := runVariants(metricsVariants(), conns[0], *duration, *warmup, *size, *rounds); err != nil {

@@ -24,7 +24,39 @@ type variant struct {
 	// measurements.
 	calleeArgs []string
 	config     string
-	caller     string // the caller's outbound address, once started
+	// tls: both sidecars connect over TLS to a second server, run with
+	// --tls-auto, instead of the plaintext one.
+	tls    bool
+	caller string // the caller's outbound address, once started
+}
+
+// tlsVariants compare the sidecar path over plaintext NATS with the same
+// path where both sidecars reach the server over TLS on loopback.
+func tlsVariants() []*variant {
+	return []*variant{{name: "plain"}, {name: "tls", tls: true}}
+}
+
+// startTLSServer starts `natsmesh server --tls-auto` on a free loopback
+// port and returns the flags its clients connect with, once its CA is
+// written.
+func startTLSServer(p *procstat.Procs, bin, dir string) ([]string, error) {
+	addr, err := procstat.FreeAddr()
+	if err != nil {
+		return nil, err
+	}
+	data := filepath.Join(dir, "tls-data")
+	if _, err := p.Start(bin, nil, "server", "--tls-auto", "--listen", addr, "--data", data, "--log-level", "warn"); err != nil {
+		return nil, err
+	}
+	ca := filepath.Join(data, "tls", "ca.pem")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(ca); err == nil {
+			return []string{"--nats", "tls://" + addr, "--tls-ca", ca}, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("natsmesh server --tls-auto wrote no %s within 10s", ca)
+		}
+	}
 }
 
 // resilienceVariants compare the cost of the resilience features side by
@@ -124,7 +156,17 @@ func runVariants(vs []*variant, conns int, duration, warmup time.Duration, size,
 	if _, err := p.Start(bin, nil, "server", "--listen", natsAddr, "--data", filepath.Join(dir, "data"), "--log-level", "warn"); err != nil {
 		return err
 	}
+	var tlsNATS []string // the TLS server's client flags, once started
 	for _, v := range vs {
+		natsFlags := []string{"--nats", natsURL}
+		if v.tls && tlsNATS == nil {
+			if tlsNATS, err = startTLSServer(&p, bin, dir); err != nil {
+				return err
+			}
+		}
+		if v.tls {
+			natsFlags = tlsNATS
+		}
 		b := v.bin
 		if b == "" {
 			b = bin
@@ -132,7 +174,10 @@ func runVariants(vs []*variant, conns int, duration, warmup time.Duration, size,
 		service := "app-" + v.name
 		calleeAddr, _ := procstat.FreeAddr()
 		v.caller, _ = procstat.FreeAddr()
-		calleeArgs := append(append([]string{"sidecar", "--nats", natsURL, "--service", service, "--upstream", "http://" + appAddr, "--listen", calleeAddr, "--log-level", "warn"}, v.args...), v.calleeArgs...)
+		sidecar := func(service, listen string) []string {
+			return append(append([]string{"sidecar", "--service", service, "--upstream", "http://" + appAddr, "--listen", listen, "--log-level", "warn"}, natsFlags...), v.args...)
+		}
+		calleeArgs := append(sidecar(service, calleeAddr), v.calleeArgs...)
 		if _, err := p.Start(b, v.env, calleeArgs...); err != nil {
 			return err
 		}
@@ -141,7 +186,7 @@ func runVariants(vs []*variant, conns int, duration, warmup time.Duration, size,
 				return fmt.Errorf("variant %s: %w", v.name, err)
 			}
 		}
-		if _, err := p.Start(b, v.env, append([]string{"sidecar", "--nats", natsURL, "--service", "client-" + v.name, "--upstream", "http://" + appAddr, "--listen", v.caller, "--log-level", "warn"}, v.args...)...); err != nil {
+		if _, err := p.Start(b, v.env, sidecar("client-"+v.name, v.caller)...); err != nil {
 			return err
 		}
 		proxyURL, _ := url.Parse("http://" + v.caller)

@@ -1,11 +1,14 @@
 package bus
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -73,6 +76,10 @@ type ConnectConfig struct {
 	TLSCA          string // CA certificate(s) to verify the server
 	TLSCert        string // client certificate (with TLSKey)
 	TLSKey         string
+	// TLSConfig, when set, is the TLS config to start from (TLSCA, TLSCert
+	// and TLSKey add to a copy): for a client that pins its server's
+	// certificate, as natsmesh server's own connection does.
+	TLSConfig *tls.Config
 
 	// WaitForServer keeps trying when no server is reachable at start instead
 	// of failing, so a sidecar can start before its NATS server.
@@ -108,36 +115,8 @@ func (c ConnectConfig) Options() ([]nats.Option, error) {
 	if c.WaitForServer {
 		opts = append(opts, nats.RetryOnFailedConnect(true))
 	}
-	if l := c.Logger; l != nil {
-		opts = append(opts,
-			nats.ConnectHandler(func(nc *nats.Conn) {
-				l.Info("connected to NATS", "url", nc.ConnectedUrlRedacted())
-			}),
-			nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
-				if err != nil {
-					l.Warn("disconnected from NATS; reconnecting", "error", err)
-				} else if !nc.IsClosed() {
-					l.Warn("disconnected from NATS; reconnecting")
-				}
-			}),
-			nats.ReconnectHandler(func(nc *nats.Conn) {
-				l.Info("reconnected to NATS", "url", nc.ConnectedUrlRedacted())
-			}),
-			nats.ReconnectErrHandler(func(nc *nats.Conn, err error) {
-				if authError(err) {
-					l.Error("NATS refuses this process's credentials (revoked, expired or another mesh's); it keeps trying, but needs new ones", "error", err)
-					return
-				}
-				l.Debug("reconnect attempt failed", "error", err)
-			}),
-			nats.ErrorHandler(func(nc *nats.Conn, sub *nats.Subscription, err error) {
-				if sub != nil {
-					l.Error("NATS error", "subject", sub.Subject, "error", err)
-					return
-				}
-				l.Error("NATS error", "error", err)
-			}),
-		)
+	if c.Logger != nil {
+		opts = append(opts, logHandlers(c.Logger)...)
 	}
 	if c.User != "" || c.Password != "" {
 		opts = append(opts, nats.UserInfo(c.User, c.Password))
@@ -158,6 +137,9 @@ func (c ConnectConfig) Options() ([]nats.Option, error) {
 		}
 		opts = append(opts, o)
 	}
+	if c.TLSConfig != nil {
+		opts = append(opts, nats.Secure(c.TLSConfig.Clone()))
+	}
 	if c.TLSCA != "" {
 		opts = append(opts, nats.RootCAs(c.TLSCA))
 	}
@@ -175,6 +157,47 @@ func authError(err error) bool {
 	return errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthRevoked) || errors.Is(err, nats.ErrAuthExpired)
 }
 
+// logHandlers tell l when the connection drops and comes back, and of the
+// errors NATS reports asynchronously. A failed attempt is a debug line,
+// except one TLS refuses: that is a warning with what to do, as retrying
+// will not cure it (nats.go reports the first failed attempt of a client
+// that waits for its server, not the ones after it).
+func logHandlers(l *slog.Logger) []nats.Option {
+	return []nats.Option{
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			l.Info("connected to NATS", "url", nc.ConnectedUrlRedacted())
+		}),
+		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+			if err != nil {
+				l.Warn("disconnected from NATS; reconnecting", "error", err)
+			} else if !nc.IsClosed() {
+				l.Warn("disconnected from NATS; reconnecting")
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			l.Info("reconnected to NATS", "url", nc.ConnectedUrlRedacted())
+		}),
+		nats.ReconnectErrHandler(func(nc *nats.Conn, err error) {
+			if hint := tlsHint(err); hint != "" {
+				l.Warn("cannot connect to NATS: "+hint, "error", err)
+				return
+			}
+			if authError(err) {
+				l.Error("NATS refuses this process's credentials (revoked, expired or another mesh's); it keeps trying, but needs new ones", "error", err)
+				return
+			}
+			l.Debug("reconnect attempt failed", "error", err)
+		}),
+		nats.ErrorHandler(func(nc *nats.Conn, sub *nats.Subscription, err error) {
+			if sub != nil {
+				l.Error("NATS error", "subject", sub.Subject, "error", err)
+				return
+			}
+			l.Error("NATS error", "error", err)
+		}),
+	}
+}
+
 // Connect dials NATS with the mesh's connection policy. Extra options are
 // applied after the config's, so they win.
 func Connect(c ConnectConfig, extra ...nats.Option) (*nats.Conn, error) {
@@ -188,7 +211,34 @@ func Connect(c ConnectConfig, extra ...nats.Option) (*nats.Conn, error) {
 	}
 	nc, err := nats.Connect(url, append(opts, extra...)...)
 	if err != nil {
+		if hint := tlsHint(err); hint != "" {
+			return nil, fmt.Errorf("bus: cannot connect to NATS at %s: %s: %w", url, hint, err)
+		}
 		return nil, fmt.Errorf("bus: cannot connect to NATS at %s (start one with `natsmesh server`, or point --nats / NATSMESH_URL at yours): %w", url, err)
 	}
 	return nc, nil
+}
+
+// tlsHint says, in a sentence, what to do about a failed TLS handshake, ""
+// for any other failure.
+func tlsHint(err error) string {
+	var unknown x509.UnknownAuthorityError
+	var host x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	var verify *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &unknown):
+		return "the server speaks TLS with a certificate this client cannot verify; pass --tls-ca with the server's CA certificate (the ca.pem `natsmesh server --tls-auto` printed)"
+	case errors.As(err, &host):
+		return "the server's TLS certificate is not for this address; connect with a host name or IP address the certificate names"
+	case errors.As(err, &invalid):
+		return "the server's TLS certificate is invalid (expired, or not for a server)"
+	case errors.As(err, &verify):
+		return "the server's TLS certificate could not be verified; pass --tls-ca with the server's CA certificate"
+	case errors.Is(err, nats.ErrSecureConnWanted):
+		return "the server does not speak TLS; drop --tls-ca, --tls-cert and --tls-key, or use a tls:// URL of a server that does"
+	case strings.Contains(err.Error(), "tls: certificate required"):
+		return "the server requires a client certificate; pass --tls-cert and --tls-key with one signed by the server's client CA"
+	}
+	return ""
 }

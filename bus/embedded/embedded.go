@@ -58,11 +58,15 @@ type Config struct {
 	// resolver: it accepts only users signed by the trusted accounts
 	// (identity.Authority issues them), and refuses anonymous clients.
 	Trust *Trust
+	// TLS, if set, makes the client port TLS only (and, with
+	// TLS.ClientCAFile, asks clients for certificates). Nil is plaintext.
+	TLS *TLS
 }
 
 // Server is a running embedded nats-server with JetStream enabled.
 type Server struct {
-	ns *server.Server
+	ns  *server.Server
+	tls *TLS // nil: plaintext
 }
 
 // ParseListen splits "host:port" for Config; an empty host means 127.0.0.1.
@@ -126,6 +130,11 @@ func Start(cfg Config) (*Server, error) {
 			return nil, err
 		}
 	}
+	if cfg.TLS != nil {
+		if err := tlsOptions(opts, cfg.TLS); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.Port > 0 {
 		// Fail with a clear message instead of nats-server's own log line.
 		l, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
@@ -147,7 +156,7 @@ func Start(cfg Config) (*Server, error) {
 		ns.WaitForShutdown()
 		return nil, errors.New("embedded: embedded NATS server did not become ready; check that the data directory is writable and the port is free")
 	}
-	return &Server{ns: ns}, nil
+	return &Server{ns: ns, tls: cfg.TLS}, nil
 }
 
 // trust puts the server in operator mode: it trusts t's operator, resolves
@@ -169,7 +178,8 @@ func trust(opts *server.Options, t *Trust) error {
 	return nil
 }
 
-// ClientURL is the nats:// URL clients use to reach the server.
+// ClientURL is the URL clients use to reach the server: nats://, or tls://
+// when it serves TLS.
 func (s *Server) ClientURL() string { return s.ns.ClientURL() }
 
 // Addr is the listening TCP address.

@@ -269,7 +269,7 @@ type proc struct {
 	data           string        // a server's --data, whose admin credentials it writes
 }
 
-// credsByURL maps the URL of each server a test started to its admin
+// credsByURL maps the port of each server a test started to its admin
 // credentials, which commands given that server's URL connect with, as a
 // user who exported NATSMESH_CREDS would.
 var credsByURL sync.Map
@@ -292,7 +292,7 @@ func withCreds(env, args []string) []string {
 		}
 		if a == "--nats" && i+1 < len(args) {
 			url, _, _ := strings.Cut(args[i+1], ",")
-			if f, ok := credsByURL.Load(url); ok {
+			if f, ok := credsByURL.Load(credsKey(url)); ok {
 				return append(env, "NATSMESH_CREDS="+f.(string))
 			}
 		}
@@ -300,9 +300,16 @@ func withCreds(env, args []string) []string {
 	return env
 }
 
+// credsKey is the port of a server URL: one URL a server printed
+// (tls://0.0.0.0:4222) and another a client uses (nats://127.0.0.1:4222)
+// name the same loopback server.
+func credsKey(url string) string {
+	return url[strings.LastIndexByte(url, ':')+1:]
+}
+
 // adminCreds is the admin credentials file of a server the test started.
 func adminCreds(url string) string {
-	f, ok := credsByURL.Load(url)
+	f, ok := credsByURL.Load(credsKey(url))
 	if !ok {
 		panic("no credentials are known for " + url + ": start the server with startServer or start(..., \"server\", ..., \"--data\", DIR) and wait for serverReady")
 	}
@@ -396,8 +403,8 @@ func (p *proc) waitOutput(t *testing.T, re *regexp.Regexp, within time.Duration)
 		m = re.FindStringSubmatch(out)
 		return m != nil
 	})
-	if re == serverReady && p.data != "" {
-		credsByURL.Store(m[1], filepath.Join(p.data, "admin.creds"))
+	if p.data != "" && strings.Contains(m[1], "://") {
+		credsByURL.Store(credsKey(m[1]), filepath.Join(p.data, "admin.creds"))
 	}
 	return m[1]
 }

@@ -45,14 +45,17 @@ With --nats URL it runs no NATS server of its own: it serves the registry and
 the stats on that NATS server or cluster instead, and creates the config
 bucket there; --metrics then has no NATS server figures (use that server's own
 monitoring). The connection flags (--user, --password, --token, --creds,
---nkey, --tls-*) apply only with --nats. Run several for availability: one at
+--nkey) apply only with --nats; --tls-cert, --tls-key and --tls-ca are the
+client's with --nats, and the embedded server's TLS without it (see TLS). Run several for availability: one at
 a time publishes events (a lease in JetStream decides which), and another
-takes over within seconds when it dies; any of them answers natsmesh top.`, stderr)
+takes over within seconds when it dies; any of them answers natsmesh top.`+serverTLSHelp, stderr)
 	listen := fs.String("listen", embedded.DefaultListen, "address to listen on for NATS clients (port 0 picks a free one)")
 	data := fs.String("data", embedded.DefaultDataDir(), "directory for JetStream data")
 	prefix := prefixFlag(fs)
 	var nf natsFlags
 	nf.register(fs)
+	var tf serverTLSFlags
+	tf.register(fs, &nf)
 	// Unlike the other commands, the server embeds NATS unless told where it is.
 	nf.cfg.URL = ""
 	fs.Lookup("nats").DefValue = ""
@@ -87,6 +90,10 @@ takes over within seconds when it dies; any of them answers natsmesh top.`, stde
 	if err := checkMetricsAddr(*metricsAddr); err != nil {
 		return err
 	}
+	serverTLS, err := tf.tls(nf.cfg.URL == "", host, *data, stdout)
+	if err != nil {
+		return err
+	}
 	url := nf.cfg.URL
 	ownServer := url == ""
 	var collectors []prometheus.Collector
@@ -96,6 +103,7 @@ takes over within seconds when it dies; any of them answers natsmesh top.`, stde
 			Host: host, Port: port, DataDir: *data,
 			Logger: embedded.SlogLogger(log.With("component", "nats-server")),
 			Debug:  lf.level == "debug",
+			TLS:    serverTLS,
 		}
 		if !*anonymous {
 			a, creds, err := openTrust(*data, *prefix)
@@ -113,6 +121,9 @@ takes over within seconds when it dies; any of them answers natsmesh top.`, stde
 		collectors = append(collectors, embedded.NewNATSCollector(srv.NATS()))
 		url = srv.ClientURL()
 		nf.cfg = bus.ConnectConfig{URL: url, CredsFile: adminCreds}
+		if nf.cfg.TLSConfig, err = srv.ClientTLS(); err != nil {
+			return embeddedError(err)
+		}
 		if *anonymous {
 			log.Warn("the NATS server accepts clients without credentials (--allow-anonymous): whoever reaches its port can read and change everything on the mesh")
 		}
@@ -171,12 +182,15 @@ func embeddedError(err error) error {
 		return fmt.Errorf("%w; choose another address with --listen", err)
 	case errors.Is(err, embedded.ErrDataDir):
 		return fmt.Errorf("%w; choose another with --data", err)
+	case errors.Is(err, embedded.ErrTLS):
+		return fmt.Errorf("%w; check --tls-cert, --tls-key and --tls-ca", err)
 	}
 	return err
 }
 
 // connectFlags say how to connect to a NATS server the command does not run.
-var connectFlags = []string{"user", "password", "token", "creds", "nkey", "tls-ca", "tls-cert", "tls-key"}
+// (--tls-* are the embedded server's own TLS then: serverTLSFlags.)
+var connectFlags = []string{"user", "password", "token", "creds", "nkey"}
 
 // noConnectFlags refuses connection flags given to a server that runs its
 // own NATS, which would otherwise be ignored.
@@ -190,5 +204,5 @@ func noConnectFlags(fs *flag.FlagSet) error {
 	if len(set) == 0 {
 		return nil
 	}
-	return usagef("%s: connection flags are for a NATS server run elsewhere (--nats URL), and the embedded server does not take credentials or TLS yet; drop them or add --nats", strings.Join(set, ", "))
+	return usagef("%s: connection flags are for a NATS server run elsewhere (--nats URL), and the embedded server does not take credentials yet; drop them or add --nats", strings.Join(set, ", "))
 }
