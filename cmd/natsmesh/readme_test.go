@@ -89,6 +89,7 @@ func TestReadmeTour(t *testing.T) {
 	scaleBlock := readmeBlock(t, readme, "<!-- readme-test: scale -->")
 	trafficBlock := readmeBlock(t, readme, "<!-- readme-test: traffic -->")
 	libraryBlock := readmeBlock(t, readme, "<!-- readme-test: library -->")
+	securityBlock := readmeBlock(t, readme, "<!-- readme-test: security -->")
 	if len(libraryBlock) != 1 {
 		t.Fatalf("README.md's library block has %d commands; this test knows 1", len(libraryBlock))
 	}
@@ -208,6 +209,44 @@ func TestReadmeTour(t *testing.T) {
 			continue
 		}
 		meshtest.CheckFor(t, 10*time.Second, 100*time.Millisecond, runMatching(root, env, line, wantTraffic[i]))
+	}
+	readmeSecurity(t, root, env, securityBlock)
+}
+
+// readmeSecurity runs the Security section: an identity issued, a sidecar
+// on it, callers applied, the allowed call and the refused one.
+func readmeSecurity(t *testing.T, root string, env, block []string) {
+	t.Helper()
+	var bg, fg []string
+	for _, line := range block {
+		if strings.HasSuffix(line, "&") {
+			bg = append(bg, line)
+		} else {
+			fg = append(fg, line)
+		}
+	}
+	want := []*regexp.Regexp{
+		regexp.MustCompile(`greeter: service identity written to .*bin/greeter\.creds`),
+		regexp.MustCompile(`(?m)^greeter: applied revision \d+$`),
+		regexp.MustCompile(`web asked greeter and got 200 OK`),
+		regexp.MustCompile(`service "greeter" does not accept calls from "greeter"`),
+	}
+	if len(bg) != 2 || len(fg) != len(want) {
+		t.Fatalf("README.md's security block changed (%q); update this test", block)
+	}
+	_ = os.Remove(filepath.Join(root, "bin", "greeter.creds")) // from an earlier run
+	t.Cleanup(func() { _ = os.Remove(filepath.Join(root, "bin", "greeter.creds")) })
+	if err := runMatching(root, env, fg[0], want[0])(); err != nil {
+		t.Fatal(err)
+	}
+	runBackground(t, root, env, strings.Join(bg, "\n")+"\nwait\n")
+	meshtest.CheckFor(t, 30*time.Second, 200*time.Millisecond, runMatching(root, env, "bin/natsmesh instances greeter",
+		regexp.MustCompile(`(?m)^greeter-[0-9a-f]+ +v3 +passing `)))
+	if err := runMatching(root, env, fg[1], want[1])(); err != nil {
+		t.Fatal(err)
+	}
+	for i, line := range fg[2:] {
+		meshtest.CheckFor(t, 10*time.Second, 100*time.Millisecond, runMatching(root, env, line, want[i+2]))
 	}
 }
 
