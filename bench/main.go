@@ -9,6 +9,7 @@
 //	go run ./bench -routes [-conns 50]                       # cost of a 5-route config
 //	go run ./bench -metrics [-conns 50]                      # cost of recording metrics
 //	go run ./bench -tls [-conns 50]                          # cost of TLS between sidecars and server
+//	go run ./bench -security [-conns 50]                     # cost of credentials and permissions
 package main
 
 import (
@@ -48,6 +49,7 @@ func main() {
 	baseline := flag.String("baseline", "", "with -resilience: also run the mesh as built from this git revision")
 	routes := flag.Bool("routes", false, "instead: compare the mesh with no config for the service and with a 5-route config applied, at the first -conns")
 	metricsCost := flag.Bool("metrics", false, "instead: compare the mesh recording no metrics (--stats-interval 0), recording them (the default) and serving them on --metrics, at the first -conns")
+	security := flag.Bool("security", false, "instead: compare the mesh on a server that accepts anonymous clients (--allow-anonymous) with the secure default, both sidecars on service identities with their permissions, at the first -conns")
 	tlsCost := flag.Bool("tls", false, "instead: compare the mesh with both sidecars connected to the server in plaintext and over TLS (a second server, with --tls-auto, on loopback), at the first -conns")
 	flag.Parse()
 	var conns []int
@@ -60,6 +62,12 @@ func main() {
 	}
 	if *rounds < 1 {
 		fatalf("-rounds must be at least 1")
+	}
+	if *security {
+		if err := runVariants(securityVariants(), conns[0], *duration, *warmup, *size, *rounds); err != nil {
+			fatalf("%v", err)
+		}
+		return
 	}
 	if *tlsCost {
 		if err := runVariants(tlsVariants(), conns[0], *duration, *warmup, *size, *rounds); err != nil {
@@ -150,11 +158,19 @@ func run(conns []int, duration, warmup time.Duration, size, rounds int) error {
 	if err != nil {
 		return err
 	}
-	callee, err := p.Start(bin, nil, "sidecar", "--nats", natsURL, "--service", "app", "--upstream", "http://"+appAddr, "--listen", calleeAddr, "--log-level", "warn")
+	appCreds, err := identityFlags(bin, filepath.Join(dir, "data"), "app")
 	if err != nil {
 		return err
 	}
-	caller, err := p.Start(bin, nil, "sidecar", "--nats", natsURL, "--service", "client", "--upstream", "http://"+appAddr, "--listen", callerAddr, "--log-level", "warn")
+	clientCreds, err := identityFlags(bin, filepath.Join(dir, "data"), "client")
+	if err != nil {
+		return err
+	}
+	callee, err := p.Start(bin, nil, append([]string{"sidecar", "--nats", natsURL, "--service", "app", "--upstream", "http://" + appAddr, "--listen", calleeAddr, "--log-level", "warn"}, appCreds...)...)
+	if err != nil {
+		return err
+	}
+	caller, err := p.Start(bin, nil, append([]string{"sidecar", "--nats", natsURL, "--service", "client", "--upstream", "http://" + appAddr, "--listen", callerAddr, "--log-level", "warn"}, clientCreds...)...)
 	if err != nil {
 		return err
 	}

@@ -26,8 +26,32 @@ type variant struct {
 	config     string
 	// tls: both sidecars connect over TLS to a second server, run with
 	// --tls-auto, instead of the plaintext one.
-	tls    bool
-	caller string // the caller's outbound address, once started
+	tls bool
+	// anonymous: both sidecars connect without credentials to a second
+	// server, run with --allow-anonymous, instead of on identities of their
+	// own.
+	anonymous bool
+	caller    string // the caller's outbound address, once started
+}
+
+// securityVariants compare the sidecar path on a server that accepts
+// anonymous clients with the secure default: credentials, and every
+// service's permissions.
+func securityVariants() []*variant {
+	return []*variant{{name: "plain", anonymous: true}, {name: "secure"}}
+}
+
+// startAnonymousServer starts `natsmesh server --allow-anonymous` on a free
+// loopback port and returns the flags its clients connect with.
+func startAnonymousServer(p *procstat.Procs, bin, dir string) ([]string, error) {
+	addr, err := procstat.FreeAddr()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := p.Start(bin, nil, "server", "--allow-anonymous", "--listen", addr, "--data", filepath.Join(dir, "anon-data"), "--log-level", "warn"); err != nil {
+		return nil, err
+	}
+	return []string{"--nats", "nats://" + addr}, nil
 }
 
 // tlsVariants compare the sidecar path over plaintext NATS with the same
@@ -66,7 +90,9 @@ func startTLSServer(p *procstat.Procs, bin, dir string) ([]string, error) {
 func resilienceVariants(baselineBin string) []*variant {
 	var vs []*variant
 	if baselineBin != "" {
-		vs = append(vs, &variant{name: "baseline", bin: baselineBin})
+		// An earlier revision may predate identities: it runs on a server
+		// that takes anonymous clients.
+		vs = append(vs, &variant{name: "baseline", bin: baselineBin, anonymous: true})
 	}
 	return append(vs,
 		&variant{name: "plain", args: []string{"--retries", "0", "--breaker", "off"}},
@@ -156,16 +182,24 @@ func runVariants(vs []*variant, conns int, duration, warmup time.Duration, size,
 	if _, err := p.Start(bin, nil, "server", "--listen", natsAddr, "--data", filepath.Join(dir, "data"), "--log-level", "warn"); err != nil {
 		return err
 	}
-	var tlsNATS []string // the TLS server's client flags, once started
+	var tlsNATS, anonNATS []string // the other servers' client flags, once started
 	for _, v := range vs {
-		natsFlags := []string{"--nats", natsURL}
+		natsFlags, data := []string{"--nats", natsURL}, filepath.Join(dir, "data")
 		if v.tls && tlsNATS == nil {
 			if tlsNATS, err = startTLSServer(&p, bin, dir); err != nil {
 				return err
 			}
 		}
-		if v.tls {
-			natsFlags = tlsNATS
+		if v.anonymous && anonNATS == nil {
+			if anonNATS, err = startAnonymousServer(&p, bin, dir); err != nil {
+				return err
+			}
+		}
+		switch {
+		case v.tls:
+			natsFlags, data = tlsNATS, filepath.Join(dir, "tls-data")
+		case v.anonymous:
+			natsFlags, data = anonNATS, ""
 		}
 		b := v.bin
 		if b == "" {
@@ -174,11 +208,19 @@ func runVariants(vs []*variant, conns int, duration, warmup time.Duration, size,
 		service := "app-" + v.name
 		calleeAddr, _ := procstat.FreeAddr()
 		v.caller, _ = procstat.FreeAddr()
-		sidecar := func(service, listen string) []string {
-			return append(append([]string{"sidecar", "--service", service, "--upstream", "http://" + appAddr, "--listen", listen, "--log-level", "warn"}, natsFlags...), v.args...)
+		sidecar := func(service, listen string) ([]string, error) {
+			args := append(append([]string{"sidecar", "--service", service, "--upstream", "http://" + appAddr, "--listen", listen, "--log-level", "warn"}, natsFlags...), v.args...)
+			if data == "" {
+				return args, nil
+			}
+			creds, err := identityFlags(bin, data, service)
+			return append(args, creds...), err
 		}
-		calleeArgs := append(sidecar(service, calleeAddr), v.calleeArgs...)
-		if _, err := p.Start(b, v.env, calleeArgs...); err != nil {
+		calleeArgs, err := sidecar(service, calleeAddr)
+		if err != nil {
+			return err
+		}
+		if _, err := p.Start(b, v.env, append(calleeArgs, v.calleeArgs...)...); err != nil {
 			return err
 		}
 		if v.config != "" {
@@ -186,7 +228,11 @@ func runVariants(vs []*variant, conns int, duration, warmup time.Duration, size,
 				return fmt.Errorf("variant %s: %w", v.name, err)
 			}
 		}
-		if _, err := p.Start(b, v.env, sidecar("client-"+v.name, v.caller)...); err != nil {
+		callerArgs, err := sidecar("client-"+v.name, v.caller)
+		if err != nil {
+			return err
+		}
+		if _, err := p.Start(b, v.env, callerArgs...); err != nil {
 			return err
 		}
 		proxyURL, _ := url.Parse("http://" + v.caller)
@@ -235,7 +281,7 @@ func applyConfig(bin, natsURL, file, doc string) error {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		out, err := exec.Command(bin, "apply", "-f", file, "--nats", natsURL).CombinedOutput()
+		out, err := exec.Command(bin, "apply", "-f", file, "--nats", natsURL, "--creds", filepath.Join(filepath.Dir(file), "data", "admin.creds")).CombinedOutput()
 		if err == nil {
 			return nil
 		}

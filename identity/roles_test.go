@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -395,4 +396,23 @@ func connectWithOpts(t *testing.T, s *embedded.Server, creds []byte, opts ...nat
 		t.Cleanup(nc.Close)
 	}
 	return nc, err
+}
+
+// docs/security.md lists every subject each role may use.
+func TestSecurityDocListsThePermissions(t *testing.T) {
+	doc, err := os.ReadFile("../docs/security.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, role := range []identity.Role{identity.Service, identity.Registry} {
+		p, err := identity.PermissionsFor(role, "", "reviews")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range append(p.Publish, p.Subscribe...) {
+			if !strings.Contains(string(doc), "`"+s+"`") {
+				t.Errorf("docs/security.md does not list %s's %q", role, s)
+			}
+		}
+	}
 }

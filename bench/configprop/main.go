@@ -55,7 +55,7 @@ func run(proxies, rounds int) error {
 	if err != nil {
 		return err
 	}
-	srv := exec.Command(bin, "server", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "data"), "--log-level", "warn")
+	srv := exec.Command(bin, "server", "--allow-anonymous", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "data"), "--log-level", "warn")
 	out, err := srv.StdoutPipe()
 	if err != nil {
 		return err

@@ -64,7 +64,7 @@ func run(sizes string, conns, watchers int, measure time.Duration) error {
 }
 
 func runOne(bin, dir string, n, conns, watchers int, measure time.Duration) error {
-	srv := exec.Command(bin, "server", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "data-"+strconv.Itoa(n)), "--log-level", "warn")
+	srv := exec.Command(bin, "server", "--allow-anonymous", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "data-"+strconv.Itoa(n)), "--log-level", "warn")
 	out, err := srv.StdoutPipe()
 	if err != nil {
 		return err

@@ -146,7 +146,7 @@ func run(size int64, rounds, ttfbN int, hold time.Duration) error {
 	if err != nil {
 		return err
 	}
-	srv, err := p.Start(bin, nil, "server", "--listen", natsAddr, "--data", filepath.Join(dir, "data"), "--log-level", "warn")
+	srv, err := p.Start(bin, nil, "server", "--allow-anonymous", "--listen", natsAddr, "--data", filepath.Join(dir, "data"), "--log-level", "warn")
 	if err != nil {
 		return err
 	}
