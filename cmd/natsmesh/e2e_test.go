@@ -778,6 +778,12 @@ func TestHelpTexts(t *testing.T) {
 		{args: []string{"server", "--help"}, flags: []string{"listen", "data", "log-level"}},
 		{args: []string{"sidecar", "--help"}, flags: []string{"service", "upstream", "listen", "max-inflight", "timeout", "egress", "nats", "drain-timeout"}, words: []string{"HTTP_PROXY", "SIGTERM"}},
 		{args: []string{"call", "--help"}, flags: []string{"nats", "method", "data", "timeout", "header"}, words: []string{"NAME PATH"}},
+		{args: []string{"--help"}, words: []string{"identity"}},
+		{args: []string{"server", "--help"}, flags: []string{"allow-anonymous", "tls-auto"}, words: []string{"admin.creds", "NATSMESH_CREDS", "natsmesh identity issue"}},
+		{args: []string{"identity", "--help"}, words: []string{"issue NAME", "revoke NAME", "server-config"}},
+		{args: []string{"identity", "issue", "--help"}, flags: []string{"out", "role", "data", "force"}, words: []string{"--creds reviews.creds"}},
+		{args: []string{"identity", "revoke", "--help"}, flags: []string{"data", "nats"}},
+		{args: []string{"sidecar", "--help"}, flags: []string{"creds"}, words: []string{"NATSMESH_CREDS"}},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			stdout, stderr, code := natsmesh(t, tc.args...)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -219,4 +220,39 @@ func doGet(hc *http.Client, req *http.Request) (int, http.Header, string, error)
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, resp.Header, string(b), err
+}
+
+// The identity commands' mistakes get one sentence each.
+func TestIdentityCommandErrors(t *testing.T) {
+	t.Parallel()
+	empty := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"identity", "issue", "web", "--data", empty, "--out", filepath.Join(empty, "w.creds")}, 1, "there are no trust roots in " + filepath.Join(empty, "trust") + "; run natsmesh server --data"},
+		{[]string{"identity", "issue", "Web", "--data", empty}, 2, `identity name "Web" has 'W'`},
+		{[]string{"identity", "issue", "web", "--role", "root", "--data", empty}, 2, `--role "root": use service, registry or admin`},
+		{[]string{"identity", "issue", "--data", empty}, 2, "want one NAME, got 0 arguments"},
+		{[]string{"identity", "revoke", "web", "--data", empty}, 1, "there are no trust roots"},
+		{[]string{"identity", "frob"}, 2, `unknown command "frob"`},
+	} {
+		_, stderr, code := natsmesh(t, tc.args...)
+		if code != tc.code || !strings.Contains(stderr, tc.want) {
+			t.Errorf("natsmesh %s: exit %d, stderr %q; want %d and %q", strings.Join(tc.args, " "), code, stderr, tc.code, tc.want)
+		}
+	}
+	_, data := startSecureServer(t)
+	out := issue(t, data, "web")
+	if _, stderr, code := natsmesh(t, "identity", "issue", "web", "--data", data, "--out", out); code != 2 || !strings.Contains(stderr, "exists; choose another file, or add --force") {
+		t.Errorf("issue over an existing file: exit %d, stderr %q", code, stderr)
+	}
+	if _, stderr, code := natsmesh(t, "identity", "revoke", "nosuch", "--data", data); code != 1 || !strings.Contains(stderr, `no identity of that name was issued: "nosuch"`) {
+		t.Errorf("revoke of an unknown name: exit %d, stderr %q", code, stderr)
+	}
+	stdout, _, _ := natsmesh(t, "identity", "list", "--data", data)
+	if !regexp.MustCompile(`(?m)^admin$`).MatchString(stdout) || !regexp.MustCompile(`(?m)^web$`).MatchString(stdout) {
+		t.Errorf("identity list:\n%s", stdout)
+	}
 }
