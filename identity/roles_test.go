@@ -24,6 +24,7 @@ import (
 	"github.com/natsmesh/natsmesh/controlplane"
 	"github.com/natsmesh/natsmesh/identity"
 	"github.com/natsmesh/natsmesh/internal/meshtest"
+	"github.com/natsmesh/natsmesh/proxy"
 	"github.com/natsmesh/natsmesh/registry"
 	"github.com/natsmesh/natsmesh/sidecar"
 )
@@ -413,6 +414,62 @@ func TestSecurityDocListsThePermissions(t *testing.T) {
 			if !strings.Contains(string(doc), "`"+s+"`") {
 				t.Errorf("docs/security.md does not list %s's %q", role, s)
 			}
+		}
+	}
+}
+
+// A Go program without a sidecar runs on its service's identity as
+// docs/security.md shows: its calls carry its name, NATS-enforced, and
+// it serves its own calls, with no permission violation.
+func TestLibraryOnIdentity(t *testing.T) {
+	t.Parallel()
+	a, err := identity.Open(filepath.Join(t.TempDir(), "trust"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startTrusted(t, a)
+	srvConn, srvViol := connectAs(t, s, a, identity.Service, "lib-b")
+	srv, err := proxy.Serve(srvConn, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "hello "+r.Header.Get(bus.HeaderCaller))
+	}), proxy.ServeConfig{Service: "lib-b", Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Drain(context.Background()) })
+	cliConn, cliViol := connectAs(t, s, a, identity.Service, "lib-a")
+	tr, err := proxy.NewTransport(cliConn, proxy.TransportConfig{Caller: "lib-a", Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tr.Close() })
+	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("http://lib-b/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || string(body) != "hello lib-a" {
+		t.Errorf("lib-a → lib-b: %s %q, want 200 hello lib-a", resp.Status, body)
+	}
+	// Calling as another name is what its identity cannot do.
+	liar, err := proxy.NewTransport(cliConn, proxy.TransportConfig{Caller: "lib-c", Logger: quiet, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = liar.Close() })
+	if resp, err := (&http.Client{Transport: liar, Timeout: 5 * time.Second}).Get("http://lib-b/"); err == nil {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Errorf("a call as lib-c on lib-a's identity was answered: %q", body)
+		}
+	}
+	if err := cliViol.wait("mesh.rpc.lib-b.lib-c"); err != nil {
+		t.Error(err)
+	}
+	for _, e := range append(srvViol.all(), cliViol.all()...) {
+		if !strings.Contains(e, "lib-c") {
+			t.Errorf("unexpected NATS error: %s", e)
 		}
 	}
 }
