@@ -44,17 +44,30 @@ var configCommands = map[string]command{
 }
 
 func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return runGroup(ctx, commandGroup{name: "config", usage: configUsage, commands: configCommands, trim: "config: "}, args, stdout, stderr)
+}
+
+// commandGroup is a command made of subcommands (natsmesh config get, ...).
+type commandGroup struct {
+	name, usage string
+	commands    map[string]command
+	trim        string // the package prefix errors lose, which would repeat the command's name
+}
+
+// runGroup runs the subcommand args[0] of g, and prints its error with
+// the command's name: usage errors exit 2, others 1.
+func runGroup(ctx context.Context, g commandGroup, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, configUsage)
+		fmt.Fprint(stderr, g.usage)
 		return exitError(2)
 	}
 	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(stdout, configUsage)
+		fmt.Fprint(stdout, g.usage)
 		return nil
 	}
-	cmd, ok := configCommands[args[0]]
+	cmd, ok := g.commands[args[0]]
 	if !ok {
-		fmt.Fprintf(stderr, "natsmesh config: unknown command %q\n\n%s", args[0], configUsage)
+		fmt.Fprintf(stderr, "natsmesh %s: unknown command %q\n\n%s", g.name, args[0], g.usage)
 		return exitError(2)
 	}
 	err := cmd(ctx, args[1:], stdout, stderr)
@@ -63,10 +76,10 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	case err == nil, errors.Is(err, flag.ErrHelp), errors.As(err, &exit):
 		return err
 	case errors.As(err, new(usageError)):
-		fmt.Fprintf(stderr, "natsmesh config %s: %v\n", args[0], err)
+		fmt.Fprintf(stderr, "natsmesh %s %s: %v\n", g.name, args[0], err)
 		return exitError(2)
 	}
-	fmt.Fprintf(stderr, "natsmesh config %s: %s\n", args[0], sentence(err))
+	fmt.Fprintf(stderr, "natsmesh %s %s: %s\n", g.name, args[0], strings.TrimPrefix(err.Error(), g.trim))
 	return exitError(1)
 }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -45,30 +44,7 @@ var identityCommands = map[string]command{
 }
 
 func runIdentity(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, identityUsage)
-		return exitError(2)
-	}
-	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(stdout, identityUsage)
-		return nil
-	}
-	cmd, ok := identityCommands[args[0]]
-	if !ok {
-		fmt.Fprintf(stderr, "natsmesh identity: unknown command %q\n\n%s", args[0], identityUsage)
-		return exitError(2)
-	}
-	err := cmd(ctx, args[1:], stdout, stderr)
-	var exit exitError
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp), errors.As(err, &exit):
-		return err
-	case errors.As(err, new(usageError)):
-		fmt.Fprintf(stderr, "natsmesh identity %s: %v\n", args[0], err)
-		return exitError(2)
-	}
-	fmt.Fprintf(stderr, "natsmesh identity %s: %s\n", args[0], strings.TrimPrefix(err.Error(), "identity: "))
-	return exitError(1)
+	return runGroup(ctx, commandGroup{name: "identity", usage: identityUsage, commands: identityCommands, trim: "identity: "}, args, stdout, stderr)
 }
 
 func dataFlag(fs *flag.FlagSet) *string {
