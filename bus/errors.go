@@ -26,6 +26,8 @@ const (
 	NotSupported        Code = "not-supported"
 	// NoRoute: a gateway has no route for the request's host and path.
 	NoRoute Code = "no-route"
+	// SlowRequest: the client sent the request body too slowly.
+	SlowRequest Code = "slow-request"
 )
 
 // Failure is what a code proves about the request it failed, and how the
@@ -55,7 +57,7 @@ type Failure struct {
 // one.
 var Codes = [...]Code{
 	NoResponders, Overloaded, MeshUnavailable, Timeout, UpstreamLost, UpstreamUnreachable,
-	CircuitOpen, TooLarge, BadRequest, Forbidden, NotSupported, NoRoute,
+	CircuitOpen, TooLarge, BadRequest, Forbidden, NotSupported, NoRoute, SlowRequest,
 }
 
 // failures is the table of the mesh's codes (docs/architecture.md has it
@@ -73,6 +75,7 @@ var failures = map[Code]Failure{
 	Forbidden:           {Status: http.StatusForbidden},
 	NotSupported:        {Status: http.StatusNotImplemented},
 	NoRoute:             {Status: http.StatusNotFound},
+	SlowRequest:         {Status: http.StatusRequestTimeout},
 }
 
 // Failure is the code's row of the table; a code the table does not know

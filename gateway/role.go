@@ -16,6 +16,7 @@ import (
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/metrics"
 	"github.com/natsmesh/natsmesh/proxy"
+	"github.com/natsmesh/natsmesh/proxy/httpguard"
 )
 
 // ErrInvalidConfig is wrapped by the errors of a Config that Start refuses.
@@ -31,6 +32,9 @@ type Config struct {
 	// listens on Listen (default DefaultListen).
 	Listener net.Listener
 	Listen   string
+	// Clients bounds the clients' connections: how slowly a request body
+	// may come, how many connections the gateway holds.
+	Clients httpguard.Limits
 	// Routes send requests to services; at least one is required.
 	Routes []Route
 	Prefix string
@@ -112,8 +116,9 @@ func Start(nc *nats.Conn, cfg Config) (_ *Gateway, err error) {
 	if err != nil {
 		return nil, err
 	}
+	g.ln = httpguard.Limit(g.ln, cfg.Clients.MaxConns)
 	g.srv = &http.Server{
-		Handler:           h,
+		Handler:           httpguard.Guard(h, cfg.Clients),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),

@@ -55,9 +55,11 @@ func (t *Transport) takeBody(body io.Reader, length int64, hdr http.Header, extr
 		if !fitsMessage(hdr, extra, length, maxPayload) {
 			return &reqStream{rest: body, length: length, max: t.maxBody}, nil
 		}
-		buf.Grow(int(length))
+		// The buffer grows as bytes arrive: a declared length reserves
+		// nothing, so a client that declares a megabyte and sends nothing
+		// holds no megabyte.
 		if _, err := buf.ReadFrom(io.LimitReader(body, maxPayload+1)); err != nil {
-			return nil, bus.Errorf(bus.BadRequest, "cannot read the request body: %v", err)
+			return nil, bodyError(err, 0)
 		}
 		return nil, nil
 	}
@@ -65,7 +67,7 @@ func (t *Transport) takeBody(body io.Reader, length int64, hdr http.Header, extr
 	chunk := int64(chunkSize(maxPayload))
 	n, err := buf.ReadFrom(io.LimitReader(body, chunk+1))
 	if err != nil {
-		return nil, bus.Errorf(bus.BadRequest, "cannot read the request body: %v", err)
+		return nil, bodyError(err, 0)
 	}
 	if n <= chunk {
 		return nil, nil
@@ -74,6 +76,19 @@ func (t *Transport) takeBody(body io.Reader, length int64, hdr http.Header, extr
 		return nil, tooLargeBody(t.maxBody)
 	}
 	return &reqStream{prefix: buf.Bytes(), rest: body, length: -1, max: t.maxBody}, nil
+}
+
+// bodyError is the failure of a client's request body that could not be
+// read after read bytes: the mesh's own (a slow body's), or bad-request.
+func bodyError(err error, read int64) *bus.Error {
+	var e *bus.Error
+	if errors.As(err, &e) {
+		return e
+	}
+	if read == 0 {
+		return bus.Errorf(bus.BadRequest, "cannot read the request body: %v", err)
+	}
+	return bus.Errorf(bus.BadRequest, "the request body failed after %d bytes: %v", read, err)
 }
 
 // callerWait waits for the next message of a streamed call: each wait is
@@ -213,7 +228,7 @@ func (rb *reqStream) send(snd *sender) error {
 			return snd.end()
 		}
 		if rerr != nil {
-			e := bus.Errorf(bus.BadRequest, "the request body failed after %d bytes: %v", total, rerr)
+			e := bodyError(rerr, total)
 			_ = snd.abort(e)
 			return e
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/metrics"
 	"github.com/natsmesh/natsmesh/proxy"
+	"github.com/natsmesh/natsmesh/proxy/httpguard"
 	"github.com/natsmesh/natsmesh/registry"
 )
 
@@ -40,7 +41,10 @@ type Config struct {
 	// listens on Listen (default DefaultListen).
 	Listener net.Listener
 	Listen   string
-	Prefix   string
+	// Clients bounds the app's connections to the outbound listener: how
+	// slowly a request body may come, how many connections it holds.
+	Clients httpguard.Limits
+	Prefix  string
 	// DenyEgress refuses outbound calls to hosts outside the mesh.
 	DenyEgress bool
 	// Heartbeat is the interval of the instance's heartbeats (default 1 s).
@@ -202,8 +206,9 @@ func Start(nc *nats.Conn, cfg Config) (_ *Sidecar, err error) {
 	if cfg.HealthCheck.Path != "" {
 		s.health = startHealthChecker(strings.TrimSuffix(cfg.Upstream, "/"), cfg.HealthCheck, s.onHealth)
 	}
+	s.ln = httpguard.Limit(s.ln, cfg.Clients.MaxConns)
 	s.http = &http.Server{
-		Handler:           &outbound{t: s.tr, egress: s.egress},
+		Handler:           httpguard.Guard(&outbound{t: s.tr, egress: s.egress}, cfg.Clients),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),

@@ -13,6 +13,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/bus/embedded"
+	"github.com/natsmesh/natsmesh/proxy/httpguard"
 )
 
 // usageError is a mistake on the command line (exit status 2).
@@ -167,4 +168,28 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 		return nil, usagef("--log-level %q: use debug, info, warn or error", l.level)
 	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lvl})), nil
+}
+
+// clientFlags bound the clients of a proxy's HTTP listener.
+type clientFlags struct{ l httpguard.Limits }
+
+func (c *clientFlags) register(fs *flag.FlagSet) {
+	fs.DurationVar(&c.l.BodyIdle, "body-idle", httpguard.DefaultBodyIdle, "longest wait for the next byte of a request body before the request is dropped with 408 slow-request")
+	fs.Int64Var(&c.l.BodyMinRate, "body-min-rate", httpguard.DefaultBodyMinRate, "bytes a second a request body must average after --body-grace, else 408 slow-request (-1: no minimum)")
+	fs.DurationVar(&c.l.BodyGrace, "body-grace", httpguard.DefaultBodyGrace, "how long a request body may take before --body-min-rate applies")
+	fs.IntVar(&c.l.MaxConns, "max-conns", httpguard.DefaultMaxConns, "client connections the listener holds at most; more are answered 503 overloaded and closed")
+}
+
+func (c *clientFlags) check() error {
+	switch {
+	case c.l.BodyIdle <= 0:
+		return usagef("--body-idle %s: use a positive duration", c.l.BodyIdle)
+	case c.l.BodyGrace <= 0:
+		return usagef("--body-grace %s: use a positive duration", c.l.BodyGrace)
+	case c.l.BodyMinRate == 0 || c.l.BodyMinRate < -1:
+		return usagef("--body-min-rate %d: use a positive number of bytes a second, or -1 for no minimum", c.l.BodyMinRate)
+	case c.l.MaxConns < 1:
+		return usagef("--max-conns %d: use at least 1", c.l.MaxConns)
+	}
+	return nil
 }

@@ -82,6 +82,8 @@ Example:
 	drain := fs.Duration("drain-timeout", 30*time.Second, "longest wait for in-flight requests on shutdown")
 	var mf metricsFlags
 	mf.register(fs)
+	var cf clientFlags
+	cf.register(fs)
 	pos, err := parse(fs, args, stdout)
 	if err != nil {
 		return err
@@ -96,6 +98,9 @@ Example:
 		return err
 	}
 	if err := mf.check(); err != nil {
+		return err
+	}
+	if err := cf.check(); err != nil {
 		return err
 	}
 	if err := checkMaxBody(*maxBody); err != nil {
@@ -150,7 +155,7 @@ Example:
 		}
 	}()
 	cfg := gateway.Config{
-		Name: *name, Listener: ln, Routes: routes, Prefix: *prefix, Logger: log, StatsInterval: mf.statsInterval(),
+		Name: *name, Listener: ln, Clients: cf.l, Routes: routes, Prefix: *prefix, Logger: log, StatsInterval: mf.statsInterval(),
 		Transport: proxy.TransportConfig{Timeout: *timeout, MaxBody: *maxBody},
 	}
 	calls.transport(&cfg.Transport)

@@ -68,6 +68,8 @@ subset.`, stderr)
 	drain := fs.Duration("drain-timeout", 30*time.Second, "longest wait for in-flight requests on shutdown")
 	var mf metricsFlags
 	mf.register(fs)
+	var cf clientFlags
+	cf.register(fs)
 	pos, err := parse(fs, args, stdout)
 	if err != nil {
 		return err
@@ -79,6 +81,9 @@ subset.`, stderr)
 		return err
 	}
 	if err := mf.check(); err != nil {
+		return err
+	}
+	if err := cf.check(); err != nil {
 		return err
 	}
 	cfg.StatsInterval = mf.statsInterval()
@@ -121,6 +126,7 @@ subset.`, stderr)
 		return err
 	}
 	cfg.Prefix = *prefix
+	cfg.Clients = cf.l
 	if p := cfg.HealthCheck.Path; p != "" && !strings.HasPrefix(p, "/") {
 		return usagef("--health-path %q must start with /", p)
 	}
