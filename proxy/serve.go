@@ -98,6 +98,7 @@ type Server struct {
 	direct   *nats.Subscription
 	stopped  bool
 	inflight atomic.Int64
+	slots    *callerSlots
 	streams  sync.Map       // reply subject → *calleeStream, of streamed calls
 	wg       sync.WaitGroup // requests being served
 	admit    sync.Mutex     // orders wg.Add before the final wg.Wait
@@ -159,6 +160,7 @@ func Serve(nc *nats.Conn, h http.Handler, cfg ServeConfig) (*Server, error) {
 		inst: []string{cfg.Instance}, max: int64(cfg.MaxInflight), log: cfg.Logger,
 		outcome: cfg.Outcome, tracer: newTracer(cfg.TracerProvider), metrics: cfg.Metrics,
 	}
+	s.slots = newCallerSlots(s.max)
 	s.ackHdr = nats.Header{bus.HeaderAck: {"1"}, bus.HeaderInstance: s.inst}
 	s.subj = subj
 	if cfg.Configs != nil {
@@ -321,19 +323,22 @@ func (s *Server) onMsg(m *nats.Msg) {
 	if s.checkCaller(m) {
 		return // refused: its caller is not on the service's callers list
 	}
-	if s.inflight.Add(1) > s.max {
+	caller := callerKey(m.Subject)
+	total := s.inflight.Add(1)
+	if total > s.max || !s.slots.take(caller, total, s.max) {
 		s.inflight.Add(-1)
 		s.rejected.Add(1)
 		if s.metrics != nil {
-			s.inboundEdge(bus.CallerOf(m.Subject)).Record(http.StatusServiceUnavailable, bus.Overloaded, 1, 0)
+			s.inboundEdge(caller).Record(http.StatusServiceUnavailable, bus.Overloaded, 1, 0)
 		}
-		s.respondError(m, bus.Errorf(bus.Overloaded, "instance %s of %s is handling its limit of %d requests; retry shortly", s.instance, s.service, s.max))
+		s.respondError(m, s.overloaded(caller, total))
 		return
 	}
 	s.admit.Lock()
 	if s.closed {
 		s.admit.Unlock()
 		s.inflight.Add(-1)
+		s.slots.give(caller)
 		// The instance has drained; only its own subject still delivers, to
 		// a caller that picked it before hearing it leave. The request never
 		// reached the app, which no-responders says: any method is retried,
@@ -343,7 +348,19 @@ func (s *Server) onMsg(m *nats.Msg) {
 	}
 	s.wg.Add(1)
 	s.admit.Unlock()
-	go s.serve(m)
+	go s.serve(m, caller)
+}
+
+// overloaded is the refusal of a request when the instance is full, or
+// when its caller holds its share of a busy instance.
+func (s *Server) overloaded(caller string, total int64) *bus.Error {
+	if total > s.max {
+		return bus.Errorf(bus.Overloaded, "instance %s of %s is handling its limit of %d requests; retry shortly", s.instance, s.service, s.max)
+	}
+	if caller == "" {
+		caller = unknownCaller
+	}
+	return bus.Errorf(bus.Overloaded, "instance %s of %s is busy, and %s holds its share of the %d requests it handles at once (the last %d are kept for other callers); retry shortly", s.instance, s.service, caller, s.max, s.slots.reserve)
 }
 
 func (s *Server) respondError(m *nats.Msg, e *bus.Error) {
@@ -383,11 +400,11 @@ func appFailed(status int, e *bus.Error) bool {
 	return status >= 500
 }
 
-func (s *Server) serve(m *nats.Msg) {
+func (s *Server) serve(m *nats.Msg, caller string) {
 	start := time.Now()
-	defer s.done(start)
+	defer s.done(start, caller)
 	s.served.Add(1)
-	caller := setCaller(m)
+	setCaller(m)
 	// The metrics count a request before its answer goes, so that a caller
 	// that has its answer finds it counted.
 	var edge *metrics.Edge
@@ -521,8 +538,9 @@ func setCaller(m *nats.Msg) string {
 const unknownCaller = "(unknown)"
 
 // done ends one request's accounting.
-func (s *Server) done(start time.Time) {
+func (s *Server) done(start time.Time, caller string) {
 	s.busy.Add(int64(time.Since(start)))
+	s.slots.give(caller)
 	s.inflight.Add(-1)
 	s.wg.Done()
 }

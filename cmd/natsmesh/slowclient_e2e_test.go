@@ -12,6 +12,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natsmesh/natsmesh/bus"
 )
 
 // rssMB is a process's resident memory in MB, from /proc.
@@ -224,5 +228,74 @@ func TestConnectionCapRefuses(t *testing.T) {
 			t.Fatalf("the sidecar does not serve after the held connections closed: %v %v", resp, err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// One caller sends 2,000 streamed request heads and never their bodies:
+// each holds a slot of the callee until its body times out. It can hold
+// only its share of the slots, and another caller's calls keep succeeding
+// meanwhile.
+func TestStalledStreamsLeaveOthersServed(t *testing.T) {
+	t.Parallel()
+	const heads = 2000
+	natsURL, data := startSecureServer(t)
+	_, appURL := startApp(t, "app")
+	startSidecar(t, natsURL, "app", "app-1", appURL)
+	_, webApp := startApp(t, "web")
+	_, webOut := startSidecar(t, natsURL, "web", "web-1", webApp)
+
+	hog := issue(t, data, "hog")
+	nc, err := nats.Connect(natsURL, nats.UserCredentials(hog), nats.CustomInboxPrefix("mesh.inbox.hog"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	replies := make(chan *nats.Msg, 2*heads)
+	inbox := nc.NewInbox()
+	if _, err := nc.ChanSubscribe(inbox+".*", replies); err != nil {
+		t.Fatal(err)
+	}
+	for i := range heads {
+		h := nats.Header{}
+		bus.EncodeRequest(h, http.MethodPost, "/stream/upload", "app", http.Header{"Content-Length": {"1000000"}})
+		h.Set(bus.HeaderStream, "1")
+		h.Set(bus.HeaderTimeout, "300000")
+		if err := nc.PublishMsg(&nats.Msg{Subject: bus.Subjects{Caller: "hog"}.Call("app"), Reply: inbox + "." + strconv.Itoa(i), Header: h}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// The hog holds its share, three quarters of the callee's 1,024 slots;
+	// the rest of its heads are refused overloaded at once.
+	const share = 1024 - 1024/4
+	overloaded := 0
+	for deadline := time.After(20 * time.Second); overloaded < heads-share; {
+		select {
+		case m := <-replies:
+			if bus.First(m.Header, bus.HeaderError) == string(bus.Overloaded) {
+				overloaded++
+			}
+		case <-deadline:
+			t.Fatalf("%d of %d stalled heads refused overloaded, want %d: the hog may hold %d of the callee's slots", overloaded, heads, heads-share, share)
+		}
+	}
+	hc := &http.Client{Timeout: 5 * time.Second}
+	ok, total := 0, 0
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); total++ {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+webOut+"/work", nil)
+		req.Host = "app"
+		resp, err := hc.Do(req)
+		if err == nil {
+			if resp.StatusCode == http.StatusOK {
+				ok++
+			}
+			resp.Body.Close()
+		}
+	}
+	t.Logf("%d of %d stalled heads refused; web's calls meanwhile: %d of %d ok", overloaded, heads, ok, total)
+	if total == 0 || float64(ok) < 0.99*float64(total) {
+		t.Errorf("web's calls while the hog stalls: %d of %d ok, want at least 99 %%", ok, total)
 	}
 }
