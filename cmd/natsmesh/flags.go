@@ -177,6 +177,7 @@ func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.l.BodyIdle, "body-idle", httpguard.DefaultBodyIdle, "longest wait for the next byte of a request body before the request is dropped with 408 slow-request")
 	fs.Int64Var(&c.l.BodyMinRate, "body-min-rate", httpguard.DefaultBodyMinRate, "bytes a second a request body must average after --body-grace, else 408 slow-request (-1: no minimum)")
 	fs.DurationVar(&c.l.BodyGrace, "body-grace", httpguard.DefaultBodyGrace, "how long a request body may take before --body-min-rate applies")
+	fs.Int64Var(&c.l.BodyBudget, "body-budget", httpguard.DefaultBodyBudget, "request body bytes the listener holds at once, counting each body's first MiB; a body past it is answered 503 overloaded")
 	fs.IntVar(&c.l.MaxConns, "max-conns", httpguard.DefaultMaxConns, "client connections the listener holds at most; more are answered 503 overloaded and closed")
 }
 
@@ -188,6 +189,8 @@ func (c *clientFlags) check() error {
 		return usagef("--body-grace %s: use a positive duration", c.l.BodyGrace)
 	case c.l.BodyMinRate == 0 || c.l.BodyMinRate < -1:
 		return usagef("--body-min-rate %d: use a positive number of bytes a second, or -1 for no minimum", c.l.BodyMinRate)
+	case c.l.BodyBudget < httpguard.MaxBuffered:
+		return usagef("--body-budget %d: use at least %d (one body's MiB)", c.l.BodyBudget, httpguard.MaxBuffered)
 	case c.l.MaxConns < 1:
 		return usagef("--max-conns %d: use at least 1", c.l.MaxConns)
 	}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/natsmesh/natsmesh/bus"
@@ -21,6 +22,11 @@ const (
 	DefaultBodyMinRate = 1024 // bytes per second
 	DefaultBodyGrace   = 10 * time.Second
 	DefaultMaxConns    = 4096
+	// DefaultBodyBudget is the request body bytes a listener holds at
+	// once, counting each body's first MaxBuffered bytes (the part a proxy
+	// may buffer whole; beyond it a body streams through fixed chunks).
+	DefaultBodyBudget = 256 << 20
+	MaxBuffered       = 1 << 20
 )
 
 // Limits bound a listener's clients. Zero values are the defaults; a
@@ -30,6 +36,10 @@ type Limits struct {
 	BodyMinRate int64
 	BodyGrace   time.Duration
 	MaxConns    int
+	// BodyBudget bounds the request body bytes held at once (see
+	// DefaultBodyBudget): a body that would take more is refused 503
+	// overloaded.
+	BodyBudget int64
 }
 
 // WithDefaults fills in the zero values.
@@ -46,6 +56,9 @@ func (l Limits) WithDefaults() Limits {
 	if l.MaxConns <= 0 {
 		l.MaxConns = DefaultMaxConns
 	}
+	if l.BodyBudget <= 0 {
+		l.BodyBudget = DefaultBodyBudget
+	}
 	return l
 }
 
@@ -58,13 +71,16 @@ func Guard(h http.Handler, l Limits) http.Handler {
 }
 
 type guard struct {
-	h http.Handler
-	l Limits
+	h    http.Handler
+	l    Limits
+	held atomic.Int64 // body bytes counted against BodyBudget
 }
 
 func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = &body{rc: r.Body, ctl: http.NewResponseController(w), l: &g.l, start: time.Now()}
+		b := &body{rc: r.Body, ctl: http.NewResponseController(w), g: g, l: &g.l, start: time.Now()}
+		defer b.release()
+		r.Body = b
 	}
 	g.h.ServeHTTP(w, r)
 }
@@ -75,6 +91,8 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 type body struct {
 	rc    io.ReadCloser
 	ctl   *http.ResponseController
+	g     *guard
+	held  int64 // bytes counted against the budget
 	l     *Limits
 	start time.Time
 	n     int64
@@ -99,6 +117,15 @@ func (b *body) Read(p []byte) (int, error) {
 	_ = b.ctl.SetReadDeadline(deadline)
 	n, err := b.rc.Read(p)
 	b.n += int64(n)
+	// The bytes are counted once they arrive, so that a slow body holds
+	// only what it sent; a body that takes the budget past its bound ends.
+	if more := min(b.n, MaxBuffered) - b.held; more > 0 {
+		b.held += more
+		if b.g.held.Add(more) > b.l.BodyBudget {
+			b.err = bus.Errorf(bus.Overloaded, "this proxy holds its limit of %d MiB of request bodies being received; retry shortly", b.l.BodyBudget>>20)
+			return 0, b.err
+		}
+	}
 	var ne interface{ Timeout() bool }
 	if err != nil && errors.As(err, &ne) && ne.Timeout() {
 		return n, b.slow(time.Now())
@@ -107,6 +134,13 @@ func (b *body) Read(p []byte) (int, error) {
 }
 
 func (b *body) Close() error { return b.rc.Close() }
+
+// release returns the body's bytes to the budget, once the request is done
+// (its buffers with it).
+func (b *body) release() {
+	b.g.held.Add(-b.held)
+	b.held = 0
+}
 
 // slow ends the body with the sentence a client reads.
 func (b *body) slow(now time.Time) error {

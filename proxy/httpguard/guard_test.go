@@ -179,3 +179,66 @@ func TestConnectionLimit(t *testing.T) {
 	}
 	resp.Body.Close()
 }
+
+// The bodies being received together are bounded: one that would take
+// them past BodyBudget is refused overloaded, and the budget is given
+// back when a request ends.
+func TestBodyBudget(t *testing.T) {
+	t.Parallel()
+	release, holding := make(chan struct{}), make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, err := io.Copy(io.Discard, r.Body)
+		var e *bus.Error
+		if errors.As(err, &e) {
+			http.Error(w, e.Message, e.Status)
+			return
+		}
+		if r.Header.Get("X-Hold") != "" {
+			close(holding)
+			<-release // hold the bytes read, as a call in flight does
+		}
+		fmt.Fprintf(w, "read %d", n)
+	})
+	_, addr := serve(t, httpguard.Limits{BodyBudget: 1 << 20}, h)
+	post := func(hold bool) (*http.Response, error) {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", strings.NewReader(strings.Repeat("x", 600<<10)))
+		if hold {
+			req.Header.Set("X-Hold", "1")
+		}
+		return http.DefaultClient.Do(req)
+	}
+	first := make(chan *http.Response, 1)
+	go func() {
+		resp, err := post(true)
+		if err != nil {
+			t.Error(err)
+		}
+		first <- resp
+	}()
+	select {
+	case <-holding:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first body was not read")
+	}
+	// The second body takes the budget past 1 MiB while the first holds
+	// 600 KiB of it.
+	resp, err := post(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "limit of 1 MiB of request bodies") {
+		t.Fatalf("a body past the budget: %s %q", resp.Status, body)
+	}
+	close(release)
+	if r := <-first; r == nil || r.StatusCode != http.StatusOK {
+		t.Fatalf("the first body: %v", r)
+	}
+	// Given back: the next one passes.
+	resp, err = post(false)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("after the first ended: %v %v", resp, err)
+	}
+	resp.Body.Close()
+}
