@@ -92,8 +92,15 @@ func (w *Watcher) keyValue(ctx context.Context) (jetstream.KeyValue, error) {
 // cannot answer (apply is then first called when it can). apply is called
 // from one goroutine, in revision order, never twice at once. A stored
 // document that is not valid is logged once and skipped: the service keeps
-// its previous document. While NATS or JetStream is unavailable, apply is
-// not called, so the last good document stays in force.
+// its previous document. When the invalid revision is the first a watch
+// sees (it starts on it, or comes back from an outage to it), the
+// revisions before it were not delivered, so the watch reads the key's
+// history and applies what came last before it and after the last
+// revision it saw: the newest valid document (with its own revision), or
+// nil for a delete. With nothing there, the previous document stays, or
+// nil with revision 0 is applied when there is none. The log says which
+// revision is in force and why. While NATS or JetStream is unavailable,
+// apply is not called, so the last good document stays in force.
 //
 // Against a NATS server without JetStream, Watch returns an error matching
 // ErrNoJetStream at once. The watch ends with ctx, or when stop is called;
@@ -147,6 +154,7 @@ type watch struct {
 	started bool   // apply has been called at least once
 	seen    uint64 // the last revision delivered or skipped (0: none)
 	applied bool   // the last apply had a document
+	rev     uint64 // the revision of the last apply
 	badRev  uint64 // the last invalid revision logged
 	down    bool   // the store is unavailable (logged once per outage)
 }
@@ -245,7 +253,7 @@ func (ww *watch) follow(ctx context.Context) error {
 				gotEntry = true // this watch's predecessor delivered it
 			default:
 				gotEntry = gotEntry || initial
-				ww.entry(e)
+				ww.entry(ctx, kv, e, initial)
 			}
 		case <-ww.status:
 			return errReconnected
@@ -273,25 +281,87 @@ func stopWatch(kw jetstream.KeyWatcher) {
 	}
 }
 
-func (ww *watch) entry(e jetstream.KeyValueEntry) {
-	rev := e.Revision()
+// entry takes one revision of the key. initial says it is the first a new
+// KV watch delivered: the revisions between the last one seen and it may
+// have been missed (the watch started, or came back after an outage).
+func (ww *watch) entry(ctx context.Context, kv jetstream.KeyValue, e jetstream.KeyValueEntry, initial bool) {
+	rev, since := e.Revision(), ww.seen
 	ww.seen = rev
 	if e.Operation() != jetstream.KeyValuePut {
 		ww.deliver(nil, rev)
 		return
 	}
-	doc, err := Unmarshal(e.Value())
+	doc, err := ww.decode(e.Value())
+	if err == nil {
+		ww.deliver(doc, rev)
+		return
+	}
+	if ww.badRev == rev {
+		return
+	}
+	ww.badRev = rev
+	if initial && ww.fallback(ctx, kv, rev, since, err) {
+		return
+	}
+	ww.keep(rev, err)
+}
+
+// decode reads a stored document of the watched service.
+func (ww *watch) decode(data []byte) (*Service, error) {
+	doc, err := Unmarshal(data)
 	if err == nil && doc.Service != ww.service {
 		err = fmt.Errorf("config: the document stored under %q is for service %q", ww.service, doc.Service)
 	}
+	return doc, err
+}
+
+// fallback puts in force, in place of the invalid revision rev, the state
+// the service would be in had the watch seen every revision before it:
+// the newest valid document, or a delete, of the key's history that came
+// after since (the last revision seen, 0 for none) and before rev. It
+// reports whether it found one; bad is why rev is invalid.
+func (ww *watch) fallback(ctx context.Context, kv jetstream.KeyValue, rev, since uint64, bad error) bool {
+	hctx, cancel := context.WithTimeout(ctx, openTimeout)
+	defer cancel()
+	history, err := kv.History(hctx, ww.service)
 	if err != nil {
-		if ww.badRev != rev {
-			ww.badRev = rev
-			ww.log.Error("skipping an invalid config revision; keeping the previous config", "revision", rev, "error", err)
-		}
-		return
+		ww.log.Warn("cannot read the config history to find a valid revision", "revision", rev, "error", err)
+		return false
 	}
-	ww.deliver(doc, rev)
+	for i := len(history) - 1; i >= 0; i-- {
+		e := history[i]
+		if e.Revision() >= rev {
+			continue
+		}
+		if e.Revision() <= since {
+			break
+		}
+		if e.Operation() != jetstream.KeyValuePut {
+			ww.log.Error("skipping an invalid config revision; the revision before it deleted the document, so calls use the defaults", "revision", rev, "error", bad, "using", e.Revision())
+			ww.deliver(nil, e.Revision())
+			return true
+		}
+		if doc, err := ww.decode(e.Value()); err == nil {
+			ww.log.Error("skipping an invalid config revision; using the newest valid revision before it in the bucket's history", "revision", rev, "error", bad, "using", e.Revision())
+			ww.deliver(doc, e.Revision())
+			return true
+		}
+	}
+	return false
+}
+
+// keep skips the invalid revision rev, saying truthfully what stays in
+// force.
+func (ww *watch) keep(rev uint64, bad error) {
+	switch {
+	case ww.applied:
+		ww.log.Error("skipping an invalid config revision; keeping the previous config", "revision", rev, "error", bad, "using", ww.rev)
+	case ww.started:
+		ww.log.Error("skipping an invalid config revision; the service had no config before it, so calls keep the defaults", "revision", rev, "error", bad)
+	default:
+		ww.log.Error("skipping an invalid config revision; the bucket's history has no valid revision before it, so calls use the defaults", "revision", rev, "error", bad)
+		ww.deliver(nil, 0)
+	}
 }
 
 // deliver calls apply, except to repeat "no document".
@@ -301,6 +371,7 @@ func (ww *watch) deliver(doc *Service, rev uint64) {
 	}
 	ww.started = true
 	ww.applied = doc != nil
+	ww.rev = rev
 	ww.apply(doc, rev)
 }
 
