@@ -26,6 +26,9 @@ const (
 	// watch while the store is unavailable.
 	retryMin = 100 * time.Millisecond
 	retryMax = 2 * time.Second
+	// bucketCheck is how often a Watcher with watches running looks at
+	// when the bucket was made, to notice one deleted and made again.
+	bucketCheck = 10 * time.Second
 )
 
 // Watcher delivers the config documents of services to proxies as they
@@ -33,7 +36,9 @@ const (
 // It uses a caller-owned connection, and survives disconnects and restarts
 // of the NATS server: after a reconnect each watch starts again from the
 // key's current revision, and applies it only if it is not the one it last
-// saw.
+// saw. While it has watches it also looks every 10 s at when the bucket was
+// made, and when it was deleted and made again every watch starts afresh on
+// the new one.
 type Watcher struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
@@ -41,8 +46,13 @@ type Watcher struct {
 	bucket string
 	log    *slog.Logger
 
-	mu sync.Mutex
-	kv jetstream.KeyValue // nil until the bucket has been found
+	mu         sync.Mutex
+	kv         jetstream.KeyValue // nil until the bucket has been found
+	watches    map[*watch]struct{}
+	monitor    *bucketMonitor // running while there are watches
+	bucketMade time.Time      // when the bucket the monitor saw last was made
+
+	checkEvery time.Duration // bucketCheck; tests shorten it
 }
 
 // NewWatcher makes a watcher of the config bucket of the mesh with prefix
@@ -59,7 +69,7 @@ func NewWatcher(nc *nats.Conn, prefix string, log *slog.Logger) (*Watcher, error
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Watcher{nc: nc, js: js, prefix: prefix, bucket: bucket, log: log}, nil
+	return &Watcher{nc: nc, js: js, prefix: prefix, bucket: bucket, log: log, checkEvery: bucketCheck}, nil
 }
 
 // Bucket is the name of the KV bucket the watcher follows.
@@ -112,9 +122,10 @@ func (w *Watcher) Watch(ctx context.Context, service string, apply func(doc *Ser
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	ww := &watch{w: w, service: service, apply: apply, log: w.log.With("service", service, "bucket", w.bucket),
-		ready: make(chan struct{}), noJS: make(chan error, 1), done: make(chan struct{})}
+		ready: make(chan struct{}), noJS: make(chan error, 1), done: make(chan struct{}), remade: make(chan struct{}, 1)}
 	// Told of reconnects without taking the connection's callbacks.
 	ww.status = w.nc.StatusChanged(nats.CONNECTED)
+	w.register(ww)
 	go ww.run(ctx)
 	var once sync.Once
 	stop = func() {
@@ -122,6 +133,7 @@ func (w *Watcher) Watch(ctx context.Context, service string, apply func(doc *Ser
 			cancel()
 			<-ww.done
 			w.nc.RemoveStatusListener(ww.status)
+			w.unregister(ww)
 		})
 	}
 	t := time.NewTimer(watchReady)
@@ -150,6 +162,7 @@ type watch struct {
 	readyDone bool
 	noJS      chan error // the store has no JetStream, for Watch
 	done      chan struct{}
+	remade    chan struct{} // the bucket was deleted and made again
 
 	started bool   // apply has been called at least once
 	seen    uint64 // the last revision delivered or skipped (0: none)
@@ -167,7 +180,7 @@ func (ww *watch) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if errors.Is(err, errReconnected) {
+		if errors.Is(err, errReconnected) || errors.Is(err, errRemade) {
 			backoff = retryMin
 			continue
 		}
@@ -204,7 +217,10 @@ func (ww *watch) run(ctx context.Context) {
 	}
 }
 
-var errReconnected = errors.New("config: reconnected to NATS")
+var (
+	errReconnected = errors.New("config: reconnected to NATS")
+	errRemade      = errors.New("config: the config bucket was made again")
+)
 
 // follow runs one KV watch of the service's key until it fails, the
 // connection comes back from a disconnect, or ctx ends.
@@ -220,6 +236,11 @@ func (ww *watch) follow(ctx context.Context) error {
 	// no new one.
 	for len(ww.status) > 0 {
 		<-ww.status
+	}
+	select {
+	case <-ww.remade: // since the last watch: none of the new revisions is seen
+		ww.seen, ww.badRev = 0, 0
+	default:
 	}
 	kw, err := kv.Watch(wctx, ww.service)
 	if err != nil {
@@ -257,6 +278,11 @@ func (ww *watch) follow(ctx context.Context) error {
 			}
 		case <-ww.status:
 			return errReconnected
+		case <-ww.remade:
+			// The new bucket's revisions start again from 1: none of them
+			// has been seen, whatever its number.
+			ww.seen, ww.badRev = 0, 0
+			return errRemade
 		case <-ctx.Done():
 			return ctx.Err()
 		}
