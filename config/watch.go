@@ -26,6 +26,9 @@ const (
 	// watch while the store is unavailable.
 	retryMin = 100 * time.Millisecond
 	retryMax = 2 * time.Second
+	// bucketCheck is how often a Watcher with watches running looks at
+	// when the bucket was made, to notice one deleted and made again.
+	bucketCheck = 10 * time.Second
 )
 
 // Watcher delivers the config documents of services to proxies as they
@@ -33,7 +36,9 @@ const (
 // It uses a caller-owned connection, and survives disconnects and restarts
 // of the NATS server: after a reconnect each watch starts again from the
 // key's current revision, and applies it only if it is not the one it last
-// saw.
+// saw. While it has watches it also looks every 10 s at when the bucket was
+// made, and when it was deleted and made again every watch starts afresh on
+// the new one.
 type Watcher struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
@@ -41,8 +46,13 @@ type Watcher struct {
 	bucket string
 	log    *slog.Logger
 
-	mu sync.Mutex
-	kv jetstream.KeyValue // nil until the bucket has been found
+	mu         sync.Mutex
+	kv         jetstream.KeyValue // nil until the bucket has been found
+	watches    map[*watch]struct{}
+	monitor    *bucketMonitor // running while there are watches
+	bucketMade time.Time      // when the bucket the monitor saw last was made
+
+	checkEvery time.Duration // bucketCheck; tests shorten it
 }
 
 // NewWatcher makes a watcher of the config bucket of the mesh with prefix
@@ -59,7 +69,7 @@ func NewWatcher(nc *nats.Conn, prefix string, log *slog.Logger) (*Watcher, error
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Watcher{nc: nc, js: js, prefix: prefix, bucket: bucket, log: log}, nil
+	return &Watcher{nc: nc, js: js, prefix: prefix, bucket: bucket, log: log, checkEvery: bucketCheck}, nil
 }
 
 // Bucket is the name of the KV bucket the watcher follows.
@@ -92,8 +102,15 @@ func (w *Watcher) keyValue(ctx context.Context) (jetstream.KeyValue, error) {
 // cannot answer (apply is then first called when it can). apply is called
 // from one goroutine, in revision order, never twice at once. A stored
 // document that is not valid is logged once and skipped: the service keeps
-// its previous document. While NATS or JetStream is unavailable, apply is
-// not called, so the last good document stays in force.
+// its previous document. When the invalid revision is the first a watch
+// sees (it starts on it, or comes back from an outage to it), the
+// revisions before it were not delivered, so the watch reads the key's
+// history and applies what came last before it and after the last
+// revision it saw: the newest valid document (with its own revision), or
+// nil for a delete. With nothing there, the previous document stays, or
+// nil with revision 0 is applied when there is none. The log says which
+// revision is in force and why. While NATS or JetStream is unavailable,
+// apply is not called, so the last good document stays in force.
 //
 // Against a NATS server without JetStream, Watch returns an error matching
 // ErrNoJetStream at once. The watch ends with ctx, or when stop is called;
@@ -105,9 +122,10 @@ func (w *Watcher) Watch(ctx context.Context, service string, apply func(doc *Ser
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	ww := &watch{w: w, service: service, apply: apply, log: w.log.With("service", service, "bucket", w.bucket),
-		ready: make(chan struct{}), noJS: make(chan error, 1), done: make(chan struct{})}
+		ready: make(chan struct{}), noJS: make(chan error, 1), done: make(chan struct{}), remade: make(chan struct{}, 1)}
 	// Told of reconnects without taking the connection's callbacks.
 	ww.status = w.nc.StatusChanged(nats.CONNECTED)
+	w.register(ww)
 	go ww.run(ctx)
 	var once sync.Once
 	stop = func() {
@@ -115,6 +133,7 @@ func (w *Watcher) Watch(ctx context.Context, service string, apply func(doc *Ser
 			cancel()
 			<-ww.done
 			w.nc.RemoveStatusListener(ww.status)
+			w.unregister(ww)
 		})
 	}
 	t := time.NewTimer(watchReady)
@@ -143,10 +162,12 @@ type watch struct {
 	readyDone bool
 	noJS      chan error // the store has no JetStream, for Watch
 	done      chan struct{}
+	remade    chan struct{} // the bucket was deleted and made again
 
 	started bool   // apply has been called at least once
 	seen    uint64 // the last revision delivered or skipped (0: none)
 	applied bool   // the last apply had a document
+	rev     uint64 // the revision of the last apply
 	badRev  uint64 // the last invalid revision logged
 	down    bool   // the store is unavailable (logged once per outage)
 }
@@ -159,7 +180,7 @@ func (ww *watch) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if errors.Is(err, errReconnected) {
+		if errors.Is(err, errReconnected) || errors.Is(err, errRemade) {
 			backoff = retryMin
 			continue
 		}
@@ -196,7 +217,10 @@ func (ww *watch) run(ctx context.Context) {
 	}
 }
 
-var errReconnected = errors.New("config: reconnected to NATS")
+var (
+	errReconnected = errors.New("config: reconnected to NATS")
+	errRemade      = errors.New("config: the config bucket was made again")
+)
 
 // follow runs one KV watch of the service's key until it fails, the
 // connection comes back from a disconnect, or ctx ends.
@@ -212,6 +236,11 @@ func (ww *watch) follow(ctx context.Context) error {
 	// no new one.
 	for len(ww.status) > 0 {
 		<-ww.status
+	}
+	select {
+	case <-ww.remade: // since the last watch: none of the new revisions is seen
+		ww.seen, ww.badRev = 0, 0
+	default:
 	}
 	kw, err := kv.Watch(wctx, ww.service)
 	if err != nil {
@@ -245,10 +274,15 @@ func (ww *watch) follow(ctx context.Context) error {
 				gotEntry = true // this watch's predecessor delivered it
 			default:
 				gotEntry = gotEntry || initial
-				ww.entry(e)
+				ww.entry(ctx, kv, e, initial)
 			}
 		case <-ww.status:
 			return errReconnected
+		case <-ww.remade:
+			// The new bucket's revisions start again from 1: none of them
+			// has been seen, whatever its number.
+			ww.seen, ww.badRev = 0, 0
+			return errRemade
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -273,25 +307,87 @@ func stopWatch(kw jetstream.KeyWatcher) {
 	}
 }
 
-func (ww *watch) entry(e jetstream.KeyValueEntry) {
-	rev := e.Revision()
+// entry takes one revision of the key. initial says it is the first a new
+// KV watch delivered: the revisions between the last one seen and it may
+// have been missed (the watch started, or came back after an outage).
+func (ww *watch) entry(ctx context.Context, kv jetstream.KeyValue, e jetstream.KeyValueEntry, initial bool) {
+	rev, since := e.Revision(), ww.seen
 	ww.seen = rev
 	if e.Operation() != jetstream.KeyValuePut {
 		ww.deliver(nil, rev)
 		return
 	}
-	doc, err := Unmarshal(e.Value())
+	doc, err := ww.decode(e.Value())
+	if err == nil {
+		ww.deliver(doc, rev)
+		return
+	}
+	if ww.badRev == rev {
+		return
+	}
+	ww.badRev = rev
+	if initial && ww.fallback(ctx, kv, rev, since, err) {
+		return
+	}
+	ww.keep(rev, err)
+}
+
+// decode reads a stored document of the watched service.
+func (ww *watch) decode(data []byte) (*Service, error) {
+	doc, err := Unmarshal(data)
 	if err == nil && doc.Service != ww.service {
 		err = fmt.Errorf("config: the document stored under %q is for service %q", ww.service, doc.Service)
 	}
+	return doc, err
+}
+
+// fallback puts in force, in place of the invalid revision rev, the state
+// the service would be in had the watch seen every revision before it:
+// the newest valid document, or a delete, of the key's history that came
+// after since (the last revision seen, 0 for none) and before rev. It
+// reports whether it found one; bad is why rev is invalid.
+func (ww *watch) fallback(ctx context.Context, kv jetstream.KeyValue, rev, since uint64, bad error) bool {
+	hctx, cancel := context.WithTimeout(ctx, openTimeout)
+	defer cancel()
+	history, err := kv.History(hctx, ww.service)
 	if err != nil {
-		if ww.badRev != rev {
-			ww.badRev = rev
-			ww.log.Error("skipping an invalid config revision; keeping the previous config", "revision", rev, "error", err)
-		}
-		return
+		ww.log.Warn("cannot read the config history to find a valid revision", "revision", rev, "error", err)
+		return false
 	}
-	ww.deliver(doc, rev)
+	for i := len(history) - 1; i >= 0; i-- {
+		e := history[i]
+		if e.Revision() >= rev {
+			continue
+		}
+		if e.Revision() <= since {
+			break
+		}
+		if e.Operation() != jetstream.KeyValuePut {
+			ww.log.Error("skipping an invalid config revision; the revision before it deleted the document, so calls use the defaults", "revision", rev, "error", bad, "using", e.Revision())
+			ww.deliver(nil, e.Revision())
+			return true
+		}
+		if doc, err := ww.decode(e.Value()); err == nil {
+			ww.log.Error("skipping an invalid config revision; using the newest valid revision before it in the bucket's history", "revision", rev, "error", bad, "using", e.Revision())
+			ww.deliver(doc, e.Revision())
+			return true
+		}
+	}
+	return false
+}
+
+// keep skips the invalid revision rev, saying truthfully what stays in
+// force.
+func (ww *watch) keep(rev uint64, bad error) {
+	switch {
+	case ww.applied:
+		ww.log.Error("skipping an invalid config revision; keeping the previous config", "revision", rev, "error", bad, "using", ww.rev)
+	case ww.started:
+		ww.log.Error("skipping an invalid config revision; the service had no config before it, so calls keep the defaults", "revision", rev, "error", bad)
+	default:
+		ww.log.Error("skipping an invalid config revision; the bucket's history has no valid revision before it, so calls use the defaults", "revision", rev, "error", bad)
+		ww.deliver(nil, 0)
+	}
 }
 
 // deliver calls apply, except to repeat "no document".
@@ -301,6 +397,7 @@ func (ww *watch) deliver(doc *Service, rev uint64) {
 	}
 	ww.started = true
 	ww.applied = doc != nil
+	ww.rev = rev
 	ww.apply(doc, rev)
 }
 

@@ -12,8 +12,9 @@ import (
 
 // ensureConfigBucket makes the mesh's config bucket if it is missing. With
 // cfg.RequireConfigBucket it must succeed; without, on a NATS that has no
-// JetStream the mesh runs without stored config, and the log says so.
-func ensureConfigBucket(nc *nats.Conn, cfg Config) error {
+// JetStream the mesh runs without stored config, and the log says so. ready
+// says whether the bucket is there.
+func ensureConfigBucket(nc *nats.Conn, cfg Config) (ready bool, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.BucketTimeout)
 	defer cancel()
 	log := cfg.Logger
@@ -22,17 +23,17 @@ func ensureConfigBucket(nc *nats.Conn, cfg Config) error {
 	case err == nil:
 	case !cfg.RequireConfigBucket && errors.Is(err, config.ErrNoJetStream):
 		log.Warn("no JetStream on this NATS: natsmesh apply cannot store config, and proxies run on their defaults", "error", err)
-		return nil
+		return false, nil
 	case !cfg.RequireConfigBucket:
 		log.Warn("config bucket not available; natsmesh apply will fail until it is", "error", err)
-		return nil
+		return false, nil
 	default:
-		return fmt.Errorf("controlplane: the config bucket is required (RequireConfigBucket) and not available: %w", err)
+		return false, fmt.Errorf("controlplane: the config bucket is required (RequireConfigBucket) and not available: %w", err)
 	}
 	kept, err := st.HistoryKept(ctx)
 	if err == nil && kept < config.MinHistory {
 		log.Warn("the config bucket keeps fewer revisions than natsmesh config rollback expects", "bucket", st.Bucket(), "history", kept, "want", config.History)
 	}
 	log.Info("config bucket ready", "bucket", st.Bucket(), "history", kept)
-	return nil
+	return true, nil
 }

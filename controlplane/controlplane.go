@@ -38,6 +38,10 @@ type Config struct {
 	// BucketTimeout bounds creating or opening the config bucket; 0 means
 	// DefaultBucketTimeout.
 	BucketTimeout time.Duration
+	// BucketCheck is how often the control plane looks for the config
+	// bucket, and makes it again when it is gone (someone deleted it);
+	// 0 means DefaultBucketCheck.
+	BucketCheck time.Duration
 }
 
 func (c *Config) validate() error {
@@ -49,6 +53,9 @@ func (c *Config) validate() error {
 	if c.BucketTimeout < 0 {
 		return fmt.Errorf("controlplane: BucketTimeout %s is negative; use 0 for the default %s", c.BucketTimeout, DefaultBucketTimeout)
 	}
+	if c.BucketCheck < 0 {
+		return fmt.Errorf("controlplane: BucketCheck %s is negative; use 0 for the default %s", c.BucketCheck, DefaultBucketCheck)
+	}
 	return nil
 }
 
@@ -59,13 +66,18 @@ func (c *Config) setDefaults() {
 	if c.BucketTimeout == 0 {
 		c.BucketTimeout = DefaultBucketTimeout
 	}
+	if c.BucketCheck == 0 {
+		c.BucketCheck = DefaultBucketCheck
+	}
 }
 
 // ControlPlane is a running control plane: the registry service and the
-// stats aggregator, on the mesh whose config bucket Start made sure of.
+// stats aggregator, on the mesh whose config bucket Start made sure of and
+// a check keeps there.
 type ControlPlane struct {
 	registry *registry.Registry
 	stats    *metrics.Aggregator
+	bucket   *bucketKeeper
 
 	once sync.Once
 	done chan struct{} // closed when both have stopped
@@ -73,7 +85,8 @@ type ControlPlane struct {
 
 // Start makes sure of the config bucket, then starts the registry service
 // and the stats aggregator on nc, which the caller owns and closes after
-// Shutdown.
+// Shutdown. While it runs, the control plane looks for the bucket every
+// Config.BucketCheck and makes it again (empty) when it is gone, logging it.
 func Start(nc *nats.Conn, cfg Config) (*ControlPlane, error) {
 	if nc == nil {
 		return nil, errors.New("controlplane: Start needs a NATS connection")
@@ -82,7 +95,8 @@ func Start(nc *nats.Conn, cfg Config) (*ControlPlane, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
-	if err := ensureConfigBucket(nc, cfg); err != nil {
+	ready, err := ensureConfigBucket(nc, cfg)
+	if err != nil {
 		return nil, err
 	}
 	reg, err := registry.Start(nc, registry.Config{Prefix: cfg.Prefix, Logger: cfg.Logger})
@@ -96,11 +110,12 @@ func Start(nc *nats.Conn, cfg Config) (*ControlPlane, error) {
 		reg.Stop()
 		return nil, fmt.Errorf("controlplane: stats aggregator: %w", err)
 	}
-	return &ControlPlane{registry: reg, stats: agg, done: make(chan struct{})}, nil
+	keeper := startBucketKeeper(nc, cfg, ready)
+	return &ControlPlane{registry: reg, stats: agg, bucket: keeper, done: make(chan struct{})}, nil
 }
 
-// Shutdown stops the stats aggregator (a summary being computed is still
-// sent), then the registry service (which hands its lease over), and
+// Shutdown stops the bucket check, the stats aggregator (a summary being
+// computed is still sent), then the registry service (which hands its lease over), and
 // returns once both have stopped, or with ctx's error when ctx ends first;
 // the stopping then goes on in the background. It is safe to call twice and
 // from several goroutines: every call waits for the same stop. The
@@ -109,6 +124,7 @@ func (c *ControlPlane) Shutdown(ctx context.Context) error {
 	c.once.Do(func() {
 		go func() {
 			defer close(c.done)
+			c.bucket.close()
 			c.stats.Stop()
 			c.registry.Stop()
 		}()

@@ -203,6 +203,7 @@ func TestStartRejectsBadConfig(t *testing.T) {
 		{"bad prefix", nc, controlplane.Config{Prefix: "Mesh"}, "controlplane: Prefix: "},
 		{"wildcard prefix", nc, controlplane.Config{Prefix: "mesh.>"}, "controlplane: Prefix: "},
 		{"negative bucket timeout", nc, controlplane.Config{BucketTimeout: -time.Second}, "controlplane: BucketTimeout -1s is negative"},
+		{"negative bucket check", nc, controlplane.Config{BucketCheck: -time.Second}, "controlplane: BucketCheck -1s is negative"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cp, err := controlplane.Start(tc.nc, tc.cfg)

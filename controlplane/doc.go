@@ -3,7 +3,9 @@
 // server itself. It owns
 //
 //   - the mesh's config bucket in JetStream KV, created when it is missing
-//     (the bucket natsmesh apply writes and every proxy watches),
+//     (the bucket natsmesh apply writes and every proxy watches), and
+//     looked for every Config.BucketCheck while it runs, to make it again
+//     when someone deleted it,
 //   - the registry service (registry.Start), which follows every
 //     instance's heartbeats and answers <prefix>.registry.*, and
 //   - the stats aggregator (metrics.StartAggregator), which follows every

@@ -31,6 +31,13 @@ func (o *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		proxy.WriteError(w, r, bus.Errorf(bus.BadRequest, "mesh services are called over plain HTTP: use http://%s/ (the mesh carries the call), not https:// or CONNECT", service))
 		return
 	}
+	if isMesh && r.URL.Scheme == "https" {
+		// An absolute-form https:// URL asks this proxy for TLS it would
+		// not give: carried as plain HTTP, the app would believe its call
+		// was encrypted end to end.
+		proxy.WriteError(w, r, bus.Errorf(bus.BadRequest, "https://%s/ is refused: call mesh services with http://%s/ (the mesh carries the call), and use CONNECT for TLS to hosts outside the mesh", r.Host, service))
+		return
+	}
 	if !isMesh {
 		if o.egress == nil {
 			proxy.WriteError(w, r, bus.Errorf(bus.Forbidden, "calls to %s outside the mesh are denied by this sidecar (--egress=deny)", r.Host))
