@@ -31,13 +31,19 @@ func NewClient(nc *nats.Conn, prefix string) (*Client, error) {
 // ErrNoRegistry means no registry service answered.
 var ErrNoRegistry = errors.New("registry: no registry service answered; is `natsmesh server` running on this NATS?")
 
-func (c *Client) request(ctx context.Context, subject string, v any) error {
-	m, err := c.nc.RequestWithContext(ctx, subject, nil)
+func (c *Client) request(ctx context.Context, subject string, body []byte, v any) error {
+	m, err := c.nc.RequestWithContext(ctx, subject, body)
 	if errors.Is(err, nats.ErrNoResponders) {
 		return ErrNoRegistry
 	}
 	if err != nil {
 		return fmt.Errorf("registry: ask %s: %w", subject, err)
+	}
+	if code := m.Header.Get(bus.HeaderError); code != "" {
+		if bus.Code(code) == codeStaleCursor {
+			return ErrStaleCursor
+		}
+		return fmt.Errorf("registry: %s answered %s: %w", subject, code, &bus.Error{Code: bus.Code(code), Status: bus.Code(code).Status(), Message: string(m.Data)})
 	}
 	if err := json.Unmarshal(m.Data, v); err != nil {
 		return fmt.Errorf("registry: the answer on %s is not valid: %w", subject, err)
@@ -48,16 +54,71 @@ func (c *Client) request(ctx context.Context, subject string, v any) error {
 // List returns every service, counted.
 func (c *Client) List(ctx context.Context) (List, error) {
 	var l List
-	return l, c.request(ctx, c.subj.RegistryList(), &l)
+	return l, c.request(ctx, c.subj.RegistryList(), nil, &l)
 }
 
-// Get returns the instances of one service, at the registry's rev.
+// Get returns the instances of one service, at the registry's rev: every
+// page of the registry's answer, however many instances it has. A service
+// with no instance is an empty snapshot.
 func (c *Client) Get(ctx context.Context, service string) (Snapshot, error) {
 	if err := bus.ValidateName("service", service); err != nil {
 		return Snapshot{}, err
 	}
-	var s Snapshot
-	return s, c.request(ctx, c.subj.RegistryGet(service), &s)
+	return c.snapshot(ctx, c.subj.RegistryGet(service))
+}
+
+// maxRestarts bounds how often a paged snapshot starts over because the
+// registry no longer held the snapshot it was paging through.
+const maxRestarts = 5
+
+// snapshot asks subject for every page of a snapshot, starting over when
+// the registry moved on from the one it pages through.
+func (c *Client) snapshot(ctx context.Context, subject string) (Snapshot, error) {
+	for restarts := 0; ; restarts++ {
+		s, err := c.pages(ctx, subject)
+		if !errors.Is(err, ErrStaleCursor) || restarts == maxRestarts {
+			return s, err
+		}
+	}
+}
+
+// pages asks subject for the pages of one snapshot and joins them.
+func (c *Client) pages(ctx context.Context, subject string) (Snapshot, error) {
+	req := pageRequest{MaxBytes: c.nc.MaxPayload()}
+	var all Snapshot
+	for got := 0; ; {
+		body, _ := json.Marshal(req)
+		var p Snapshot
+		if err := c.request(ctx, subject, body, &p); err != nil {
+			return Snapshot{}, err
+		}
+		n := 0
+		for _, list := range p.Services {
+			n += len(list)
+		}
+		switch {
+		case req.Cursor == "":
+			all = p
+			all.Services = make(map[string][]Instance, len(p.Services))
+		case p.Rev != all.Rev || p.Origin != all.Origin || p.Instances != all.Instances:
+			return Snapshot{}, ErrStaleCursor // not the snapshot of the first page
+		}
+		if p.Offset != got || got+n > p.Instances || (n == 0 && p.Next != "") {
+			return Snapshot{}, fmt.Errorf("registry: the page at %d on %s holds %d of %d instances from %d: not the next page", got, subject, n, p.Instances, p.Offset)
+		}
+		for svc, list := range p.Services {
+			all.Services[svc] = append(all.Services[svc], list...)
+		}
+		if got += n; p.Next == "" && got != p.Instances && !p.Truncated {
+			return Snapshot{}, fmt.Errorf("registry: the answers on %s ended after %d of %d instances", subject, got, p.Instances)
+		}
+		if p.Next == "" {
+			// A registry too old to page says Truncated and no Next.
+			all.Truncated, all.Offset, all.Next = p.Truncated, 0, ""
+			return all, nil
+		}
+		req.Cursor = p.Next
+	}
 }
 
 // Update is what a Mirror tells its owner: a whole snapshot (at the start
@@ -85,9 +146,9 @@ type Mirror struct {
 	mu      sync.Mutex
 }
 
-// Mirror starts mirroring service, or every service if service is "" (for a
-// mesh too large to list in one message, that snapshot is Truncated: events
-// only). fn is called on one goroutine, in order.
+// Mirror starts mirroring service, or every service if service is "". Its
+// snapshots hold every instance, fetched page by page. fn is called on one
+// goroutine, in order.
 func (c *Client) Mirror(ctx context.Context, service string, fn func(Update)) (*Mirror, error) {
 	subject := c.subj.AllEvents()
 	if service != "" {
@@ -118,9 +179,7 @@ func (m *Mirror) snapshot(ctx context.Context) (Snapshot, error) {
 	if m.service != "" {
 		return m.c.Get(ctx, m.service)
 	}
-	var s Snapshot
-	err := m.c.request(ctx, m.c.subj.RegistrySnapshot(), &s)
-	return s, err
+	return m.c.snapshot(ctx, m.c.subj.RegistrySnapshot())
 }
 
 func (m *Mirror) run(snap Snapshot) {

@@ -81,6 +81,8 @@ type Registry struct {
 	watchMu sync.Mutex
 	watch   *Watcher // nil once stopped
 
+	pages pageCache // the encoded snapshots of get and snapshot answers
+
 	wg   sync.WaitGroup
 	once sync.Once
 }
@@ -267,19 +269,52 @@ func (s *Registry) onGet(m *nats.Msg) {
 	if bus.ValidateName("service", svc) != nil {
 		return // the wildcard cannot match anything else; nothing to answer
 	}
-	s.reply(m, s.view.Snapshot(svc))
+	s.answerPage(m, svc)
 }
 
-func (s *Registry) onSnapshot(m *nats.Msg) {
-	snap := s.view.Snapshot("")
-	data, err := json.Marshal(snap)
-	if err != nil || m.Reply == "" {
+func (s *Registry) onSnapshot(m *nats.Msg) { s.answerPage(m, "") }
+
+// answerPage answers a page of the snapshot of scope (a service, or "" for
+// every service): the first, or the one the request's cursor names, within
+// the connection's max payload.
+func (s *Registry) answerPage(m *nats.Msg, scope string) {
+	if m.Reply == "" {
 		return
 	}
-	if err := m.Respond(data); errors.Is(err, nats.ErrMaxPayload) {
-		// Too many instances for one message: say so, with the rev, so a
-		// mirror of the whole mesh can still follow the events from here.
-		s.reply(m, Snapshot{Rev: snap.Rev, Origin: snap.Origin, Instances: snap.Instances, Truncated: true})
+	req, cur, err := parsePageRequest(m.Data)
+	if err != nil {
+		s.answerError(m, bus.BadRequest, err.Error())
+		return
+	}
+	e, offset := s.pages.current(s.view, scope), 0
+	if cur != nil {
+		if e, err = s.pages.at(s.view, scope, *cur); err != nil {
+			s.answerError(m, codeStaleCursor, err.Error())
+			return
+		}
+		if offset = cur.offset; offset > e.count() {
+			s.answerError(m, bus.BadRequest, fmt.Sprintf("cursor %q points past the snapshot's %d instances", req.Cursor, e.count()))
+			return
+		}
+	}
+	data := e.page(offset, req.Limit, pageBytes(req.MaxBytes, s.nc.MaxPayload()))
+	if err := m.Respond(data); err != nil {
+		s.log.Warn("registry answer not sent", "subject", m.Subject, "bytes", len(data), "error", err)
+	}
+}
+
+// codeStaleCursor is the Mesh-Error code of a registry answer to a cursor
+// into a snapshot it no longer holds (ErrStaleCursor).
+const codeStaleCursor bus.Code = "stale-cursor"
+
+// answerError answers a registry request that cannot be answered: the code
+// in Mesh-Error and one sentence as the body.
+func (s *Registry) answerError(m *nats.Msg, code bus.Code, sentence string) {
+	r := nats.NewMsg(m.Reply)
+	r.Header.Set(bus.HeaderError, string(code))
+	r.Data = []byte(sentence)
+	if err := m.RespondMsg(r); err != nil {
+		s.log.Warn("registry answer not sent", "subject", m.Subject, "error", err)
 	}
 }
 

@@ -51,8 +51,17 @@ type Snapshot struct {
 	Origin    string                `json:"origin"`
 	Services  map[string][]Instance `json:"services"`
 	Instances int                   `json:"instances"`
-	// Truncated: the instances did not fit in one message and are left out.
+	// Truncated: this message does not hold every instance. A page of the
+	// registry's answer that has more after it is truncated and says Next;
+	// a registry too old to page leaves the instances out and says no Next.
 	Truncated bool `json:"truncated,omitempty"`
+	// Offset is the position of this page's first instance among all of
+	// the snapshot's (by service, then by id), on a page of the registry's
+	// answer after the first.
+	Offset int `json:"offset,omitempty"`
+	// Next is the cursor of the page after this one; "" on the last page.
+	// Client.Get and Mirror fetch every page and return the whole.
+	Next string `json:"next,omitempty"`
 }
 
 // Stats count what a view did with what it was sent.
@@ -278,11 +287,38 @@ func (v *View) Has(service, instance string) bool {
 // Snapshot returns the view now, or only service's instances if service is
 // not "". Instances are sorted by id.
 func (v *View) Snapshot(service string) Snapshot {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return v.snapshot(service)
+	s, _ := v.snapshotVersion(service)
+	return s
 }
 
+// snapshotVersion is Snapshot with its version (see version), taken at once.
+// The copy is made under the lock and sorted after it, so that a large
+// service does not hold up heartbeats while it is sorted.
+func (v *View) snapshotVersion(service string) (Snapshot, uint64) {
+	v.mu.Lock()
+	s, ver := v.snapshot(service), v.versionLocked(service)
+	v.mu.Unlock()
+	sortSnapshot(s)
+	return s, ver
+}
+
+// version is what the snapshot of service depends on: the rev of the
+// service's latest event, or the view's rev for the whole mesh (""). Two
+// snapshots of the same version list the same instances.
+func (v *View) version(service string) uint64 {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.versionLocked(service)
+}
+
+func (v *View) versionLocked(service string) uint64 {
+	if service == "" {
+		return v.rev
+	}
+	return v.lastRev[service]
+}
+
+// snapshot copies the view under v.mu, unsorted.
 func (v *View) snapshot(service string) Snapshot {
 	s := Snapshot{Rev: v.rev, Origin: v.origin, Services: make(map[string][]Instance)}
 	for svc, insts := range v.services {
@@ -293,11 +329,17 @@ func (v *View) snapshot(service string) Snapshot {
 		for _, r := range insts {
 			list = append(list, Instance{Heartbeat: r.hb, LastSeen: r.lastSeen})
 		}
-		slices.SortFunc(list, func(a, b Instance) int { return strings.Compare(a.Instance, b.Instance) })
 		s.Services[svc] = list
 		s.Instances += len(list)
 	}
 	return s
+}
+
+// sortSnapshot sorts each service's instances by id.
+func sortSnapshot(s Snapshot) {
+	for _, list := range s.Services {
+		slices.SortFunc(list, func(a, b Instance) int { return strings.Compare(a.Instance, b.Instance) })
+	}
 }
 
 // Stats returns the view's counters.
@@ -332,9 +374,11 @@ func (v *View) Watch(service string, buffer int) (Snapshot, *Watcher) {
 	}
 	w := &Watcher{v: v, service: service, ch: make(chan Event, buffer)}
 	v.mu.Lock()
-	defer v.mu.Unlock()
 	v.watchers[w] = struct{}{}
-	return v.snapshot(service), w
+	s := v.snapshot(service)
+	v.mu.Unlock()
+	sortSnapshot(s)
+	return s, w
 }
 
 // Events delivers the events; it is closed by Stop or when the watcher is

@@ -83,7 +83,9 @@ registry of natsmesh server sees them.`, stderr)
 func runInstances(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("instances", "instances NAME [flags]", `
 Lists the instances of service NAME: health, requests in flight, host and
-process, and when each was last heard from.`, stderr)
+process, and when each was last heard from. A service with no instance is
+an error (exit status 1). A service of any size is listed whole: the
+registry answers in pages, and every page is fetched.`, stderr)
 	var rf registryFlags
 	rf.register(fs)
 	pos, err := parse(fs, args, stdout)
@@ -107,6 +109,9 @@ process, and when each was last heard from.`, stderr)
 	if err != nil {
 		return err
 	}
+	if len(snap.Services[pos[0]]) == 0 {
+		return fmt.Errorf("no instance of service %q is registered; natsmesh services lists the services", pos[0])
+	}
 	if *rf.json {
 		return json.NewEncoder(stdout).Encode(snap)
 	}
@@ -129,7 +134,8 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 Prints registry events as they happen — instances coming up, going down and
 changing health — for service NAME, or for every service. It starts from the
 registry's current state and never misses or repeats an event: when it falls
-behind it takes a fresh snapshot. With --json it prints one JSON document per
+behind it takes a fresh snapshot. A service with no instance yet is watched
+all the same (stderr says so). With --json it prints one JSON document per
 line: a {"type":"snapshot",...} line, then one line per event. Stop it with
 Ctrl-C.`, stderr)
 	var rf registryFlags
@@ -148,7 +154,12 @@ Ctrl-C.`, stderr)
 	}
 	defer done()
 	enc := json.NewEncoder(stdout)
+	first := true
 	show := func(u registry.Update) {
+		if first && service != "" && u.Snapshot != nil && u.Snapshot.Instances == 0 {
+			fmt.Fprintf(stderr, "natsmesh watch: no instance of service %q is registered yet; watching for it to appear\n", service)
+		}
+		first = false
 		switch {
 		case u.Snapshot != nil && *rf.json:
 			_ = enc.Encode(struct {
