@@ -51,7 +51,7 @@ subset.`, stderr)
 	fs.StringVar(&cfg.Subset, "subset", "", "subset of the service this instance is in, for example v2: routes of the service's config that pick v2 reach it (default: none; it takes only the service's unrouted calls)")
 	fs.StringVar(&cfg.Instance, "instance", "", "instance id (default <service>-<random>)")
 	fs.StringVar(&cfg.Upstream, "upstream", "", "URL of the app, for example http://127.0.0.1:8080 (required)")
-	fs.StringVar(&cfg.Listen, "listen", sidecar.DefaultListen, "address of the outbound proxy the app calls through")
+	fs.StringVar(&cfg.Listen, "listen", sidecar.DefaultListen, "address of the outbound proxy the app calls through; loopback unless --listen-public")
 	prefix := prefixFlag(fs)
 	fs.IntVar(&cfg.Serve.MaxInflight, "max-inflight", proxy.DefaultMaxInflight, "inbound requests handled at once; more are answered 503 overloaded")
 	fs.DurationVar(&cfg.Transport.Timeout, "timeout", proxy.DefaultTimeout, "default deadline of calls: the app's outbound calls, and inbound requests that carry none")
@@ -102,7 +102,7 @@ subset.`, stderr)
 	default:
 		cfg.Outlier.Consecutive = *outlier
 	}
-	if err := ef.apply(&cfg); err != nil {
+	if err := ef.apply(&cfg, cfg.Listen); err != nil {
 		return err
 	}
 	if cfg.Service == "" || cfg.Upstream == "" {
