@@ -16,8 +16,10 @@ import (
 	"github.com/natsmesh/natsmesh/sidecar"
 )
 
-// Hosts that are not mesh names go out as through an ordinary forward proxy,
-// so an app with HTTP_PROXY set keeps reaching the outside world.
+// Hosts that are not mesh names go out as through a forward proxy, so an
+// app with HTTP_PROXY set keeps reaching the outside world. The outside apps
+// of these tests are on loopback, which a sidecar refuses unless its
+// Egress.Allow lists them (sidecar's own tests cover the refusals).
 
 // outsideApp is a server outside the mesh that records what it received.
 func outsideApp(t *testing.T, rec *recorder) (addr string) {
@@ -36,7 +38,7 @@ func TestEgressPlainHTTP(t *testing.T) {
 	rec := newRecorder()
 	addr := outsideApp(t, rec) // 127.0.0.1:PORT
 	_, port, _ := net.SplitHostPort(addr)
-	caller := startCaller(t, s, "frontend", nil)
+	caller := startCaller(t, s, "frontend", func(c *sidecar.Config) { c.Egress.Allow = []string{addr, "localhost:" + port} })
 	const uri = "/x/a%20b?q=a%20b&r=%E2%9C%93&s=1+2&empty="
 
 	for _, tc := range []struct {
@@ -82,7 +84,7 @@ func TestEgressConnectTunnel(t *testing.T) {
 		_, _ = io.WriteString(w, "secret "+r.URL.RawQuery)
 	}))
 	t.Cleanup(tlsApp.Close)
-	caller := startCaller(t, s, "frontend", nil)
+	caller := startCaller(t, s, "frontend", func(c *sidecar.Config) { c.Egress.Allow = []string{tlsApp.Listener.Addr().String()} })
 	tr := proxyTransport(caller.OutboundAddr().String())
 	tr.TLSClientConfig = tlsApp.Client().Transport.(*http.Transport).TLSClientConfig
 	hc := httpClient(t, tr)
@@ -128,7 +130,7 @@ func TestEgressDenied(t *testing.T) {
 	addr := outsideApp(t, rec)
 	_, port, _ := net.SplitHostPort(addr)
 	startCallee(t, s, "svc", okApp, nil)
-	caller := startCaller(t, s, "frontend", func(c *sidecar.Config) { c.DenyEgress = true })
+	caller := startCaller(t, s, "frontend", func(c *sidecar.Config) { c.Egress.Mode = sidecar.EgressDeny })
 
 	for _, tc := range []struct{ form, host string }{
 		{formProxy, addr},
@@ -159,12 +161,17 @@ func TestEgressDenied(t *testing.T) {
 }
 
 // A request addressed to the outbound listener itself is egress to itself:
-// it must be refused, not forwarded round and round.
+// it must be refused, not forwarded round and round, even when the
+// listener's address is listed as a destination.
 func TestEgressLoopRefused(t *testing.T) {
 	t.Parallel()
 	s := meshtest.RunServer(t)
-	caller := startCaller(t, s, "frontend", nil)
-	self := caller.OutboundAddr().String()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := ln.Addr().String()
+	caller := startCaller(t, s, "frontend", func(c *sidecar.Config) { c.Listener, c.Egress.Allow = ln, []string{self} })
 	for _, form := range []string{formProxy, formHost} {
 		c := sidecarClient(t, form, caller, "frontend")
 		start := time.Now()

@@ -8,7 +8,10 @@
 // ejects the instance when its app keeps failing (outlier ejection), and
 // publishes its stats. It takes the app's outbound calls on a local
 // listener: mesh services through a proxy.Transport, other hosts through
-// Egress. Its Config nests the Transport's and Serve's configs.
+// Egress, which forwards only to the destinations its EgressConfig allows
+// (public addresses by default; never this machine's loopback, link-local
+// addresses or the mesh's own ports unless listed). Its Config nests the
+// Transport's and Serve's configs.
 //
 // It links neither nats-server nor the Prometheus client.
 package sidecar

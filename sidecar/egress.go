@@ -16,14 +16,18 @@ import (
 	"github.com/natsmesh/natsmesh/proxy"
 )
 
-// Egress forwards requests for hosts outside the mesh as an ordinary forward
-// proxy: plain HTTP through a reverse proxy that keeps the request as it was,
-// and CONNECT as a TCP tunnel.
+// Egress forwards requests for hosts outside the mesh as a forward proxy
+// that is not open: plain HTTP through a reverse proxy that keeps the
+// request as it was, and CONNECT (to port 443, or a listed destination) as a
+// TCP tunnel. Every destination is resolved and each of its addresses
+// checked against its EgressConfig before any dial, and the address dialed
+// is one that was checked; a refused one is answered 403 forbidden.
 type Egress struct {
 	rp     *httputil.ReverseProxy
 	tr     *http.Transport
 	via    string // this proxy's Via pseudonym
-	dialer *net.Dialer
+	policy *egressPolicy
+	dialIP func(ctx context.Context, network, addr string) (net.Conn, error)
 	log    *slog.Logger
 
 	mu      sync.Mutex
@@ -32,23 +36,33 @@ type Egress struct {
 	wg      sync.WaitGroup
 }
 
-// NewEgress makes an egress forwarder. name identifies this proxy in the Via
-// header it adds ("natsmesh-<name>"), so that a request that comes back to
-// it — an app calling the sidecar's own address, say — is refused instead of
-// looping, while a chain through several proxies still works.
-func NewEgress(name string, log *slog.Logger) *Egress {
+// NewEgress makes an egress forwarder that forwards what cfg allows; it
+// fails, with an ErrInvalidConfig, on a bad cfg. name identifies this proxy
+// in the Via header it adds ("natsmesh-<name>"), so that a request that
+// comes back to it — an app calling the sidecar's own address, say — is
+// refused instead of looping, while a chain through several proxies still
+// works.
+func NewEgress(name string, cfg EgressConfig, log *slog.Logger) (*Egress, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	policy, err := newEgressPolicy(cfg)
+	if err != nil {
+		return nil, err
+	}
 	e := &Egress{
 		via:     "natsmesh-" + name,
-		dialer:  &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second},
+		policy:  policy,
+		dialIP:  cfg.Dial,
 		log:     log,
 		tunnels: make(map[net.Conn]struct{}),
 	}
+	if e.dialIP == nil {
+		e.dialIP = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	}
 	e.tr = &http.Transport{
 		Proxy:               nil, // never back through HTTP_PROXY, which is us
-		DialContext:         e.dialer.DialContext,
+		DialContext:         e.dial,
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
 		TLSHandshakeTimeout: 10 * time.Second,
@@ -67,10 +81,39 @@ func NewEgress(name string, log *slog.Logger) *Egress {
 		Transport:     e.tr,
 		FlushInterval: -1, // stream responses as they come
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			proxy.WriteError(w, r, bus.Errorf(bus.UpstreamUnreachable, "cannot reach %s outside the mesh: %v", r.Host, unwrapNetError(err)))
+			proxy.WriteError(w, r, failure(r.Host, err))
 		},
 	}
-	return e
+	return e, nil
+}
+
+// dial connects to addr (host:port) if the policy allows it: it resolves
+// the host, checks every address, and dials the checked addresses in turn,
+// never the name, so that no second lookup can change what is reached. A
+// refusal is a *bus.Error, and then nothing was dialed.
+func (e *Egress) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	dest, berr := e.policy.destination(addr)
+	if berr != nil {
+		return nil, berr
+	}
+	aps, err := e.policy.resolve(ctx, dest)
+	if err != nil {
+		return nil, err
+	}
+	var first error
+	for _, ap := range aps {
+		c, err := e.dialIP(ctx, network, ap.String())
+		if err == nil {
+			return c, nil
+		}
+		if first == nil {
+			first = err
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, first
 }
 
 // looped reports whether r already passed through this proxy.
@@ -106,11 +149,20 @@ func (e *Egress) tunnel(w http.ResponseWriter, r *http.Request) {
 		proxy.WriteError(w, r, bus.Errorf(bus.BadRequest, "CONNECT needs host:port, got %q", target))
 		return
 	}
+	dest, berr := e.policy.destination(target)
+	if berr != nil {
+		proxy.WriteError(w, r, berr)
+		return
+	}
+	if !strings.HasSuffix(dest, ":443") && !e.policy.allow[dest] {
+		proxy.WriteError(w, r, refused(dest, "CONNECT reaches port 443 only"))
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
-	upstream, err := e.dialer.DialContext(ctx, "tcp", target)
+	upstream, err := e.dial(ctx, "tcp", dest)
 	cancel()
 	if err != nil {
-		proxy.WriteError(w, r, bus.Errorf(bus.UpstreamUnreachable, "cannot reach %s outside the mesh: %v", target, unwrapNetError(err)))
+		proxy.WriteError(w, r, failure(target, err))
 		return
 	}
 	rc := http.NewResponseController(w)
@@ -189,6 +241,17 @@ func (e *Egress) Close() {
 	}
 	e.mu.Unlock()
 	e.wg.Wait()
+}
+
+// failure is the mesh error for a request to host that err ended: the
+// policy's own (a refusal, a name that does not resolve), else
+// upstream-unreachable.
+func failure(host string, err error) *bus.Error {
+	var e *bus.Error
+	if errors.As(err, &e) {
+		return e
+	}
+	return bus.Errorf(bus.UpstreamUnreachable, "cannot reach %s outside the mesh: %v", host, unwrapNetError(err))
 }
 
 // unwrapNetError keeps the part of a transport error a person can act on.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -45,8 +46,9 @@ type Config struct {
 	// slowly a request body may come, how many connections it holds.
 	Clients httpguard.Limits
 	Prefix  string
-	// DenyEgress refuses outbound calls to hosts outside the mesh.
-	DenyEgress bool
+	// Egress says where the app's calls for hosts outside the mesh may go
+	// (default: public addresses only; see EgressMode).
+	Egress EgressConfig
 	// Heartbeat is the interval of the instance's heartbeats (default 1 s).
 	Heartbeat time.Duration
 	// HealthCheck, when its Path is set, probes the app: while it fails, the
@@ -107,6 +109,9 @@ func (cfg *Config) validate() error {
 	}
 	if cfg.Listen == "" {
 		cfg.Listen = DefaultListen
+	}
+	if err := cfg.Egress.validate(); err != nil {
+		return err
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -172,8 +177,11 @@ func Start(nc *nats.Conn, cfg Config) (_ *Sidecar, err error) {
 		return nil, invalid("Upstream", err)
 	}
 	undo = append(undo, s.upstream.Close)
-	if !cfg.DenyEgress {
-		s.egress = NewEgress(cfg.Instance, cfg.Logger)
+	if cfg.Egress.Mode != EgressDeny || len(cfg.Egress.Allow) > 0 {
+		if s.egress, err = NewEgress(cfg.Instance, cfg.Egress, cfg.Logger); err != nil {
+			return nil, err
+		}
+		s.egress.policy.mesh = meshAddrs(nc, cfg.Upstream)
 		undo = append(undo, s.egress.Close)
 	}
 	if cfg.StatsInterval >= 0 {
@@ -219,6 +227,37 @@ func Start(nc *nats.Conn, cfg Config) (_ *Sidecar, err error) {
 		go s.watchPeers()
 	}
 	return s, nil
+}
+
+// meshAddrs lists the mesh's own ports, which egress refuses unless they
+// are listed: the NATS servers nc knows of and the one it is connected to,
+// and the sidecar's app.
+func meshAddrs(nc *nats.Conn, upstream string) func() []string {
+	appPort := "80"
+	if strings.HasPrefix(upstream, "https:") {
+		appPort = "443"
+	}
+	app := hostPort(upstream, appPort)
+	return func() []string {
+		addrs := append(make([]string, 0, 4), app, nc.ConnectedAddr())
+		for _, u := range nc.Servers() {
+			addrs = append(addrs, hostPort(u, "4222"))
+		}
+		return addrs
+	}
+}
+
+// hostPort is the host:port of URL s, with port def when it has none; ""
+// when s does not parse.
+func hostPort(s, def string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.Hostname() == "" {
+		return ""
+	}
+	if u.Port() == "" {
+		return net.JoinHostPort(u.Hostname(), def)
+	}
+	return u.Host
 }
 
 // transportConfig is the outbound Transport's config: the user's, with what

@@ -25,8 +25,10 @@ Puts one instance of an HTTP app on the mesh. Inbound, the instance joins the
 service's NATS queue group and forwards each request to --upstream. Outbound,
 it listens on --listen for the app's own calls: set HTTP_PROXY=http://<listen>
 in the app and call http://<service>/..., or send requests to <listen> with
-"Host: <service>". Other hosts are forwarded to the outside world unless
---egress=deny. SIGINT or SIGTERM drains: no new requests, in-flight ones
+"Host: <service>". Other hosts are forwarded to the outside world: by
+default to public addresses only (--egress), never to this machine's
+loopback, link-local addresses (cloud metadata) or the mesh's own ports
+unless listed with --egress-allow, and CONNECT to port 443 only. SIGINT or SIGTERM drains: no new requests, in-flight ones
 finish, then exit 0.
 
 Outbound calls are retried when that is safe, guarded by a circuit breaker per
@@ -49,7 +51,7 @@ subset.`, stderr)
 	fs.StringVar(&cfg.Subset, "subset", "", "subset of the service this instance is in, for example v2: routes of the service's config that pick v2 reach it (default: none; it takes only the service's unrouted calls)")
 	fs.StringVar(&cfg.Instance, "instance", "", "instance id (default <service>-<random>)")
 	fs.StringVar(&cfg.Upstream, "upstream", "", "URL of the app, for example http://127.0.0.1:8080 (required)")
-	fs.StringVar(&cfg.Listen, "listen", sidecar.DefaultListen, "address of the outbound proxy the app calls through")
+	fs.StringVar(&cfg.Listen, "listen", sidecar.DefaultListen, "address of the outbound proxy the app calls through; loopback unless --listen-public")
 	prefix := prefixFlag(fs)
 	fs.IntVar(&cfg.Serve.MaxInflight, "max-inflight", proxy.DefaultMaxInflight, "inbound requests handled at once; more are answered 503 overloaded")
 	fs.DurationVar(&cfg.Transport.Timeout, "timeout", proxy.DefaultTimeout, "default deadline of calls: the app's outbound calls, and inbound requests that carry none")
@@ -64,7 +66,8 @@ subset.`, stderr)
 	outlier := fs.Int("outlier-failures", sidecar.DefaultOutlierConsecutive, "app failures in a row (5xx, refused, timed out) that eject this instance from its queue groups (0: never)")
 	fs.DurationVar(&cfg.Outlier.BaseEjection, "outlier-ejection", sidecar.DefaultBaseEjection, "first ejection time; each repeat adds as much")
 	fs.DurationVar(&cfg.Outlier.MaxEjection, "outlier-max-ejection", sidecar.DefaultMaxEjection, "longest ejection time")
-	egress := fs.String("egress", "allow", "calls to hosts outside the mesh: allow or deny")
+	var ef egressFlags
+	ef.register(fs)
 	drain := fs.Duration("drain-timeout", 30*time.Second, "longest wait for in-flight requests on shutdown")
 	var mf metricsFlags
 	mf.register(fs)
@@ -99,12 +102,8 @@ subset.`, stderr)
 	default:
 		cfg.Outlier.Consecutive = *outlier
 	}
-	switch *egress {
-	case "allow":
-	case "deny":
-		cfg.DenyEgress = true
-	default:
-		return usagef("--egress %q: use allow or deny", *egress)
+	if err := ef.apply(&cfg, cfg.Listen); err != nil {
+		return err
 	}
 	if cfg.Service == "" || cfg.Upstream == "" {
 		return usagef("--service and --upstream are required (see natsmesh sidecar --help)")
