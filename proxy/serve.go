@@ -28,6 +28,15 @@ const DefaultMaxInflight = 1024
 // DefaultMaxTimeout is the longest deadline a request may ask for.
 const DefaultMaxTimeout = 5 * time.Minute
 
+// Defaults of ServeConfig.BodyStart and BodyIdle. A caller's first bytes go
+// as they come and a sidecar or gateway cuts off a client body that gives
+// nothing for 10 s (httpguard), so 20 s leaves room; later chunks gather 64
+// KiB, which a client at the slowest rate httpguard allows sends in 64 s.
+const (
+	DefaultBodyStart = 20 * time.Second
+	DefaultBodyIdle  = 2 * time.Minute
+)
+
 // ServeConfig configures Serve.
 type ServeConfig struct {
 	// Service is the service this instance belongs to. Required.
@@ -50,6 +59,12 @@ type ServeConfig struct {
 	// MaxTimeout caps the deadline a caller may ask for with Mesh-Timeout;
 	// defaults to DefaultMaxTimeout.
 	MaxTimeout time.Duration
+	// BodyStart bounds the wait for the first chunk of a streamed request
+	// body, and BodyIdle the wait for each next one, within the request's
+	// deadline: a caller that sends a streamed head and no body holds its
+	// slot that long, not for the deadline it asked. Default
+	// DefaultBodyStart and DefaultBodyIdle.
+	BodyStart, BodyIdle time.Duration
 	// Logger receives operational messages; defaults to slog.Default().
 	Logger *slog.Logger
 	// Outcome, if set, is told of every request whether the app failed it
@@ -91,6 +106,7 @@ type Server struct {
 	log      *slog.Logger
 
 	timeout, maxTimeout time.Duration
+	bodyStart, bodyIdle time.Duration
 
 	subj     bus.Subjects
 	subMu    sync.Mutex
@@ -151,11 +167,17 @@ func Serve(nc *nats.Conn, h http.Handler, cfg ServeConfig) (*Server, error) {
 		cfg.MaxTimeout = DefaultMaxTimeout
 	}
 	cfg.Timeout = min(cfg.Timeout, cfg.MaxTimeout)
+	if cfg.BodyStart <= 0 {
+		cfg.BodyStart = DefaultBodyStart
+	}
+	if cfg.BodyIdle <= 0 {
+		cfg.BodyIdle = DefaultBodyIdle
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	s := &Server{
-		timeout: cfg.Timeout, maxTimeout: cfg.MaxTimeout,
+		timeout: cfg.Timeout, maxTimeout: cfg.MaxTimeout, bodyStart: cfg.BodyStart, bodyIdle: cfg.BodyIdle,
 		nc: nc, h: h, service: cfg.Service, subset: cfg.Subset, instance: cfg.Instance,
 		inst: []string{cfg.Instance}, max: int64(cfg.MaxInflight), log: cfg.Logger,
 		outcome: cfg.Outcome, tracer: newTracer(cfg.TracerProvider), metrics: cfg.Metrics,

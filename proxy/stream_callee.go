@@ -119,13 +119,16 @@ func cancelledError() *bus.Error {
 }
 
 // reader is the request body: its chunks in order, credited back to the
-// caller as the app reads them; each wait is bounded by idle.
-func (cs *calleeStream) reader(idle time.Duration) *chunkReader {
+// caller as the app reads them; the wait for the first is bounded by first,
+// each later one by idle.
+func (cs *calleeStream) reader(first, idle time.Duration) *chunkReader {
 	var timer *time.Timer
 	cr := &chunkReader{}
 	cr.next = func() (*nats.Msg, error) {
+		wait := idle
 		if timer == nil {
-			timer = time.NewTimer(idle)
+			wait = first
+			timer = time.NewTimer(first)
 		} else {
 			timer.Reset(idle)
 		}
@@ -135,7 +138,7 @@ func (cs *calleeStream) reader(idle time.Duration) *chunkReader {
 		case <-cs.done:
 			return nil, cancelledError()
 		case <-timer.C:
-			return nil, bus.Errorf(bus.Timeout, "no chunk of the request body arrived for %s", idle.Round(time.Millisecond))
+			return nil, bus.Errorf(bus.Timeout, "no chunk of the request body arrived for %s", wait.Round(time.Millisecond))
 		}
 	}
 	cr.credit = func(n int64) {
@@ -176,7 +179,7 @@ func (cs *calleeStream) sender(idle time.Duration) *sender {
 func (s *Server) openRequestStream(w *responseWriter, m *nats.Msg) {
 	cs := s.openStream(m.Reply, true)
 	w.cs = cs
-	w.reqBody = cs.reader(w.idle)
+	w.reqBody = cs.reader(min(w.idle, s.bodyStart), min(w.idle, s.bodyIdle))
 	w.reqLen = -1
 	if n, err := strconv.ParseInt(bus.First(m.Header, "Content-Length"), 10, 64); err == nil && n >= 0 {
 		w.reqLen = n

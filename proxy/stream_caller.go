@@ -207,7 +207,14 @@ func (rb *reqStream) send(snd *sender) error {
 	for {
 		n := 0
 		var rerr error
-		for n < fill && rerr == nil {
+		// The first bytes go as they come, so that the callee, which
+		// waits ServeConfig.BodyStart for them, hears from a slow client
+		// at once; later chunks gather at least minCharge.
+		want := fill
+		if total == 0 {
+			want = 1
+		}
+		for n < want && rerr == nil {
 			var k int
 			k, rerr = rb.rest.Read(buf[n:])
 			n += k
