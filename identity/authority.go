@@ -1,6 +1,8 @@
 package identity
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -141,6 +143,15 @@ func (a *Authority) sign() (Trust, error) {
 		return Trust{}, fmt.Errorf("identity: sign the mesh account: %w", err)
 	}
 	return Trust{Operator: ojwt, SystemAccount: spub, Accounts: map[string]string{spub: sjwt, apub: ajwt}}, nil
+}
+
+// RouteCredentials are the user and password the servers of one mesh's
+// cluster accept each other's routes with: they follow from the operator's
+// key, so every server given the same trust roots has them, and no other.
+func (a *Authority) RouteCredentials() (user, password string) {
+	seed, _ := a.operator.Seed()
+	sum := sha256.Sum256(append([]byte("natsmesh route credentials\x00"), seed...))
+	return "natsmesh-route", hex.EncodeToString(sum[:])
 }
 
 // Trust is what the mesh's NATS server must trust.

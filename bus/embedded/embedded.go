@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"strconv"
 	"time"
@@ -58,9 +59,23 @@ type Config struct {
 	// resolver: it accepts only users signed by the trusted accounts
 	// (identity.Authority issues them), and refuses anonymous clients.
 	Trust *Trust
+	// Cluster, if set, makes the server one of a cluster of servers joined
+	// by routes, with JetStream clustered; Name must then be unique in it.
+	Cluster *Cluster
 	// TLS, if set, makes the client port TLS only (and, with
 	// TLS.ClientCAFile, asks clients for certificates). Nil is plaintext.
 	TLS *TLS
+}
+
+// Cluster is how a server joins its cluster: the cluster's name, the
+// address it takes routes on, the route URLs of the others, and the route
+// credentials every server of the cluster shares.
+type Cluster struct {
+	Name           string
+	Host           string
+	Port           int // -1: a free port
+	Routes         []*url.URL
+	User, Password string
 }
 
 // Server is a running embedded nats-server with JetStream enabled.
@@ -135,6 +150,14 @@ func Start(cfg Config) (*Server, error) {
 			return nil, err
 		}
 	}
+	if c := cfg.Cluster; c != nil {
+		opts.Cluster = server.ClusterOpts{Name: c.Name, Host: c.Host, Port: c.Port, Username: c.User, Password: c.Password}
+		for _, r := range c.Routes {
+			u := *r
+			u.User = url.UserPassword(c.User, c.Password)
+			opts.Routes = append(opts.Routes, &u)
+		}
+	}
 	if cfg.Port > 0 {
 		// Fail with a clear message instead of nats-server's own log line.
 		l, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
@@ -175,6 +198,15 @@ func trust(opts *server.Options, t *Trust) error {
 	opts.TrustedOperators = []*jwt.OperatorClaims{oc}
 	opts.AccountResolver = r
 	opts.SystemAccount = t.SystemAccount
+	return nil
+}
+
+// RouteAddr is the address the server takes routes from its cluster on,
+// nil without a cluster.
+func (s *Server) RouteAddr() net.Addr {
+	if a := s.ns.ClusterAddr(); a != nil {
+		return a
+	}
 	return nil
 }
 

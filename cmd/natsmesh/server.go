@@ -62,6 +62,8 @@ takes over within seconds when it dies; any of them answers natsmesh top.`+serve
 	fs.Lookup("nats").Usage = "serve the registry on this NATS server or cluster instead of an embedded one"
 	var lf logFlags
 	lf.register(fs)
+	var cf clusterFlags
+	cf.register(fs)
 	anonymous := fs.Bool("allow-anonymous", false, "let the embedded NATS server accept clients without credentials, as before identities: whoever reaches its port owns the mesh; only for a machine no one else can reach")
 	metricsAddr := fs.String("metrics", "", "address to serve Prometheus metrics on at /metrics, for example 127.0.0.1:15090: the embedded NATS server's figures (none with --nats) and the process's (default: off)")
 	pos, err := parse(fs, args, stdout)
@@ -70,6 +72,10 @@ takes over within seconds when it dies; any of them answers natsmesh top.`+serve
 	}
 	if len(pos) > 0 {
 		return usagef("unexpected argument %q", pos[0])
+	}
+	clustered, err := cf.check()
+	if err != nil {
+		return err
 	}
 	if nf.cfg.URL == "" {
 		if err := noConnectFlags(fs); err != nil {
@@ -97,7 +103,7 @@ takes over within seconds when it dies; any of them answers natsmesh top.`+serve
 	url := nf.cfg.URL
 	ownServer := url == ""
 	var collectors []prometheus.Collector
-	adminCreds := ""
+	adminCreds, srvRoutes := "", ""
 	if ownServer {
 		ecfg := embedded.Config{
 			Host: host, Port: port, DataDir: *data,
@@ -106,12 +112,20 @@ takes over within seconds when it dies; any of them answers natsmesh top.`+serve
 			TLS:    serverTLS,
 		}
 		if !*anonymous {
-			a, creds, err := openTrust(*data, *prefix)
+			a, creds, err := openTrustAt(cf.trustDir(*data), *data, *prefix)
 			if err != nil {
 				return err
 			}
 			trust := embedded.Trust(a.Trust())
 			ecfg.Trust, adminCreds = &trust, creds
+			if clustered {
+				ecfg.Cluster = cf.cluster(a)
+			}
+		} else if clustered {
+			ecfg.Cluster = cf.cluster(nil)
+		}
+		if clustered {
+			ecfg.Name = cf.name
 		}
 		srv, err := embedded.Start(ecfg)
 		if err != nil {
@@ -120,6 +134,9 @@ takes over within seconds when it dies; any of them answers natsmesh top.`+serve
 		defer srv.Shutdown()
 		collectors = append(collectors, embedded.NewNATSCollector(srv.NATS()))
 		url = srv.ClientURL()
+		if a := srv.RouteAddr(); a != nil {
+			srvRoutes = "nats://" + a.String()
+		}
 		nf.cfg = bus.ConnectConfig{URL: url, CredsFile: adminCreds}
 		if nf.cfg.TLSConfig, err = srv.ClientTLS(); err != nil {
 			return embeddedError(err)
@@ -138,7 +155,9 @@ takes over within seconds when it dies; any of them answers natsmesh top.`+serve
 	defer nc.Close()
 	// On the embedded server, which has JetStream, the config bucket must
 	// be there; on someone else's NATS the mesh may run without it.
-	cp, err := controlplane.Start(nc, controlplane.Config{Prefix: *prefix, Logger: log, RequireConfigBucket: ownServer})
+	// A server of a cluster makes the buckets once JetStream has a quorum,
+	// which its peers may not give it yet: it does not wait for it.
+	cp, err := controlplane.Start(nc, controlplane.Config{Prefix: *prefix, Logger: log, RequireConfigBucket: ownServer && !clustered})
 	if err != nil {
 		return err
 	}
@@ -153,6 +172,9 @@ takes over within seconds when it dies; any of them answers natsmesh top.`+serve
 	if ownServer {
 		log.Info("natsmesh server ready", "url", url, "data", *data, "admin_credentials", adminCreds)
 		fmt.Fprintf(stdout, "natsmesh server listening on %s\n", url)
+		if clustered {
+			fmt.Fprintf(stdout, "natsmesh server %s of cluster %s takes routes on %s\n", cf.name, cf.clusterName, srvRoutes)
+		}
 		if adminCreds != "" {
 			fmt.Fprintf(stdout, "clients need credentials: commands on this machine find the admin's in %s (elsewhere: --creds or %s); natsmesh identity issue NAME makes a service's\n", adminCreds, credsEnv)
 		}

@@ -26,7 +26,12 @@ func defaultCreds() string { return bus.CredsFromEnv() }
 // data directory and makes sure its admin credentials are there and issued
 // by them. It returns the trust roots and the admin credentials file.
 func openTrust(data, prefix string) (*identity.Authority, string, error) {
-	a, err := identity.Open(filepath.Join(data, trustDirName))
+	return openTrustAt(filepath.Join(data, trustDirName), data, prefix)
+}
+
+// openTrustAt is openTrust with the trust roots in trustDir.
+func openTrustAt(trustDir, data, prefix string) (*identity.Authority, string, error) {
+	a, err := identity.Open(trustDir)
 	if err != nil {
 		return nil, "", fmt.Errorf("%w; choose another directory with --data", err)
 	}
