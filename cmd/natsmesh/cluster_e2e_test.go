@@ -153,3 +153,25 @@ func TestServerCluster(t *testing.T) {
 		return nil
 	})
 }
+
+// The cluster flags' mistakes get one sentence each.
+func TestServerClusterFlagErrors(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--cluster", "127.0.0.1:0"}, "--cluster needs --name"},
+		{[]string{"--routes", "nats://127.0.0.1:6222"}, "--routes needs --cluster"},
+		{[]string{"--name", "n1", "--cluster", "nohostport"}, `--cluster "nohostport"`},
+		{[]string{"--name", "n1", "--cluster", "127.0.0.1:0", "--routes", "http://x:1"}, `--routes: "http://x:1" is no route URL`},
+		{[]string{"--name", "N1", "--cluster", "127.0.0.1:0"}, "--name:"},
+		{[]string{"--name", "n1", "--cluster", "127.0.0.1:0", "--nats", "nats://127.0.0.1:1"}, "--cluster joins embedded servers"},
+	} {
+		args := append([]string{"server", "--listen", "127.0.0.1:0", "--data", t.TempDir()}, tc.args...)
+		_, stderr, code := natsmesh(t, args...)
+		if code != 2 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("natsmesh %s: exit %d, stderr %q; want 2 and %q", strings.Join(args, " "), code, stderr, tc.want)
+		}
+	}
+}

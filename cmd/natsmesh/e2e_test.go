@@ -779,6 +779,7 @@ func TestHelpTexts(t *testing.T) {
 		{args: []string{"sidecar", "--help"}, flags: []string{"service", "upstream", "listen", "max-inflight", "timeout", "egress", "nats", "drain-timeout"}, words: []string{"HTTP_PROXY", "SIGTERM"}},
 		{args: []string{"call", "--help"}, flags: []string{"nats", "method", "data", "timeout", "header"}, words: []string{"NAME PATH"}},
 		{args: []string{"--help"}, words: []string{"identity"}},
+		{args: []string{"server", "--help"}, flags: []string{"name", "cluster", "cluster-name", "routes", "trust"}},
 		{args: []string{"server", "--help"}, flags: []string{"allow-anonymous", "tls-auto"}, words: []string{"admin.creds", "NATSMESH_CREDS", "natsmesh identity issue"}},
 		{args: []string{"identity", "--help"}, words: []string{"issue NAME", "revoke NAME", "server-config"}},
 		{args: []string{"identity", "issue", "--help"}, flags: []string{"out", "role", "data", "force"}, words: []string{"--creds reviews.creds"}},

@@ -77,6 +77,9 @@ takes over within seconds when it dies; any of them answers natsmesh top.`+serve
 	if err != nil {
 		return err
 	}
+	if clustered && nf.cfg.URL != "" {
+		return usagef("--cluster joins embedded servers; with --nats this server embeds none (cluster the NATS servers you run instead)")
+	}
 	if nf.cfg.URL == "" {
 		if err := noConnectFlags(fs); err != nil {
 			return err
