@@ -64,12 +64,16 @@ takes over within seconds when it dies; any of them answers natsmesh top.`+serve
 	lf.register(fs)
 	anonymous := fs.Bool("allow-anonymous", false, "let the embedded NATS server accept clients without credentials, as before identities: whoever reaches its port owns the mesh; only for a machine no one else can reach")
 	metricsAddr := fs.String("metrics", "", "address to serve Prometheus metrics on at /metrics, for example 127.0.0.1:15090: the embedded NATS server's figures (none with --nats) and the process's (default: off)")
+	replicas := fs.Int("replicas", 0, "replicas of the buckets it makes (config, registry lease), 1 to 5; 0 is 3 on a JetStream cluster of 3 or more servers, else 1")
 	pos, err := parse(fs, args, stdout)
 	if err != nil {
 		return err
 	}
 	if len(pos) > 0 {
 		return usagef("unexpected argument %q", pos[0])
+	}
+	if err := bus.ValidateReplicas(*replicas); err != nil {
+		return usagef("--replicas: %v", err)
 	}
 	if nf.cfg.URL == "" {
 		if err := noConnectFlags(fs); err != nil {
@@ -138,7 +142,7 @@ takes over within seconds when it dies; any of them answers natsmesh top.`+serve
 	defer nc.Close()
 	// On the embedded server, which has JetStream, the config bucket must
 	// be there; on someone else's NATS the mesh may run without it.
-	cp, err := controlplane.Start(nc, controlplane.Config{Prefix: *prefix, Logger: log, RequireConfigBucket: ownServer})
+	cp, err := controlplane.Start(nc, controlplane.Config{Prefix: *prefix, Logger: log, RequireConfigBucket: ownServer, Replicas: *replicas})
 	if err != nil {
 		return err
 	}
