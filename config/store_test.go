@@ -94,7 +94,9 @@ func TestStoreOpenErrors(t *testing.T) {
 	t.Parallel()
 	t.Run("no JetStream", func(t *testing.T) {
 		nc := runServerNoJetStream(t)
-		create := func(ctx context.Context, nc *nats.Conn, prefix string) (*Store, error) { return CreateStore(ctx, nc, prefix) }
+		create := func(ctx context.Context, nc *nats.Conn, prefix string) (*Store, error) {
+			return CreateStore(ctx, nc, prefix)
+		}
 		for _, open := range []func(context.Context, *nats.Conn, string) (*Store, error){OpenStore, create} {
 			_, err := open(storeTestCtx(t), nc, "")
 			if !errors.Is(err, ErrNoJetStream) || !strings.Contains(err.Error(), "has no JetStream") || !strings.Contains(err.Error(), nc.ConnectedUrl()) {
