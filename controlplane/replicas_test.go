@@ -82,8 +82,17 @@ func TestReplicasCluster(t *testing.T) {
 	if _, err := config.CreateStore(testCtx(t), nc, "two", config.WithReplicas(1)); err != nil {
 		t.Fatal(err)
 	}
+	// The warning counts the servers the cluster advertised to the
+	// connection (bus.ClusterSize); wait until it has them all.
+	ncTwo := meshtest.ConnectURL(t, servers[2].ClientURL())
+	meshtest.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if n := len(ncTwo.Servers()); n < 3 {
+			return fmt.Errorf("the connection knows %d servers", n)
+		}
+		return nil
+	})
 	var autoLogs meshtest.LogBuffer
-	start(t, meshtest.ConnectURL(t, servers[2].ClientURL()), controlplane.Config{Prefix: "two", Logger: autoLogs.Logger(), RequireConfigBucket: true})
+	start(t, ncTwo, controlplane.Config{Prefix: "two", Logger: autoLogs.Logger(), RequireConfigBucket: true})
 	checkReplicas(t, nc, "KV_two_config", 1)
 	warns := 0
 	for line := range strings.Lines(autoLogs.String()) {
