@@ -44,7 +44,11 @@ type changes struct {
 
 func (c *changes) change(held bool) { c.mu.Lock(); c.got = append(c.got, held); c.mu.Unlock() }
 
-func (c *changes) list() []bool { c.mu.Lock(); defer c.mu.Unlock(); return append([]bool(nil), c.got...) }
+func (c *changes) list() []bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]bool(nil), c.got...)
+}
 
 // runLease starts a lease with ttl on a flaky view of a fresh bucket.
 func runLease(t *testing.T, ttl time.Duration) (*lease, *flakyKV, *changes) {
