@@ -2,6 +2,7 @@ package controlplane_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -115,10 +116,21 @@ func TestReplicasClusterLosesOneServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rev, err := st.Put(testCtx(t), &config.Service{Service: "reviews"}, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// A new R3 stream may take a moment to answer its first write.
+	var rev uint64
+	meshtest.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if _, err := st.Put(ctx, &config.Service{Service: "reviews"}, 0); err != nil && !errors.Is(err, config.ErrConflict) {
+			return err
+		}
+		e, err := st.Get(ctx, "reviews")
+		if err != nil {
+			return err
+		}
+		rev = e.Revision
+		return nil
+	})
 
 	// Stop a server that neither leads the bucket's stream nor holds the
 	// connection: the two left are a quorum, and nothing waits on an
