@@ -100,6 +100,9 @@ type Store struct {
 	js     jetstream.JetStream
 	stream jetstream.Stream
 	bucket string
+	// fellBack: CreateStore made the bucket with one replica, for want of
+	// servers to place bus.AutoReplicas.
+	fellBack bool
 
 	afterRead func() // tests: called between Apply's reads and writes
 }
@@ -108,17 +111,45 @@ type Store struct {
 // error matching ErrNoJetStream when the server has no JetStream, and
 // ErrNoBucket when the bucket does not exist (natsmesh server creates it).
 func OpenStore(ctx context.Context, nc *nats.Conn, prefix string) (*Store, error) {
-	return openStore(ctx, nc, prefix, false)
+	return openStore(ctx, nc, prefix, nil)
+}
+
+// CreateOption is an option of CreateStore.
+type CreateOption func(*createOpts) error
+
+type createOpts struct {
+	replicas int
+}
+
+// WithReplicas makes a missing bucket with n replicas (1 to
+// bus.MaxReplicas); 0, the default, is bus.AutoReplicas on a NATS cluster
+// that can place them and 1 otherwise.
+func WithReplicas(n int) CreateOption {
+	return func(o *createOpts) error {
+		if err := bus.ValidateReplicas(n); err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
+		o.replicas = n
+		return nil
+	}
 }
 
 // CreateStore opens the config bucket of the mesh with prefix, creating it
-// when it is missing, with History revisions per service on file storage.
-// A bucket that exists is used as it is.
-func CreateStore(ctx context.Context, nc *nats.Conn, prefix string) (*Store, error) {
-	return openStore(ctx, nc, prefix, true)
+// when it is missing, with History revisions per service on file storage,
+// and the replicas WithReplicas chooses. A bucket that exists is used as it
+// is: Store.Replicas tells how many it has.
+func CreateStore(ctx context.Context, nc *nats.Conn, prefix string, opts ...CreateOption) (*Store, error) {
+	o := &createOpts{}
+	for _, opt := range opts {
+		if err := opt(o); err != nil {
+			return nil, err
+		}
+	}
+	return openStore(ctx, nc, prefix, o)
 }
 
-func openStore(ctx context.Context, nc *nats.Conn, prefix string, create bool) (*Store, error) {
+// openStore opens the bucket, and makes it when create is not nil.
+func openStore(ctx context.Context, nc *nats.Conn, prefix string, create *createOpts) (*Store, error) {
 	bucket, err := Bucket(prefix)
 	if err != nil {
 		return nil, err
@@ -128,13 +159,14 @@ func openStore(ctx context.Context, nc *nats.Conn, prefix string, create bool) (
 		return nil, err
 	}
 	kv, err := js.KeyValue(ctx, bucket)
-	if create && errors.Is(err, jetstream.ErrBucketNotFound) {
-		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+	fellBack := false
+	if create != nil && errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, fellBack, err = bus.CreateKeyValue(ctx, nc, js, jetstream.KeyValueConfig{
 			Bucket:      bucket,
 			Description: "natsmesh: the config document of each service, by service name",
 			History:     History,
 			Storage:     jetstream.FileStorage,
-		})
+		}, create.replicas)
 		if errors.Is(err, jetstream.ErrBucketExists) {
 			kv, err = js.KeyValue(ctx, bucket) // another server made it meanwhile
 		}
@@ -146,7 +178,7 @@ func openStore(ctx context.Context, nc *nats.Conn, prefix string, create bool) (
 	if err != nil {
 		return nil, storeError(nc, prefix, bucket, err)
 	}
-	return &Store{kv: kv, js: js, stream: stream, bucket: bucket}, nil
+	return &Store{kv: kv, js: js, stream: stream, bucket: bucket, fellBack: fellBack}, nil
 }
 
 // storeError explains a failure to reach the bucket.
@@ -179,6 +211,27 @@ func noJetStream(err error) bool {
 
 // Bucket is the name of the store's KV bucket.
 func (s *Store) Bucket() string { return s.bucket }
+
+// Stream is the name of the bucket's JetStream stream, KV_<bucket>, which
+// NATS tooling (nats stream edit) takes.
+func (s *Store) Stream() string { return "KV_" + s.bucket }
+
+// Replicas is how many replicas the bucket has, as JetStream reports it now.
+func (s *Store) Replicas(ctx context.Context) (int, error) {
+	st, err := s.kv.Status(ctx)
+	if err != nil {
+		return 0, err
+	}
+	kst, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return 0, fmt.Errorf("config: the status of %s has no stream info", s.bucket)
+	}
+	return max(kst.StreamInfo().Config.Replicas, 1), nil
+}
+
+// FellBack tells whether CreateStore made the bucket with one replica
+// because JetStream had too few servers to place bus.AutoReplicas.
+func (s *Store) FellBack() bool { return s.fellBack }
 
 // HistoryKept is how many revisions per service the bucket keeps.
 func (s *Store) HistoryKept(ctx context.Context) (int64, error) {

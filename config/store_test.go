@@ -94,7 +94,10 @@ func TestStoreOpenErrors(t *testing.T) {
 	t.Parallel()
 	t.Run("no JetStream", func(t *testing.T) {
 		nc := runServerNoJetStream(t)
-		for _, open := range []func(context.Context, *nats.Conn, string) (*Store, error){OpenStore, CreateStore} {
+		create := func(ctx context.Context, nc *nats.Conn, prefix string) (*Store, error) {
+			return CreateStore(ctx, nc, prefix)
+		}
+		for _, open := range []func(context.Context, *nats.Conn, string) (*Store, error){OpenStore, create} {
 			_, err := open(storeTestCtx(t), nc, "")
 			if !errors.Is(err, ErrNoJetStream) || !strings.Contains(err.Error(), "has no JetStream") || !strings.Contains(err.Error(), nc.ConnectedUrl()) {
 				t.Errorf("open: %v; want ErrNoJetStream naming the server", err)

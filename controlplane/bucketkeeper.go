@@ -67,7 +67,7 @@ func (k *bucketKeeper) check(wait time.Duration) time.Duration {
 		// There, or nothing to learn now (no JetStream, disconnected).
 		return k.cfg.BucketCheck
 	}
-	st, err := config.CreateStore(ctx, k.nc, k.cfg.Prefix)
+	st, err := config.CreateStore(ctx, k.nc, k.cfg.Prefix, config.WithReplicas(k.cfg.Replicas))
 	if k.ctx.Err() != nil {
 		return k.cfg.BucketCheck
 	}

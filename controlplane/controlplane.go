@@ -42,6 +42,13 @@ type Config struct {
 	// bucket, and makes it again when it is gone (someone deleted it);
 	// 0 means DefaultBucketCheck.
 	BucketCheck time.Duration
+	// Replicas is how many replicas the config bucket and the registry's
+	// lease bucket get when the control plane makes them, 1 to
+	// bus.MaxReplicas. 0, the default, is automatic: bus.AutoReplicas (3)
+	// on a NATS cluster whose JetStream can place them, else 1. A bucket
+	// that exists keeps its replicas; one with fewer than wanted is
+	// logged with the command that raises them.
+	Replicas int
 }
 
 func (c *Config) validate() error {
@@ -55,6 +62,9 @@ func (c *Config) validate() error {
 	}
 	if c.BucketCheck < 0 {
 		return fmt.Errorf("controlplane: BucketCheck %s is negative; use 0 for the default %s", c.BucketCheck, DefaultBucketCheck)
+	}
+	if err := bus.ValidateReplicas(c.Replicas); err != nil {
+		return fmt.Errorf("controlplane: Replicas: %w", err)
 	}
 	return nil
 }
@@ -99,7 +109,7 @@ func Start(nc *nats.Conn, cfg Config) (*ControlPlane, error) {
 	if err != nil {
 		return nil, err
 	}
-	reg, err := registry.Start(nc, registry.Config{Prefix: cfg.Prefix, Logger: cfg.Logger})
+	reg, err := registry.Start(nc, registry.Config{Prefix: cfg.Prefix, Logger: cfg.Logger, Replicas: cfg.Replicas})
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: registry service: %w", err)
 	}

@@ -49,6 +49,10 @@ type Config struct {
 	// LeaseTTL bounds how long events pause when the registry service that
 	// publishes them dies and another takes over; default DefaultLeaseTTL.
 	LeaseTTL time.Duration
+	// Replicas is how many replicas the lease bucket gets when this
+	// registry makes it: 1 to 5, or 0 (the default) for 3 on a NATS
+	// cluster whose JetStream can place them and 1 otherwise.
+	Replicas int
 	Logger   *slog.Logger
 }
 
@@ -93,6 +97,9 @@ func Start(nc *nats.Conn, cfg Config) (*Registry, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := bus.ValidateReplicas(cfg.Replicas); err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -132,7 +139,7 @@ func Start(nc *nats.Conn, cfg Config) (*Registry, error) {
 }
 
 func (s *Registry) startLease(cfg Config) error {
-	l, err := startLease(s.nc, cfg.Prefix, s.view.Origin(), cfg.LeaseTTL, cfg.Logger, func(on bool) { _ = s.lead(on) })
+	l, err := startLease(s.nc, leaseConfig{prefix: cfg.Prefix, id: s.view.Origin(), ttl: cfg.LeaseTTL, replicas: cfg.Replicas, log: cfg.Logger}, func(on bool) { _ = s.lead(on) })
 	if err != nil {
 		return err
 	}

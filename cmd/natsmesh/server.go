@@ -66,6 +66,7 @@ takes over within seconds when it dies; any of them answers natsmesh top.`+serve
 	cf.register(fs)
 	anonymous := fs.Bool("allow-anonymous", false, "let the embedded NATS server accept clients without credentials, as before identities: whoever reaches its port owns the mesh; only for a machine no one else can reach")
 	metricsAddr := fs.String("metrics", "", "address to serve Prometheus metrics on at /metrics, for example 127.0.0.1:15090: the embedded NATS server's figures (none with --nats) and the process's (default: off)")
+	replicas := fs.Int("replicas", 0, "replicas of the buckets it makes (config, registry lease), 1 to 5; 0 is 3 on a JetStream cluster of 3 or more servers, else 1")
 	pos, err := parse(fs, args, stdout)
 	if err != nil {
 		return err
@@ -79,6 +80,9 @@ takes over within seconds when it dies; any of them answers natsmesh top.`+serve
 	}
 	if clustered && nf.cfg.URL != "" {
 		return usagef("--cluster joins embedded servers; with --nats this server embeds none (cluster the NATS servers you run instead)")
+	}
+	if err := bus.ValidateReplicas(*replicas); err != nil {
+		return usagef("--replicas: %v", err)
 	}
 	if nf.cfg.URL == "" {
 		if err := noConnectFlags(fs); err != nil {
@@ -160,7 +164,7 @@ takes over within seconds when it dies; any of them answers natsmesh top.`+serve
 	// be there; on someone else's NATS the mesh may run without it.
 	// A server of a cluster makes the buckets once JetStream has a quorum,
 	// which its peers may not give it yet: it does not wait for it.
-	cp, err := controlplane.Start(nc, controlplane.Config{Prefix: *prefix, Logger: log, RequireConfigBucket: ownServer && !clustered})
+	cp, err := controlplane.Start(nc, controlplane.Config{Prefix: *prefix, Logger: log, RequireConfigBucket: ownServer && !clustered, Replicas: *replicas})
 	if err != nil {
 		return err
 	}
