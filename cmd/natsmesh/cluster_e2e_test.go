@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -140,6 +141,21 @@ func TestServerCluster(t *testing.T) {
 		return nil
 	})
 	t.Logf("the registry answered again %s after the kill", time.Since(killedAt).Round(time.Millisecond))
+	// The config bucket has a replica on each server: apply and get go on.
+	doc := filepath.Join(t.TempDir(), "work.yaml")
+	if err := os.WriteFile(doc, []byte("service: work\ntimeout: 7s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	meshtest.CheckFor(t, 15*time.Second, 200*time.Millisecond, func() error {
+		if stdout, stderr, code := natsmesh(t, "apply", "-f", doc, "--nats", alive); code != 0 {
+			return fmt.Errorf("apply after the kill: exit %d\n%s%s", code, stdout, stderr)
+		}
+		stdout, stderr, code := natsmesh(t, "config", "get", "work", "--nats", alive)
+		if code != 0 || !strings.Contains(stdout, "timeout: 7s") {
+			return fmt.Errorf("config get after the kill: exit %d\n%s%s", code, stdout, stderr)
+		}
+		return nil
+	})
 	seen = map[string]bool{}
 	meshtest.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 		inst, err := get()
