@@ -81,6 +81,17 @@ type ConnectConfig struct {
 	// certificate, as natsmesh server's own connection does.
 	TLSConfig *tls.Config
 
+	// PingInterval is how often the client PINGs its server; 0 is
+	// DefaultPingInterval. With MaxPingsOut it bounds how long a hung
+	// server (no TCP reset: a stopped process, a frozen machine, a
+	// partition) goes unnoticed: between MaxPingsOut and MaxPingsOut+1
+	// intervals, after which the client reconnects to another server of
+	// its URL list.
+	PingInterval time.Duration
+	// MaxPingsOut is how many PINGs may go unanswered before the
+	// connection counts as stale; 0 is DefaultMaxPingsOut.
+	MaxPingsOut int
+
 	// WaitForServer keeps trying when no server is reachable at start instead
 	// of failing, so a sidecar can start before its NATS server.
 	WaitForServer bool
@@ -94,21 +105,61 @@ type ConnectConfig struct {
 // Reconnection policy: never give up, and come back quickly. A proxy answers
 // mesh-unavailable while disconnected rather than queueing requests, so the
 // client-side reconnect buffer is disabled.
+//
+// A hung server is found by PINGs: with the defaults, 4–6 s after it stops
+// answering (nats.go's own default, 2 min × 2, is minutes). A PING and its
+// PONG are 6 bytes each way, one per connection every 2 s: 100,000
+// connections to a server cost it 50,000 tiny messages a second, well within
+// what a nats-server handles, and a mesh of a few hundred processes cost
+// nothing measurable. On a stale connection nats.go tries the next URL of
+// its list first (the failed one goes to the back of the pool), and each
+// attempt is bounded by connectTimeout, which covers the dial and the
+// server's INFO: a server that accepts TCP but never speaks (a stopped
+// process whose kernel still completes the handshake) costs 2 s, not a
+// kernel dial timeout.
 const (
+	// DefaultPingInterval is ConnectConfig.PingInterval's default.
+	DefaultPingInterval = 2 * time.Second
+	// DefaultMaxPingsOut is ConnectConfig.MaxPingsOut's default.
+	DefaultMaxPingsOut = 2
+
 	reconnectWait   = 150 * time.Millisecond
 	reconnectJitter = 100 * time.Millisecond // so the wait is at most 250 ms
+	connectTimeout  = 2 * time.Second
 )
+
+// pings are the PING options the config asks for.
+func (c ConnectConfig) pings() ([]nats.Option, error) {
+	interval, max := c.PingInterval, c.MaxPingsOut
+	if interval < 0 {
+		return nil, fmt.Errorf("bus: PingInterval %s: want a positive duration, or 0 for %s", interval, DefaultPingInterval)
+	}
+	if max < 0 {
+		return nil, fmt.Errorf("bus: MaxPingsOut %d: want a positive number, or 0 for %d", max, DefaultMaxPingsOut)
+	}
+	if interval == 0 {
+		interval = DefaultPingInterval
+	}
+	if max == 0 {
+		max = DefaultMaxPingsOut
+	}
+	return []nats.Option{nats.PingInterval(interval), nats.MaxPingsOutstanding(max)}, nil
+}
 
 // Options turns the config into nats.go options.
 func (c ConnectConfig) Options() ([]nats.Option, error) {
-	opts := []nats.Option{
+	opts, err := c.pings()
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts,
 		nats.Name(c.Name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(reconnectWait),
 		nats.ReconnectJitter(reconnectJitter, reconnectJitter),
 		nats.ReconnectBufSize(-1),
-		nats.PingInterval(20 * time.Second),
-	}
+		nats.Timeout(connectTimeout),
+	)
 	if c.InboxPrefix != "" {
 		opts = append(opts, nats.CustomInboxPrefix(c.InboxPrefix))
 	}

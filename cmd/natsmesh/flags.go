@@ -7,7 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -114,6 +116,47 @@ func (n *natsFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&n.cfg.TLSCA, "tls-ca", "", "CA certificate file to verify the NATS server")
 	fs.StringVar(&n.cfg.TLSCert, "tls-cert", "", "client certificate file for NATS (with --tls-key)")
 	fs.StringVar(&n.cfg.TLSKey, "tls-key", "", "client key file for NATS (with --tls-cert)")
+	n.cfg.PingInterval, n.cfg.MaxPingsOut = bus.DefaultPingInterval, bus.DefaultMaxPingsOut
+	fs.Var(positiveDuration{&n.cfg.PingInterval}, "ping-interval", "`duration` between the PINGs that check the NATS server still answers; one that leaves more than --max-pings-out unanswered is taken for hung (a stopped process, a frozen machine, a partition) and the client reconnects to another server of --nats")
+	fs.Var(positiveInt{&n.cfg.MaxPingsOut}, "max-pings-out", "PINGs that may go unanswered (a positive `int`) before the NATS server is taken for hung: a hung server is left within --ping-interval × (--max-pings-out + 1)")
+}
+
+// positiveDuration is a duration flag that refuses zero and negatives.
+type positiveDuration struct{ d *time.Duration }
+
+func (p positiveDuration) String() string {
+	if p.d == nil {
+		return ""
+	}
+	return p.d.String()
+}
+
+func (p positiveDuration) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return errors.New("use a positive duration, such as 2s")
+	}
+	*p.d = d
+	return nil
+}
+
+// positiveInt is an int flag that refuses zero and negatives.
+type positiveInt struct{ n *int }
+
+func (p positiveInt) String() string {
+	if p.n == nil {
+		return ""
+	}
+	return strconv.Itoa(*p.n)
+}
+
+func (p positiveInt) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		return errors.New("use a positive whole number")
+	}
+	*p.n = n
+	return nil
 }
 
 // config is the connection config the flags ask for: without credentials
