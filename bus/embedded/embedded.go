@@ -29,6 +29,9 @@ var (
 	ErrDataDir = errors.New("embedded: cannot create data directory")
 )
 
+// ServerPingInterval is how often the embedded server pings its clients.
+const ServerPingInterval = 2 * time.Second
+
 // Trust is what a server in operator mode trusts: the operator's JWT, the
 // system account's public key, and every account's JWT by public key (for
 // its memory resolver). identity.Trust converts to it.
@@ -139,6 +142,12 @@ func Start(cfg Config) (*Server, error) {
 		Trace:      cfg.Trace,
 		// No HTTP monitoring port by default: natsmesh exposes what matters itself.
 		HTTPPort: 0,
+		// A client that stops answering (a hung process, a frozen VM) is
+		// dropped within 4-6 s, and with it its queue subscriptions, so
+		// calls stop going to a hung instance (nats-server's default: 2 min
+		// × 2).
+		PingInterval: ServerPingInterval,
+		MaxPingsOut:  2,
 	}
 	if cfg.Trust != nil {
 		if err := trust(opts, cfg.Trust); err != nil {
