@@ -49,6 +49,9 @@ type Config struct {
 	// that exists keeps its replicas; one with fewer than wanted is
 	// logged with the command that raises them.
 	Replicas int
+	// MaxInstances bounds the instances the registry's view holds
+	// (registry.DefaultMaxInstances when 0); more are counted as overflow.
+	MaxInstances int
 }
 
 func (c *Config) validate() error {
@@ -109,7 +112,7 @@ func Start(nc *nats.Conn, cfg Config) (*ControlPlane, error) {
 	if err != nil {
 		return nil, err
 	}
-	reg, err := registry.Start(nc, registry.Config{Prefix: cfg.Prefix, Logger: cfg.Logger, Replicas: cfg.Replicas})
+	reg, err := registry.Start(nc, registry.Config{Prefix: cfg.Prefix, Logger: cfg.Logger, Replicas: cfg.Replicas, View: registry.ViewConfig{MaxInstances: cfg.MaxInstances}})
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: registry service: %w", err)
 	}

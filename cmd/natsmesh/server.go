@@ -17,6 +17,7 @@ import (
 	"github.com/natsmesh/natsmesh/bus/embedded"
 	"github.com/natsmesh/natsmesh/controlplane"
 	"github.com/natsmesh/natsmesh/identity"
+	"github.com/natsmesh/natsmesh/registry"
 )
 
 func runServer(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -62,6 +63,7 @@ takes over within seconds when it dies; any of them answers natsmesh top.`+serve
 	fs.Lookup("nats").Usage = "serve the registry on this NATS server or cluster instead of an embedded one"
 	var lf logFlags
 	lf.register(fs)
+	maxInstances := fs.Int("max-instances", registry.DefaultMaxInstances, "instances the registry holds at most; more are counted as overflow and left out")
 	var cf clusterFlags
 	cf.register(fs)
 	anonymous := fs.Bool("allow-anonymous", false, "let the embedded NATS server accept clients without credentials, as before identities: whoever reaches its port owns the mesh; only for a machine no one else can reach")
@@ -80,6 +82,9 @@ takes over within seconds when it dies; any of them answers natsmesh top.`+serve
 	}
 	if clustered && nf.cfg.URL != "" {
 		return usagef("--cluster joins embedded servers; with --nats this server embeds none (cluster the NATS servers you run instead)")
+	}
+	if *maxInstances < 1 {
+		return usagef("--max-instances %d: use at least 1", *maxInstances)
 	}
 	if err := bus.ValidateReplicas(*replicas); err != nil {
 		return usagef("--replicas: %v", err)
@@ -164,7 +169,7 @@ takes over within seconds when it dies; any of them answers natsmesh top.`+serve
 	// be there; on someone else's NATS the mesh may run without it.
 	// A server of a cluster makes the buckets once JetStream has a quorum,
 	// which its peers may not give it yet: it does not wait for it.
-	cp, err := controlplane.Start(nc, controlplane.Config{Prefix: *prefix, Logger: log, RequireConfigBucket: ownServer && !clustered, Replicas: *replicas})
+	cp, err := controlplane.Start(nc, controlplane.Config{Prefix: *prefix, Logger: log, RequireConfigBucket: ownServer && !clustered, Replicas: *replicas, MaxInstances: *maxInstances})
 	if err != nil {
 		return err
 	}
