@@ -90,6 +90,7 @@ func TestReadmeTour(t *testing.T) {
 	trafficBlock := readmeBlock(t, readme, "<!-- readme-test: traffic -->")
 	libraryBlock := readmeBlock(t, readme, "<!-- readme-test: library -->")
 	securityBlock := readmeBlock(t, readme, "<!-- readme-test: security -->")
+	clusterBlock := readmeBlock(t, readme, "<!-- readme-test: cluster -->")
 	if len(libraryBlock) != 1 {
 		t.Fatalf("README.md's library block has %d commands; this test knows 1", len(libraryBlock))
 	}
@@ -211,6 +212,27 @@ func TestReadmeTour(t *testing.T) {
 		meshtest.CheckFor(t, 10*time.Second, 100*time.Millisecond, runMatching(root, env, line, wantTraffic[i]))
 	}
 	readmeSecurity(t, root, env, securityBlock)
+	readmeCluster(t, root, env, clusterBlock)
+}
+
+// readmeCluster runs "Running on several machines": three clustered
+// servers on loopback, and the registry answering through them.
+func readmeCluster(t *testing.T, root string, env, block []string) {
+	t.Helper()
+	if len(block) != 5 || !strings.HasPrefix(block[0], "R=") || !strings.Contains(block[4], " services ") {
+		t.Fatalf("README.md's cluster block changed (%q); update this test", block)
+	}
+	dirs := []string{"n1", "n2", "n3"}
+	clean := func() {
+		for _, d := range dirs {
+			_ = os.RemoveAll(filepath.Join(root, "bin", d))
+		}
+	}
+	clean()
+	t.Cleanup(clean)
+	runBackground(t, root, env, strings.Join(block[:4], "\n")+"\nwait\n")
+	meshtest.CheckFor(t, 60*time.Second, 300*time.Millisecond, runMatching(root, env, block[4],
+		regexp.MustCompile(`(?m)^SERVICE\s+INSTANCES`)))
 }
 
 // readmeSecurity runs the Security section: an identity issued, a sidecar

@@ -41,6 +41,11 @@ func openTrustAt(trustDir, data, prefix string) (*identity.Authority, string, er
 	if c, err := identity.ReadCreds(file); err == nil && a.Signed(c) {
 		return a, file, nil
 	}
+	// The data directory may not exist yet when the trust roots are
+	// elsewhere (--trust).
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return nil, "", fmt.Errorf("cannot create %s (%v); choose another directory with --data", data, err)
+	}
 	creds, err := a.IssueRole(identity.Admin, "admin", prefix)
 	if err != nil {
 		return nil, "", err
