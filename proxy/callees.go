@@ -176,16 +176,17 @@ func (e *endpoints) rebuild(prev *instanceSet, now int64) *instanceSet {
 			bySubset[in.Subset] = append(bySubset[in.Subset], ep)
 		}
 	}
-	s.all = traffic.NewGroup(all, e.zone)
 	if prev != nil && prev.all.Same(all) {
 		s.all = prev.all
+	} else {
+		s.all = traffic.NewGroup(all, e.zone)
 	}
 	for subset, eps := range bySubset {
-		g := traffic.NewGroup(eps, e.zone)
 		if prev != nil && prev.subsets[subset].Same(eps) {
-			g = prev.subsets[subset]
+			s.subsets[subset] = prev.subsets[subset]
+		} else {
+			s.subsets[subset] = traffic.NewGroup(eps, e.zone)
 		}
-		s.subsets[subset] = g
 	}
 	return s
 }
