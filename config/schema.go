@@ -127,7 +127,11 @@ const (
 // Policies lists the load-balancing policies.
 var Policies = []string{PolicyQueue, PolicyLeastRequest, PolicyRoundRobin, PolicyRingHash}
 
-// LoadBalancer chooses how an instance is picked for each call.
+// LoadBalancer chooses how an instance is picked for each call. The
+// instance-aware policies (least-request, round-robin, ring-hash) pick among
+// the passing instances in the caller's zone (natsmesh sidecar --zone) while
+// it has one, and among all of them when it has none; queue lets NATS pick
+// and ignores zones.
 type LoadBalancer struct {
 	// Policy is queue (default), least-request, round-robin or ring-hash.
 	Policy string `json:"policy" yaml:"policy"`

@@ -27,17 +27,18 @@ type callees struct {
 	view     *registry.View
 	f        *registry.Follower
 	subj     bus.Subjects
+	zone     string   // the caller's
 	followed sync.Map // service → *endpoints
 	n        atomic.Int64
 }
 
-func newCallees(nc *nats.Conn, subj bus.Subjects) (*callees, error) {
+func newCallees(nc *nats.Conn, subj bus.Subjects, zone string) (*callees, error) {
 	view := registry.NewView(registry.ViewConfig{})
 	f, err := registry.NewFollower(nc, view, subj.Prefix)
 	if err != nil {
 		return nil, err
 	}
-	return &callees{view: view, f: f, subj: subj}, nil
+	return &callees{view: view, f: f, subj: subj, zone: zone}, nil
 }
 
 // note follows service from now on, once; cheap after the first call. It
@@ -49,7 +50,7 @@ func (c *callees) note(service string) *endpoints {
 	if c.n.Load() >= maxCallees {
 		return nil
 	}
-	e := &endpoints{service: service, view: c.view, subj: c.subj}
+	e := &endpoints{service: service, view: c.view, subj: c.subj, zone: c.zone}
 	v, loaded := c.followed.LoadOrStore(service, e)
 	if !loaded {
 		c.n.Add(1)
@@ -122,6 +123,7 @@ type endpoints struct {
 	service    string
 	view       *registry.View
 	subj       bus.Subjects
+	zone       string // the caller's: its groups prefer the instances there
 	set        atomic.Pointer[instanceSet]
 	checked    atomic.Int64
 	refreshing atomic.Bool
@@ -146,7 +148,8 @@ func (e *endpoints) current(now int64) *instanceSet {
 }
 
 // rebuild reads the service's passing instances from the view, keeping the
-// endpoints (and their in-flight counts) and groups of prev that still hold.
+// endpoints (and their in-flight counts) and groups of prev that still hold;
+// a new group finds its members in the caller's zone once, here.
 func (e *endpoints) rebuild(prev *instanceSet, now int64) *instanceSet {
 	snap := e.view.Snapshot(e.service)
 	s := &instanceSet{rev: snap.Rev, built: now, subsets: make(map[string]*traffic.Group), byID: make(map[string]*traffic.Endpoint)}
@@ -158,12 +161,13 @@ func (e *endpoints) rebuild(prev *instanceSet, now int64) *instanceSet {
 		}
 		var ep *traffic.Endpoint
 		if prev != nil {
-			if old := prev.byID[in.Instance]; old != nil && old.Subset == in.Subset {
+			if old := prev.byID[in.Instance]; old != nil && old.Subset == in.Subset && old.Zone == in.Zone {
 				ep = old
 			}
 		}
 		if ep == nil {
 			ep = traffic.NewEndpoint(in.Instance, in.Subset, e.subj.Inst(e.service, in.Instance))
+			ep.Zone = in.Zone
 		}
 		ep.SetHeartbeatInflight(int64(in.Inflight))
 		s.byID[ep.ID] = ep
@@ -172,16 +176,17 @@ func (e *endpoints) rebuild(prev *instanceSet, now int64) *instanceSet {
 			bySubset[in.Subset] = append(bySubset[in.Subset], ep)
 		}
 	}
-	s.all = traffic.NewGroup(all)
 	if prev != nil && prev.all.Same(all) {
 		s.all = prev.all
+	} else {
+		s.all = traffic.NewGroup(all, e.zone)
 	}
 	for subset, eps := range bySubset {
-		g := traffic.NewGroup(eps)
 		if prev != nil && prev.subsets[subset].Same(eps) {
-			g = prev.subsets[subset]
+			s.subsets[subset] = prev.subsets[subset]
+		} else {
+			s.subsets[subset] = traffic.NewGroup(eps, e.zone)
 		}
-		s.subsets[subset] = g
 	}
 	return s
 }

@@ -85,6 +85,12 @@ type TransportConfig struct {
 	// instances from it, and a no-responders failure says what it knows.
 	// Without it those policies fall back to the queue group.
 	Follow bool
+	// Zone is where the caller runs (a name like a service's; "" for
+	// none): with Follow, the round-robin, least-request, ring-hash and
+	// random policies pick among the passing instances whose heartbeats
+	// name the same zone, and among all only when none of those is usable.
+	// The queue policy ignores it: NATS picks.
+	Zone string
 	// Metrics, if set, records every call on its outbound edge to the
 	// service (and subset) it went to: status class and Mesh-Error code,
 	// retries, latency to the response's head, calls in flight, and the
@@ -153,6 +159,11 @@ func NewTransport(nc *nats.Conn, cfg TransportConfig) (*Transport, error) {
 		}
 		subj.Caller = cfg.Caller
 	}
+	if cfg.Zone != "" {
+		if err := bus.ValidateName("zone", cfg.Zone); err != nil {
+			return nil, invalid("TransportConfig.Zone", err)
+		}
+	}
 	t := &Transport{nc: nc, subj: subj, timeout: cfg.Timeout, egress: cfg.Egress, maxBody: cfg.MaxBody, done: make(chan struct{})}
 	if t.timeout <= 0 {
 		t.timeout = DefaultTimeout
@@ -198,7 +209,7 @@ func NewTransport(nc *nats.Conn, cfg TransportConfig) (*Transport, error) {
 		return nil, fmt.Errorf("proxy: subscribe to reply inbox: %w", err)
 	}
 	if cfg.Follow {
-		if t.callees, err = newCallees(nc, subj); err != nil {
+		if t.callees, err = newCallees(nc, subj, cfg.Zone); err != nil {
 			t.mux.close()
 			return nil, err
 		}

@@ -20,6 +20,7 @@ const DefaultInterval = time.Second
 type AnnouncerConfig struct {
 	Service  string // required
 	Subset   string
+	Zone     string // where the instance runs, if it says
 	Instance string // required
 	Prefix   string
 	// Interval between heartbeats; defaults to DefaultInterval.
@@ -73,7 +74,7 @@ func NewAnnouncer(nc *nats.Conn, cfg AnnouncerConfig) (*Announcer, error) {
 	a := &Announcer{
 		nc: nc,
 		hb: Heartbeat{
-			Service: cfg.Service, Subset: cfg.Subset, Instance: cfg.Instance,
+			Service: cfg.Service, Subset: cfg.Subset, Zone: cfg.Zone, Instance: cfg.Instance,
 			Host: host, PID: os.Getpid(), Started: time.Now().UTC(),
 			IntervalMS: cfg.Interval.Milliseconds(), Health: Passing, Meta: meta,
 		},

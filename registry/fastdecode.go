@@ -31,6 +31,8 @@ func decodeFast(data []byte) (h Heartbeat, ok bool) {
 			h.Service, ok = p.str()
 		case "subset":
 			h.Subset, ok = p.str()
+		case "zone":
+			h.Zone, ok = p.str()
 		case "instance":
 			h.Instance, ok = p.str()
 		case "host":

@@ -27,6 +27,8 @@ func FuzzDecodeFast(f *testing.F) {
 		`{"seq":123456789012345678}`,
 		`{"seq":-1}`,
 		`{"health":null}`,
+		`{"service":"a","zone":"eu-1","instance":"b"}`,
+		`{"zone":null}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -50,7 +52,7 @@ func FuzzDecodeFast(f *testing.F) {
 }
 
 func TestDecodeFastTakesAnnouncerDocuments(t *testing.T) {
-	hb := Heartbeat{Service: "svc", Subset: "v2", Instance: "svc-1", Host: "h", PID: 9, Seq: 3, IntervalMS: 1000, Health: Failing, Inflight: 4}
+	hb := Heartbeat{Service: "svc", Subset: "v2", Zone: "z-a", Instance: "svc-1", Host: "h", PID: 9, Seq: 3, IntervalMS: 1000, Health: Failing, Inflight: 4}
 	data, err := json.Marshal(hb)
 	if err != nil {
 		t.Fatal(err)
@@ -59,7 +61,7 @@ func TestDecodeFastTakesAnnouncerDocuments(t *testing.T) {
 	if !ok {
 		t.Fatalf("the fast decoder refused an announcer's document %s", data)
 	}
-	if !got.Started.Equal(hb.Started) || got.Service != hb.Service || got.Subset != hb.Subset || got.Seq != hb.Seq || got.Health != hb.Health || got.Inflight != hb.Inflight || got.PID != hb.PID {
+	if !got.Started.Equal(hb.Started) || got.Service != hb.Service || got.Subset != hb.Subset || got.Zone != hb.Zone || got.Seq != hb.Seq || got.Health != hb.Health || got.Inflight != hb.Inflight || got.PID != hb.PID {
 		t.Fatalf("decoded %+v from %s", got, data)
 	}
 }

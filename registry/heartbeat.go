@@ -25,6 +25,7 @@ const (
 type Heartbeat struct {
 	Service    string            `json:"service"`
 	Subset     string            `json:"subset,omitempty"`
+	Zone       string            `json:"zone,omitempty"` // where the instance runs; callers in the same zone prefer it
 	Instance   string            `json:"instance"`
 	Host       string            `json:"host"`
 	PID        int               `json:"pid"`
@@ -66,6 +67,11 @@ func (h *Heartbeat) Validate() error {
 	}
 	if h.Subset != "" {
 		if err := bus.ValidateName("subset", h.Subset); err != nil {
+			return badHeartbeat("%v", err)
+		}
+	}
+	if h.Zone != "" {
+		if err := bus.ValidateName("zone", h.Zone); err != nil {
 			return badHeartbeat("%v", err)
 		}
 	}

@@ -18,7 +18,7 @@ var started = time.Date(2025, 3, 1, 12, 0, 0, 123456789, time.UTC)
 // validHB is a heartbeat that passes every check.
 func validHB() registry.Heartbeat {
 	return registry.Heartbeat{
-		Service: "reviews", Subset: "v2", Instance: "reviews-1",
+		Service: "reviews", Subset: "v2", Zone: "eu-west-1a", Instance: "reviews-1",
 		Host: "node-7", PID: 4242, Started: started, Seq: 1,
 		IntervalMS: 1000, Health: registry.Passing, Inflight: 3,
 		Meta: map[string]string{"version": "1.2.3", "zone": "eu-1"},
@@ -120,6 +120,11 @@ func TestDecodeHeartbeat(t *testing.T) {
 		{"uppercase subset", "", "", mod(func(h *registry.Heartbeat) { h.Subset = "V2" }), false},
 		{"dot in subset", "", "", mod(func(h *registry.Heartbeat) { h.Subset = "v2.1" }), false},
 		{"64-char subset", "", "", mod(func(h *registry.Heartbeat) { h.Subset = long }), false},
+		{"valid without zone", "", "", mod(func(h *registry.Heartbeat) { h.Zone = "" }), true},
+		{"uppercase zone", "", "", mod(func(h *registry.Heartbeat) { h.Zone = "EU" }), false},
+		{"dot in zone", "", "", mod(func(h *registry.Heartbeat) { h.Zone = "eu.1" }), false},
+		{"star zone", "", "", mod(func(h *registry.Heartbeat) { h.Zone = "*" }), false},
+		{"64-char zone", "", "", mod(func(h *registry.Heartbeat) { h.Zone = long }), false},
 
 		{"empty health", "", "", mod(func(h *registry.Heartbeat) { h.Health = "" }), false},
 		{"unknown health", "", "", mod(func(h *registry.Heartbeat) { h.Health = "ok" }), false},

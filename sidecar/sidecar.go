@@ -35,7 +35,12 @@ type Config struct {
 	// it joins <prefix>.rpc.<service>.<subset> in queue group
 	// <service>.<subset> besides the service's own, and its heartbeats name
 	// the subset.
-	Subset   string
+	Subset string
+	// Zone, if set, says where the instance runs (a name like Subset's):
+	// its heartbeats name it, and its app's calls prefer instances in the
+	// same zone when the callee's load-balancing policy picks instances
+	// (round-robin, least-request, ring-hash), not with queue.
+	Zone     string
 	Instance string // default "<service>-<random>"
 	Upstream string // the app, http://127.0.0.1:PORT; required
 	// Listener, if set, takes the app's outbound calls; else the sidecar
@@ -67,7 +72,7 @@ type Config struct {
 
 	// Transport configures the app's outbound calls (timeouts, retries,
 	// breakers, config documents, body limit). The sidecar sets its Caller
-	// (Service), Prefix, Logger, TracerProvider, Follow and Metrics.
+	// (Service), Zone, Prefix, Logger, TracerProvider, Follow and Metrics.
 	Transport proxy.TransportConfig
 	// Serve configures the inbound side (concurrency limit, the deadline of
 	// requests that carry none, which defaults to Transport.Timeout: one
@@ -91,6 +96,11 @@ func (cfg *Config) validate() error {
 	if cfg.Subset != "" {
 		if err := bus.ValidateName("subset", cfg.Subset); err != nil {
 			return invalid("Subset", err)
+		}
+	}
+	if cfg.Zone != "" {
+		if err := bus.ValidateName("zone", cfg.Zone); err != nil {
+			return invalid("Zone", err)
 		}
 	}
 	if cfg.Upstream == "" {
@@ -264,7 +274,7 @@ func hostPort(s, def string) string {
 // the sidecar decides.
 func (s *Sidecar) transportConfig() proxy.TransportConfig {
 	tc := s.cfg.Transport
-	tc.Caller, tc.Prefix, tc.Logger = s.cfg.Service, s.cfg.Prefix, s.cfg.Logger
+	tc.Caller, tc.Zone, tc.Prefix, tc.Logger = s.cfg.Service, s.cfg.Zone, s.cfg.Prefix, s.cfg.Logger
 	tc.TracerProvider, tc.Follow, tc.Metrics = s.cfg.TracerProvider, true, s.metrics
 	return tc
 }
@@ -297,7 +307,7 @@ func (s *Sidecar) join(nc *nats.Conn, outcome func(bool) time.Duration, undo *[]
 	}
 	*undo = append(*undo, s.inbound.Stop)
 	if s.announce, err = registry.NewAnnouncer(nc, registry.AnnouncerConfig{
-		Service: cfg.Service, Subset: cfg.Subset, Instance: s.inbound.Instance(), Prefix: cfg.Prefix,
+		Service: cfg.Service, Subset: cfg.Subset, Zone: cfg.Zone, Instance: s.inbound.Instance(), Prefix: cfg.Prefix,
 		Interval: cfg.Heartbeat, Logger: cfg.Logger, Status: s.status,
 	}); err != nil {
 		return err

@@ -75,6 +75,7 @@ Example:
 	listen := fs.String("listen", gateway.DefaultListen, "address the gateway takes traffic on")
 	name := fs.String("name", gateway.DefaultCaller, "name the gateway calls services as (their Mesh-Caller), and its service.name in traces")
 	prefix := prefixFlag(fs)
+	zone := fs.String("zone", "", "zone the gateway runs in: its calls prefer instances in the same zone under an instance-aware loadBalancer policy (default: none)")
 	timeout := fs.Duration("timeout", proxy.DefaultTimeout, "deadline of each request's call, retries included, unless the service's config sets another")
 	maxBody := fs.Int64("max-body", proxy.DefaultMaxBody, "largest request body, in bytes, a client may send; larger ones are answered 413 too-large (bodies over one NATS message stream in chunks)")
 	var calls callFlags
@@ -111,6 +112,11 @@ Example:
 	}
 	if err := bus.ValidateName("name", *name); err != nil {
 		return usagef("--name: %v", err)
+	}
+	if *zone != "" {
+		if err := bus.ValidateName("zone", *zone); err != nil {
+			return usagef("--zone: %v", err)
+		}
 	}
 	if err := checkIdentity(nf.config().CredsFile, *name, "--name"); err != nil {
 		return err
@@ -156,7 +162,7 @@ Example:
 	}()
 	cfg := gateway.Config{
 		Name: *name, Listener: ln, Clients: cf.l, Routes: routes, Prefix: *prefix, Logger: log, StatsInterval: mf.statsInterval(),
-		Transport: proxy.TransportConfig{Timeout: *timeout, MaxBody: *maxBody},
+		Transport: proxy.TransportConfig{Zone: *zone, Timeout: *timeout, MaxBody: *maxBody},
 	}
 	calls.transport(&cfg.Transport)
 	if tracing.Enabled() {

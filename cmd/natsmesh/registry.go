@@ -116,17 +116,21 @@ registry answers in pages, and every page is fetched.`, stderr)
 		return json.NewEncoder(stdout).Encode(snap)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "INSTANCE\tSUBSET\tHEALTH\tINFLIGHT\tHOST\tPID\tUP\tLAST SEEN")
+	fmt.Fprintln(tw, "INSTANCE\tSUBSET\tZONE\tHEALTH\tINFLIGHT\tHOST\tPID\tUP\tLAST SEEN")
 	now := time.Now()
 	for _, in := range snap.Services[pos[0]] {
-		subset := in.Subset
-		if subset == "" {
-			subset = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s ago\n", in.Instance, subset, in.Health, in.Inflight, in.Host, in.PID,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s ago\n", in.Instance, orDash(in.Subset), orDash(in.Zone), in.Health, in.Inflight, in.Host, in.PID,
 			now.Sub(in.Started).Round(time.Second), now.Sub(in.LastSeen).Round(time.Millisecond))
 	}
 	return tw.Flush()
+}
+
+// orDash is s, or "-" for a column left empty.
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -41,7 +41,10 @@ routes, load-balancing policy, faults, and its timeout, retries and breaker,
 which override the flags below for calls to that service. --subset puts the
 instance in a subset (a version, say) that routes can send a share of the
 calls to: it then takes both the service's calls and those routed to its
-subset.`, stderr)
+subset. --zone says where the instance runs: its heartbeats name the zone, and
+the app's calls to a service whose loadBalancer policy picks instances
+(round-robin, least-request, ring-hash) go to instances in the same zone while
+it has passing ones; queue, the default, lets NATS pick and ignores zones.`, stderr)
 	var nf natsFlags
 	nf.register(fs)
 	var lf logFlags
@@ -49,6 +52,7 @@ subset.`, stderr)
 	var cfg sidecar.Config
 	fs.StringVar(&cfg.Service, "service", "", "service name (required): lowercase letters, digits, '-' or '_'")
 	fs.StringVar(&cfg.Subset, "subset", "", "subset of the service this instance is in, for example v2: routes of the service's config that pick v2 reach it (default: none; it takes only the service's unrouted calls)")
+	fs.StringVar(&cfg.Zone, "zone", "", "zone this instance runs in, for example eu-west-1a: its heartbeats name it, and the app's calls prefer instances in the same zone under an instance-aware loadBalancer policy (default: none)")
 	fs.StringVar(&cfg.Instance, "instance", "", "instance id (default <service>-<random>)")
 	fs.StringVar(&cfg.Upstream, "upstream", "", "URL of the app, for example http://127.0.0.1:8080 (required)")
 	fs.StringVar(&cfg.Listen, "listen", sidecar.DefaultListen, "address of the outbound proxy the app calls through; loopback unless --listen-public")
@@ -116,6 +120,11 @@ subset.`, stderr)
 	if cfg.Subset != "" {
 		if err := bus.ValidateName("subset", cfg.Subset); err != nil {
 			return usagef("--subset: %v", err)
+		}
+	}
+	if cfg.Zone != "" {
+		if err := bus.ValidateName("zone", cfg.Zone); err != nil {
+			return usagef("--zone: %v", err)
 		}
 	}
 	if cfg.Instance != "" {
@@ -202,7 +211,7 @@ subset.`, stderr)
 		return err
 	}
 	defer stopMetrics()
-	log.Info("sidecar ready", "service", cfg.Service, "subset", cfg.Subset, "instance", sc.Instance(),
+	log.Info("sidecar ready", "service", cfg.Service, "subset", cfg.Subset, "zone", cfg.Zone, "instance", sc.Instance(),
 		"upstream", cfg.Upstream, "outbound", sc.OutboundAddr().String(), "nats", nf.cfg.URL)
 	fmt.Fprintf(stdout, "sidecar %s: serving %s, outbound proxy on http://%s\n", sc.Instance(), cfg.Upstream, sc.OutboundAddr())
 	<-ctx.Done()

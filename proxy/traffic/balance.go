@@ -36,6 +36,7 @@ const (
 // of its view.
 type Endpoint struct {
 	ID, Subset, Subject string
+	Zone                string       // where the instance runs, "" if it does not say
 	hbInflight          atomic.Int64 // from its latest heartbeat
 	inflight            atomic.Int64 // the caller's own attempts to it now
 	rtt, rttAt          atomic.Int64 // the latency estimate (ns), and when it was measured (unix ns)
@@ -98,15 +99,33 @@ func (e *Endpoint) cost(now int64) float64 {
 
 // Group is the passing instances of a service, or of one of its subsets,
 // sorted by id; immutable, and kept by the next refresh while its members
-// stay the same, so that its ring is built only when they change.
+// stay the same, so that its ring (and its same-zone group) is built only
+// when they change.
 type Group struct {
 	eps      []*Endpoint
+	local    *Group // the members in the caller's zone, when some are and some are not
 	ringOnce sync.Once
 	ring     *hashRing
 }
 
-// NewGroup is a group of eps, sorted by id.
-func NewGroup(eps []*Endpoint) *Group { return &Group{eps: eps} }
+// NewGroup is a group of eps, sorted by id, for a caller in zone ("" for
+// none): Pick prefers the members in that zone while one of them is usable.
+func NewGroup(eps []*Endpoint, zone string) *Group {
+	g := &Group{eps: eps}
+	if zone == "" {
+		return g
+	}
+	var local []*Endpoint
+	for _, ep := range eps {
+		if ep.Zone == zone {
+			local = append(local, ep)
+		}
+	}
+	if len(local) > 0 && len(local) < len(eps) {
+		g.local = &Group{eps: local}
+	}
+	return g
+}
 
 // Len is the number of instances in the group.
 func (g *Group) Len() int { return len(g.eps) }
@@ -159,12 +178,26 @@ func newPicker(lb *config.LoadBalancer) Picker {
 
 // Pick is the load-balancing pick: the instance of g the call goes to, as
 // policy chooses, or nil when g has none usable (the call then goes to the
-// queue group). A group of one needs no policy.
+// queue group). The members in the caller's zone come first: the policy
+// picks among them, and among all only when none of them is usable but the
+// one to avoid. A group of one needs no policy.
 func Pick(policy Picker, g *Group, key string, avoid *Endpoint, now int64) *Endpoint {
-	switch {
-	case g == nil || len(g.eps) == 0:
+	if g == nil {
 		return nil
-	case len(g.eps) == 1:
+	}
+	if g.local != nil {
+		if ep := pickIn(policy, g.local, key, avoid, now); ep != nil && ep != avoid {
+			return ep
+		}
+	}
+	return pickIn(policy, g, key, avoid, now)
+}
+
+func pickIn(policy Picker, g *Group, key string, avoid *Endpoint, now int64) *Endpoint {
+	switch len(g.eps) {
+	case 0:
+		return nil
+	case 1:
 		return firstUsable(g.eps, 0, avoid, now)
 	}
 	return policy.Pick(g, key, avoid, now)

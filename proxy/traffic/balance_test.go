@@ -29,7 +29,7 @@ func TestHashRing(t *testing.T) {
 	t.Parallel()
 	three := ringEndpoints("a-1", "b-2", "c-3")
 	two := []*traffic.Endpoint{three[0], three[2]}
-	g3, g2 := traffic.NewGroup(three), traffic.NewGroup(two)
+	g3, g2 := traffic.NewGroup(three, ""), traffic.NewGroup(two, "")
 	rh := &traffic.RingHash{Header: "X-User"}
 	get := func(g *traffic.Group, key string, avoid *traffic.Endpoint, now int64) *traffic.Endpoint {
 		return traffic.Pick(rh, g, key, avoid, now)
@@ -93,7 +93,7 @@ const rttDecay = 10 * time.Second
 // two instances compares both: the one that costs less, or nil when they
 // cost the same and it picks either (64 picks all alike by chance: 2⁻⁶³).
 func cheaper(a, b *traffic.Endpoint, now int64) *traffic.Endpoint {
-	g := traffic.NewGroup([]*traffic.Endpoint{a, b})
+	g := traffic.NewGroup([]*traffic.Endpoint{a, b}, "")
 	picked := map[*traffic.Endpoint]bool{}
 	for range 64 {
 		picked[traffic.LeastRequest{}.Pick(g, "", nil, now)] = true
@@ -178,7 +178,7 @@ func TestRoundRobinTurnSurvivesRevisions(t *testing.T) {
 		traffic.NewEndpoint("b", "", "mesh.inst.b"),
 		traffic.NewEndpoint("c", "", "mesh.inst.c"),
 	}
-	g := traffic.NewGroup(eps)
+	g := traffic.NewGroup(eps, "")
 	now := time.Now().UnixNano()
 	base := &traffic.Base{Timeout: time.Second, Retry: traffic.RetryPolicy{}.WithDefaults()}
 	doc := func(timeout string) *config.Service {
