@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -115,12 +116,23 @@ registry answers in pages, and every page is fetched.`, stderr)
 	if *rf.json {
 		return json.NewEncoder(stdout).Encode(snap)
 	}
+	insts := snap.Services[pos[0]]
+	// The ZONE column shows only when an instance names a zone.
+	zoned := slices.ContainsFunc(insts, func(in registry.Instance) bool { return in.Zone != "" })
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "INSTANCE\tSUBSET\tZONE\tHEALTH\tINFLIGHT\tHOST\tPID\tUP\tLAST SEEN")
+	if zoned {
+		fmt.Fprintln(tw, "INSTANCE\tSUBSET\tHEALTH\tINFLIGHT\tHOST\tPID\tUP\tLAST SEEN\tZONE")
+	} else {
+		fmt.Fprintln(tw, "INSTANCE\tSUBSET\tHEALTH\tINFLIGHT\tHOST\tPID\tUP\tLAST SEEN")
+	}
 	now := time.Now()
-	for _, in := range snap.Services[pos[0]] {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s ago\n", in.Instance, orDash(in.Subset), orDash(in.Zone), in.Health, in.Inflight, in.Host, in.PID,
+	for _, in := range insts {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s ago", in.Instance, orDash(in.Subset), in.Health, in.Inflight, in.Host, in.PID,
 			now.Sub(in.Started).Round(time.Second), now.Sub(in.LastSeen).Round(time.Millisecond))
+		if zoned {
+			fmt.Fprintf(tw, "\t%s", orDash(in.Zone))
+		}
+		fmt.Fprintln(tw)
 	}
 	return tw.Flush()
 }
