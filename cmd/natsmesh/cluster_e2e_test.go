@@ -69,6 +69,17 @@ func TestServerCluster(t *testing.T) {
 		}
 		return nil
 	})
+	// The buckets are there, on all three servers, before the kill.
+	doc := filepath.Join(t.TempDir(), "work.yaml")
+	if err := os.WriteFile(doc, []byte("service: work\ntimeout: 7s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	meshtest.CheckFor(t, 30*time.Second, 200*time.Millisecond, func() error {
+		if stdout, stderr, code := natsmesh(t, "apply", "-f", doc, "--nats", all); code != 0 {
+			return fmt.Errorf("apply before the kill: exit %d\n%s%s", code, stdout, stderr)
+		}
+		return nil
+	})
 	pu, _ := url.Parse("http://" + webOut)
 	hc := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu)}, Timeout: 10 * time.Second}
 	get := func() (string, error) {
@@ -142,8 +153,7 @@ func TestServerCluster(t *testing.T) {
 	})
 	t.Logf("the registry answered again %s after the kill", time.Since(killedAt).Round(time.Millisecond))
 	// The config bucket has a replica on each server: apply and get go on.
-	doc := filepath.Join(t.TempDir(), "work.yaml")
-	if err := os.WriteFile(doc, []byte("service: work\ntimeout: 7s\n"), 0o600); err != nil {
+	if err := os.WriteFile(doc, []byte("service: work\ntimeout: 8s\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	meshtest.CheckFor(t, 15*time.Second, 200*time.Millisecond, func() error {
@@ -151,7 +161,7 @@ func TestServerCluster(t *testing.T) {
 			return fmt.Errorf("apply after the kill: exit %d\n%s%s", code, stdout, stderr)
 		}
 		stdout, stderr, code := natsmesh(t, "config", "get", "work", "--nats", alive)
-		if code != 0 || !strings.Contains(stdout, "timeout: 7s") {
+		if code != 0 || !strings.Contains(stdout, "timeout: 8s") {
 			return fmt.Errorf("config get after the kill: exit %d\n%s%s", code, stdout, stderr)
 		}
 		return nil

@@ -169,7 +169,14 @@ takes over within seconds when it dies; any of them answers natsmesh top.`+serve
 	// be there; on someone else's NATS the mesh may run without it.
 	// A server of a cluster makes the buckets once JetStream has a quorum,
 	// which its peers may not give it yet: it does not wait for it.
-	cp, err := controlplane.Start(nc, controlplane.Config{Prefix: *prefix, Logger: log, RequireConfigBucket: ownServer && !clustered, Replicas: *replicas, MaxInstances: *maxInstances})
+	reps := *replicas
+	if reps == 0 && clustered && len(cf.routeList()) >= 3 {
+		// A cluster of three or more, by its routes: its buckets get three
+		// replicas once JetStream has them, rather than one replica made
+		// while the cluster is still forming.
+		reps = 3
+	}
+	cp, err := controlplane.Start(nc, controlplane.Config{Prefix: *prefix, Logger: log, RequireConfigBucket: ownServer && !clustered, Replicas: reps, MaxInstances: *maxInstances})
 	if err != nil {
 		return err
 	}
