@@ -80,7 +80,12 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Body != nil && r.Body != http.NoBody {
 		b := &body{rc: r.Body, ctl: http.NewResponseController(w), g: g, l: &g.l, start: time.Now()}
 		defer b.release()
-		r.Body = b
+		// A copy of the request carries the guarded body: the server's own
+		// keeps its body, whose unread rest it judges after the handler
+		// (discarding a little, or closing the connection for more).
+		r2 := *r
+		r2.Body = b
+		r = &r2
 	}
 	g.h.ServeHTTP(w, r)
 }
