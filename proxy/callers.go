@@ -68,12 +68,11 @@ func (p *callerPolicy) refusal(service, caller string) *bus.Error {
 
 // checkCaller answers a call whose caller the service's callers list does
 // not allow, before it is admitted, and reports whether it did.
-func (s *Server) checkCaller(m *nats.Msg) bool {
+func (s *Server) checkCaller(m *nats.Msg, caller string) bool {
 	p := s.callers.Load()
 	if p == nil {
 		return false
 	}
-	caller := bus.CallerOf(m.Subject)
 	if p.allows(caller) {
 		return false
 	}

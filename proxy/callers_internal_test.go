@@ -6,6 +6,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/natsmesh/natsmesh/bus"
 	"github.com/natsmesh/natsmesh/config"
 )
 
@@ -14,12 +15,12 @@ import (
 func TestCheckCallerAllocs(t *testing.T) {
 	s := &Server{service: "reviews", log: slog.New(slog.DiscardHandler)}
 	m := &nats.Msg{Subject: "mesh.rpc.reviews.v2.productpage", Reply: "mesh.inbox.productpage.x.1"}
-	if n := testing.AllocsPerRun(1000, func() { s.checkCaller(m) }); n != 0 {
+	if n := testing.AllocsPerRun(1000, func() { s.checkCaller(m, bus.CallerOf(m.Subject)) }); n != 0 {
 		t.Errorf("with no list: %v allocations per call, want 0", n)
 	}
 	s.applyCallers(&config.Service{Service: "reviews", Callers: config.Names{"gateway", "productpage"}}, 3)
 	if n := testing.AllocsPerRun(1000, func() {
-		if s.checkCaller(m) {
+		if s.checkCaller(m, bus.CallerOf(m.Subject)) {
 			t.Fatal("productpage refused")
 		}
 	}); n != 0 {
@@ -33,6 +34,6 @@ func BenchmarkCheckCaller(b *testing.B) {
 	m := &nats.Msg{Subject: "mesh.rpc.reviews.productpage", Reply: "mesh.inbox.productpage.x.1"}
 	b.ReportAllocs()
 	for b.Loop() {
-		s.checkCaller(m)
+		s.checkCaller(m, bus.CallerOf(m.Subject))
 	}
 }

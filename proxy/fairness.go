@@ -2,8 +2,6 @@ package proxy
 
 import (
 	"sync"
-
-	"github.com/natsmesh/natsmesh/bus"
 )
 
 // callerSlots keeps how many of an instance's in-flight slots each caller
@@ -50,7 +48,3 @@ func (c *callerSlots) give(caller string) {
 	}
 	c.mu.Unlock()
 }
-
-// callerKey is the key of a request's caller among the slots: its name,
-// or "" for an unnamed caller (who share one share).
-func callerKey(subject string) string { return bus.CallerOf(subject) }

@@ -342,10 +342,12 @@ func (s *Server) onMsg(m *nats.Msg) {
 		_ = m.RespondMsg(&nats.Msg{Header: s.ackHdr})
 		return
 	}
-	if s.checkCaller(m) {
+	// The caller is the subject's, read once for the callers list, the
+	// slots and the request's Mesh-Caller.
+	caller := bus.CallerOf(m.Subject)
+	if s.checkCaller(m, caller) {
 		return // refused: its caller is not on the service's callers list
 	}
-	caller := callerKey(m.Subject)
 	total := s.inflight.Add(1)
 	if total > s.max || !s.slots.take(caller, total, s.max) {
 		s.inflight.Add(-1)
@@ -426,7 +428,7 @@ func (s *Server) serve(m *nats.Msg, caller string) {
 	start := time.Now()
 	defer s.done(start, caller)
 	s.served.Add(1)
-	setCaller(m)
+	setCaller(m, caller)
 	// The metrics count a request before its answer goes, so that a caller
 	// that has its answer finds it counted.
 	var edge *metrics.Edge
@@ -542,9 +544,9 @@ func (s *Server) respond(w *responseWriter, m *nats.Msg, method string, ejected 
 
 // setCaller makes a request's Mesh-Caller the service its subject names,
 // whatever header it came with: the subject is what NATS let the caller's
-// identity publish to. It returns the caller, "" for an unnamed one.
-func setCaller(m *nats.Msg) string {
-	c := bus.CallerOf(m.Subject)
+// identity publish to; c is bus.CallerOf(m.Subject), "" for an unnamed
+// caller.
+func setCaller(m *nats.Msg, c string) {
 	switch {
 	case c != "" && m.Header == nil:
 		m.Header = nats.Header{bus.HeaderCaller: {c}}
@@ -553,7 +555,6 @@ func setCaller(m *nats.Msg) string {
 	default:
 		delete(m.Header, bus.HeaderCaller)
 	}
-	return c
 }
 
 // unknownCaller is the peer of inbound calls that name no valid caller.
